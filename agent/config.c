@@ -1,0 +1,343 @@
+/* SPDX-License-Identifier: MIT */
+/* Reads and checks the agent's INI configuration (see include/config.h). */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "xalloc.h"
+
+/* Parse state handed to the inih callback. */
+struct config_parse {
+  struct config *cfg;
+  char *base_dir; /* directory of the file, for relative paths */
+  char error[256]; /* first problem found, without the line */
+};
+
+enum config_kind {
+  CONFIG_STRING,
+  CONFIG_PATH,
+  CONFIG_UINT,
+  CONFIG_U64,
+  CONFIG_MODE,
+};
+
+/* One recognised key; offset points into struct config. */
+struct config_key {
+  const char *section;
+  const char *name;
+  enum config_kind kind;
+  size_t offset;
+  uint64_t max; /* for numbers; 0 means no upper bound */
+};
+
+#define CFG(sec, key, kind, field, max)                                        \
+  { sec, key, kind, offsetof(struct config, field), max }
+
+static const struct config_key config_keys[] = {
+  CFG("agent", "database", CONFIG_PATH, database, 0),
+  CFG("agent", "spool", CONFIG_PATH, spool_dir, 0),
+  CFG("agent", "policy_file", CONFIG_PATH, policy_file, 0),
+  CFG("agent", "log_level", CONFIG_STRING, log_level, 0),
+  CFG("agent", "trace", CONFIG_STRING, trace, 0),
+  CFG("smtp", "listen", CONFIG_STRING, smtp_listen, 0),
+  CFG("smtp", "hostname", CONFIG_STRING, smtp_hostname, 0),
+  CFG("smtp", "max_message_size", CONFIG_U64, smtp_max_message_size,
+      (uint64_t) 150 << 20),
+  CFG("smtp", "max_recipients", CONFIG_UINT, smtp_max_recipients, 500),
+  CFG("smtp", "max_connections", CONFIG_UINT, smtp_max_connections, 100000),
+  CFG("smtp", "max_commands", CONFIG_UINT, smtp_max_commands, 100000),
+  CFG("smtp", "idle_timeout", CONFIG_UINT, smtp_idle_timeout, 86400),
+  CFG("smtp", "data_timeout", CONFIG_UINT, smtp_data_timeout, 86400),
+  CFG("http", "listen", CONFIG_STRING, http_listen, 0),
+  CFG("http", "public_url", CONFIG_STRING, http_public_url, 0),
+  CFG("http", "max_body", CONFIG_U64, http_max_body, (uint64_t) 150 << 20),
+  CFG("service", "username", CONFIG_STRING, service_user, 0),
+  CFG("service", "password_hash", CONFIG_STRING, service_password_hash, 0),
+  CFG("microsoft", "tenant", CONFIG_STRING, tenant, 0),
+  CFG("microsoft", "client_id", CONFIG_STRING, client_id, 0),
+  CFG("microsoft", "client_secret", CONFIG_STRING, client_secret, 0),
+  CFG("microsoft", "client_secret_file", CONFIG_PATH, client_secret_file, 0),
+  CFG("microsoft", "login_base_url", CONFIG_STRING, login_base_url, 0),
+  CFG("microsoft", "graph_base_url", CONFIG_STRING, graph_base_url, 0),
+  CFG("microsoft", "link_mode", CONFIG_MODE, link_mode, 0),
+  CFG("microsoft", "link_secret", CONFIG_STRING, link_secret, 0),
+  CFG("delivery", "max_in_flight_per_mailbox", CONFIG_UINT,
+      delivery_max_in_flight, 4),
+  CFG("delivery", "max_attempts", CONFIG_UINT, delivery_max_attempts, 1000),
+  CFG("delivery", "max_age", CONFIG_UINT, delivery_max_age, 30 * 86400),
+};
+
+#define CONFIG_NKEYS (sizeof(config_keys) / sizeof(*config_keys))
+
+static void config_set_string(char **slot, const char *value)
+{
+  free(*slot);
+  *slot = xstrdup(value);
+}
+
+void config_defaults(struct config *cfg)
+{
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->database = xstrdup("/var/lib/nextal-agent/agent.db");
+  cfg->spool_dir = xstrdup("/var/lib/nextal-agent/spool");
+  cfg->policy_file = xstrdup("/etc/nextal-agent/policy.ini");
+  cfg->log_level = xstrdup("info");
+  cfg->trace = xstrdup("");
+  cfg->smtp_listen = xstrdup("127.0.0.1:2525");
+  cfg->smtp_hostname = xstrdup("localhost");
+  /* Exchange Online's default maximum message size is 35 MB. */
+  cfg->smtp_max_message_size = 35u << 20;
+  cfg->smtp_max_recipients = 500; /* Exchange: 500 recipients a message */
+  cfg->smtp_max_connections = 200;
+  cfg->smtp_max_commands = 100;
+  cfg->smtp_idle_timeout = 300; /* RFC 5321 4.5.3.2.7: at least 5 min */
+  cfg->smtp_data_timeout = 600;
+  cfg->http_listen = xstrdup("127.0.0.1:8025");
+  cfg->http_public_url = xstrdup("http://127.0.0.1:8025");
+  cfg->http_max_body = 4u << 20;
+  cfg->service_user = xstrdup("nextal");
+  cfg->login_base_url = xstrdup("https://login.microsoftonline.com");
+  cfg->graph_base_url = xstrdup("https://graph.microsoft.com");
+  cfg->link_mode = CONFIG_LINK_DELEGATED;
+  cfg->delivery_max_in_flight = 4;
+  cfg->delivery_max_attempts = 50;
+  cfg->delivery_max_age = 2 * 86400;
+}
+
+void config_free(struct config *cfg)
+{
+  for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+    const struct config_key *k = &config_keys[i];
+
+    if (k->kind == CONFIG_STRING || k->kind == CONFIG_PATH) {
+      char **slot = (char **) ((char *) cfg + k->offset);
+
+      free(*slot);
+      *slot = NULL;
+    }
+  }
+}
+
+static int config_parse_number(const char *value, uint64_t max,
+                               uint64_t *out)
+{
+  char *end = NULL;
+  unsigned long long n;
+
+  if (*value == '\0' || *value == '-')
+    return -EINVAL;
+  errno = 0;
+  n = strtoull(value, &end, 10);
+  if (errno != 0 || *end != '\0')
+    return -EINVAL;
+  if (max != 0 && n > max)
+    return -ERANGE;
+  *out = n;
+  return 0;
+}
+
+static char *config_resolve_path(const char *base_dir, const char *value)
+{
+  if (value[0] == '/' || value[0] == '\0')
+    return xstrdup(value);
+  return xasprintf("%s/%s", base_dir, value);
+}
+
+static int config_apply(struct config_parse *ps, const struct config_key *k,
+                        const char *value)
+{
+  void *slot = (char *) ps->cfg + k->offset;
+  uint64_t n = 0;
+  int rc;
+
+  switch (k->kind) {
+    case CONFIG_STRING:
+      config_set_string(slot, value);
+      return 0;
+    case CONFIG_PATH:
+      free(*(char **) slot);
+      *(char **) slot = config_resolve_path(ps->base_dir, value);
+      return 0;
+    case CONFIG_MODE:
+      if (strcasecmp(value, "delegated") == 0)
+        *(enum config_link_mode *) slot = CONFIG_LINK_DELEGATED;
+      else if (strcasecmp(value, "application") == 0)
+        *(enum config_link_mode *) slot = CONFIG_LINK_APPLICATION;
+      else {
+        snprintf(ps->error, sizeof(ps->error),
+                 "%s must be \"delegated\" or \"application\", not \"%s\"",
+                 k->name, value);
+        return -EINVAL;
+      }
+      return 0;
+    case CONFIG_UINT:
+    case CONFIG_U64:
+      rc = config_parse_number(value, k->max, &n);
+      if (rc < 0) {
+        if (rc == -ERANGE)
+          snprintf(ps->error, sizeof(ps->error),
+                   "%s is %s, above its maximum of %llu", k->name, value,
+                   (unsigned long long) k->max);
+        else
+          snprintf(ps->error, sizeof(ps->error),
+                   "%s must be a whole number, not \"%s\"", k->name, value);
+        return rc;
+      }
+      if (k->kind == CONFIG_UINT)
+        *(unsigned *) slot = (unsigned) n;
+      else
+        *(uint64_t *) slot = n;
+      return 0;
+  }
+  return -EINVAL;
+}
+
+/* inih callback: returns nonzero to go on, 0 to report this line. */
+static int config_handler(void *user, const char *section, const char *name,
+                          const char *value)
+{
+  struct config_parse *ps = user;
+
+  for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+    const struct config_key *k = &config_keys[i];
+
+    if (strcmp(section, k->section) == 0 && strcmp(name, k->name) == 0)
+      return config_apply(ps, k, value) == 0;
+  }
+  if (ps->error[0] == '\0')
+    snprintf(ps->error, sizeof(ps->error), "unknown key \"%s\" in [%s]",
+             name, section);
+  return 0;
+}
+
+static int config_read_secret_file(struct config *cfg, char *err,
+                                   size_t errlen)
+{
+  char buf[1024];
+  FILE *f = fopen(cfg->client_secret_file, "r");
+  size_t n;
+
+  if (f == NULL) {
+    snprintf(err, errlen, "%s: cannot read client_secret_file: %s",
+             cfg->client_secret_file, strerror(errno));
+    return -errno;
+  }
+  n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  buf[strcspn(buf, "\r\n")] = '\0';
+  if (buf[0] == '\0') {
+    snprintf(err, errlen, "%s: client_secret_file is empty",
+             cfg->client_secret_file);
+    return -EINVAL;
+  }
+  config_set_string(&cfg->client_secret, buf);
+  return 0;
+}
+
+/* Checks what no single key can: required keys and combinations. */
+static int config_validate(struct config *cfg, const char *path, char *err,
+                           size_t errlen)
+{
+  char *host = NULL;
+  int port = 0;
+
+  if (cfg->tenant == NULL || cfg->client_id == NULL) {
+    snprintf(err, errlen, "%s: [microsoft] needs tenant and client_id", path);
+    return -EINVAL;
+  }
+  if (cfg->client_secret_file != NULL && cfg->client_secret == NULL &&
+      config_read_secret_file(cfg, err, errlen) < 0)
+    return -EINVAL;
+  if (cfg->client_secret == NULL) {
+    snprintf(err, errlen,
+             "%s: [microsoft] needs client_secret or client_secret_file",
+             path);
+    return -EINVAL;
+  }
+  if (cfg->service_password_hash == NULL) {
+    snprintf(err, errlen,
+             "%s: [service] needs password_hash (make one with "
+             "nextal-agent --hash-password)",
+             path);
+    return -EINVAL;
+  }
+  if (config_parse_hostport(cfg->smtp_listen, &host, &port) < 0) {
+    snprintf(err, errlen, "%s: [smtp] listen \"%s\" is not host:port", path,
+             cfg->smtp_listen);
+    return -EINVAL;
+  }
+  free(host);
+  if (config_parse_hostport(cfg->http_listen, &host, &port) < 0) {
+    snprintf(err, errlen, "%s: [http] listen \"%s\" is not host:port", path,
+             cfg->http_listen);
+    return -EINVAL;
+  }
+  free(host);
+  return 0;
+}
+
+int config_load(struct config *cfg, const char *path, char *err,
+                size_t errlen)
+{
+  struct config_parse ps = { .cfg = cfg };
+  char *copy = xstrdup(path);
+  int line;
+  int rc = 0;
+
+  config_defaults(cfg);
+  ps.base_dir = xstrdup(dirname(copy));
+  line = ini_parse(path, config_handler, &ps);
+  if (line == -1) {
+    snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    rc = -ENOENT;
+    goto out;
+  }
+  if (line != 0) {
+    snprintf(err, errlen, "%s:%d: %s", path, line,
+             ps.error[0] ? ps.error : "not a key = value line");
+    rc = -EINVAL;
+    goto out;
+  }
+  rc = config_validate(cfg, path, err, errlen);
+
+out:
+  free(ps.base_dir);
+  free(copy);
+  return rc;
+}
+
+int config_parse_hostport(const char *text, char **host, int *port)
+{
+  const char *colon;
+  const char *h = text;
+  size_t hlen;
+  uint64_t n;
+
+  if (text[0] == '[') {
+    const char *close = strchr(text, ']');
+
+    if (close == NULL || close[1] != ':')
+      return -EINVAL;
+    h = text + 1;
+    hlen = (size_t) (close - h);
+    colon = close + 1;
+  } else {
+    colon = strrchr(text, ':');
+    if (colon == NULL)
+      return -EINVAL;
+    hlen = (size_t) (colon - text);
+  }
+  if (hlen == 0 || config_parse_number(colon + 1, 65535, &n) < 0)
+    return -EINVAL;
+  *host = xstrndup(h, hlen);
+  *port = (int) n;
+  return 0;
+}

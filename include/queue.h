@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: MIT */
+/* The durable mail queue in SQLite: one row per accepted message, its body
+ * in the spool. States: queued -> sending -> sent | failed, and held while
+ * the policy refuses the sender. */
+#ifndef NX_QUEUE_H
+#define NX_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store.h"
+
+#define QUEUE_ID_SIZE 24 /* printable id plus NUL */
+
+struct queue_entry {
+  int64_t rowid;
+  char queue_id[QUEUE_ID_SIZE];
+  char *sender;
+  char **rcpts;
+  size_t nrcpts;
+  char *message_id;
+  uint64_t size;
+  char *spool_path;
+  char *state;
+  int attempts;
+  int64_t next_attempt_at; /* ms since epoch */
+  int64_t created_at;
+  int64_t sent_at; /* 0 if not sent */
+  char *error_code;
+  char *error_text;
+};
+
+/* Makes a new random queue id (printable, unique in practice). */
+void queue_id_generate(char out[QUEUE_ID_SIZE]);
+
+/* Inserts an accepted message in state queued and commits (durable when it
+ * returns 0). The spool file must already be durable. */
+int queue_insert(struct store *store, const char *queue_id,
+                 const char *sender, const char *const *rcpts, size_t nrcpts,
+                 const char *message_id, uint64_t size,
+                 const char *spool_path);
+
+/* Moves rows left in sending by a crash back to queued; returns how many. */
+int queue_recover(struct store *store);
+
+/* Loads up to max due rows (state queued, next_attempt_at <= now) for
+ * senders not in skip, oldest first. Entries are freed with
+ * queue_entry_free(). Returns the count or a negative errno. */
+int queue_due(struct store *store, int64_t now_ms, struct queue_entry **out,
+              size_t max);
+
+/* Loads one row by queue id or Message-ID; 0, -ENOENT or -EIO. */
+int queue_find(struct store *store, const char *queue_id,
+               const char *message_id, struct queue_entry *out);
+
+int queue_mark_sending(struct store *store, int64_t rowid);
+int queue_mark_sent(struct store *store, int64_t rowid);
+int queue_mark_retry(struct store *store, int64_t rowid,
+                     int64_t next_attempt_at, const char *code,
+                     const char *text);
+int queue_mark_failed(struct store *store, int64_t rowid, const char *code,
+                      const char *text);
+int queue_mark_held(struct store *store, int64_t rowid, const char *code,
+                    const char *text);
+
+/* Held messages of sender (all senders if NULL) go back to queued; returns
+ * how many. */
+int queue_release_held(struct store *store, const char *sender);
+
+/* Fails every queued or held message of sender with code and text (the
+ * offboarding path); returns how many. */
+int queue_fail_sender(struct store *store, const char *sender,
+                      const char *code, const char *text);
+
+/* Counts rows in a state (NULL: all). */
+int queue_count(struct store *store, const char *state, int64_t *count);
+
+/* Lists rows in a state (NULL: all), newest first, up to max. */
+int queue_list(struct store *store, const char *state,
+               struct queue_entry **out, size_t max);
+
+void queue_entry_free(struct queue_entry *e);
+void queue_entries_free(struct queue_entry *v, size_t n);
+
+#endif

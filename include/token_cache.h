@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: MIT */
+/* Access tokens for Graph. Application mode: one client-credentials token
+ * for the tenant. Delegated mode: one per user, from the user's stored
+ * refresh token. Tokens are cached until shortly before they expire and at
+ * most one refresh per key runs at a time; waiters share its result. */
+#ifndef NX_TOKEN_CACHE_H
+#define NX_TOKEN_CACHE_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+#include "config.h"
+#include "http_client.h"
+#include "store.h"
+
+struct token_cache;
+
+/* token is NULL on failure; then error is the OAuth "error" value (or
+ * "network") and description the error_description, and permanent says
+ * whether the grant is gone (the user must link again). */
+typedef void (*token_cache_cb)(void *arg, const char *token,
+                               const char *error, const char *description,
+                               bool permanent);
+
+int token_cache_new(uv_loop_t *loop, struct http_client *http,
+                    const struct config *cfg, struct store *store,
+                    struct token_cache **out);
+
+/* Gets a token for mailbox (ignored in application mode). cb runs on the
+ * loop, possibly before this returns when the token is cached. */
+void token_cache_get(struct token_cache *cache, const char *mailbox,
+                     token_cache_cb cb, void *arg);
+
+/* Forgets the cached token for mailbox (after Graph answered 401). */
+void token_cache_invalidate(struct token_cache *cache, const char *mailbox);
+
+void token_cache_free(struct token_cache *cache);
+
+#endif

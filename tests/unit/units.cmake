@@ -1,0 +1,1 @@
+# One line per module under test: nx_unit_test(<module> <libraries>).
