@@ -60,10 +60,20 @@ struct policy_decision {
   char sentence[256]; /* for a person: what refused and what to do */
 };
 
+/* Longest policy file and list we accept; beyond them the file is refused. */
+#define POLICY_FILE_MAX (4u << 20)
+#define POLICY_USERS_MAX 100000
+
 /* Parses the policy file at path. On error returns a negative errno and
- * writes "path:line: what is wrong" to err; *out is untouched. */
+ * writes "path:line: what is wrong" to err; *out is untouched. The file
+ * format is described in docs/policy.md. */
 int policy_load(const char *path, struct policy **out, char *err,
                 size_t errlen);
+
+/* Parses len bytes of policy text; name stands for the file in messages.
+ * Same contract as policy_load (which reads the file and calls this). */
+int policy_parse(const char *name, const char *text, size_t len,
+                 struct policy **out, char *err, size_t errlen);
 
 void policy_free(struct policy *policy);
 
