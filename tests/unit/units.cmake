@@ -1,2 +1,5 @@
 # One line per module under test: nx_unit_test(<module> <libraries>).
 nx_unit_test(policy nx_policy)
+nx_unit_test(http_client nx_agent)
+target_link_libraries(test_http_client PRIVATE ${HTTP_PARSER_LIBRARY})
+target_include_directories(test_http_client PRIVATE ${HTTP_PARSER_INCLUDE_DIR})
