@@ -220,6 +220,7 @@ class State:
             self.stats = Stats()
             self.inflight = {}      # (client_id, mailbox) -> count
             self.transactions = {}  # (address, transactionId) -> event id
+            self.occurrences = {}   # address -> {occurrence id: (master id, key)}
 
     # -- users -------------------------------------------------------------
     def find_user(self, ident):

@@ -564,5 +564,240 @@ class ThrottleFaultTests(SimTestCase):
         self.assertEqual(len(self.ctl("GET", "mailboxes/%s/sent" % ALICE)["messages"]), 1)
 
 
+def ev_body(subject="Sync", start="2030-03-04T09:00:00", end="2030-03-04T10:00:00",
+            tz="W. Europe Standard Time", **extra):
+    body = {"subject": subject, "body": {"contentType": "HTML", "content": "<p>x</p>"},
+            "start": {"dateTime": start, "timeZone": tz},
+            "end": {"dateTime": end, "timeZone": tz}}
+    body.update(extra)
+    return body
+
+
+ATTENDEES = [{"emailAddress": {"address": BOB, "name": "Bob"}, "type": "required"},
+             {"emailAddress": {"address": "ext@example.org"}, "type": "optional"}]
+
+
+class CalendarTests(SimTestCase):
+    def setUp(self):
+        super().setUp()
+        self.tok = self.app_token()
+
+    def create(self, body, user=ALICE, headers=None):
+        return self.graph("POST", "/users/%s/events" % user, self.tok, json_body=body,
+                          headers=headers)
+
+    def invitations(self, user=ALICE):
+        return self.ctl("GET", "calendars/%s/invitations" % user)["invitations"]
+
+    def window(self, path, start, end, headers=None):
+        q = urllib.parse.urlencode({"startDateTime": start, "endDateTime": end})
+        return self.graph("GET", "%s?%s" % (path, q), self.tok, headers=headers)
+
+    def test_create_teams_event_utc_and_prefer_zone(self):
+        r = self.create(ev_body(attendees=ATTENDEES, isOnlineMeeting=True,
+                                onlineMeetingProvider="teamsForBusiness"))
+        self.assertEqual(r.status, 201, r.body)
+        ev = r.json()
+        self.assertEqual(ev["start"], {"dateTime": "2030-03-04T08:00:00.0000000",
+                                       "timeZone": "UTC"})
+        self.assertEqual(ev["originalStartTimeZone"], "W. Europe Standard Time")
+        self.assertTrue(ev["onlineMeeting"]["joinUrl"].startswith("https://teams.microsoft.com/"))
+        self.assertEqual(ev["attendees"][0]["status"]["response"], "none")
+        self.assertEqual(ev["@odata.etag"], 'W/"%s"' % ev["changeKey"])
+        inv = self.invitations()
+        self.assertEqual(inv[0]["kind"], "request")
+        self.assertEqual(inv[0]["to"], [BOB, "ext@example.org"])
+        got = self.graph("GET", "/users/%s/events/%s" % (ALICE, ev["id"]), self.tok,
+                         headers={"Prefer": 'outlook.timezone="Pacific Standard Time"'})
+        self.assertEqual(got.json()["start"]["dateTime"], "2030-03-04T00:00:00.0000000")
+        self.assertEqual(got.json()["start"]["timeZone"], "Pacific Standard Time")
+        self.assertIn("outlook.timezone", got.headers["Preference-Applied"])
+
+    def test_time_zones(self):
+        r = self.create(ev_body(tz="Mars Standard Time"))
+        self.assertGraphError(r, 400, "TimeZoneNotSupportedException")
+        self.assertIn("'Mars Standard Time'", r.json()["error"]["message"])
+        r = self.create(ev_body(tz="Asia/Kolkata"))
+        self.assertEqual(r.status, 201, r.body)
+        self.assertEqual(r.json()["start"]["dateTime"], "2030-03-04T03:30:00.0000000")
+        r = self.create(ev_body(end="2030-03-04T08:00:00"))
+        self.assertEqual(r.status, 400)
+
+    def test_transaction_id_dedup(self):
+        a = self.create(ev_body(transactionId="txn-1", attendees=ATTENDEES)).json()
+        b = self.create(ev_body(transactionId="txn-1", attendees=ATTENDEES)).json()
+        self.assertEqual(a["id"], b["id"])
+        self.assertEqual(b["transactionId"], "txn-1")
+        self.assertEqual(len(self.ctl("GET", "calendars/%s/events" % ALICE)["events"]), 1)
+        self.assertEqual(len(self.invitations()), 1)
+
+    def test_patch_changes_change_key_and_if_match(self):
+        ev = self.create(ev_body(attendees=ATTENDEES)).json()
+        path = "/users/%s/events/%s" % (ALICE, ev["id"])
+        r = self.graph("PATCH", path, self.tok, json_body={"subject": "Moved",
+                       "start": {"dateTime": "2030-03-05T09:00:00", "timeZone": "UTC"},
+                       "end": {"dateTime": "2030-03-05T10:00:00", "timeZone": "UTC"}})
+        self.assertEqual(r.status, 200, r.body)
+        ev2 = r.json()
+        self.assertNotEqual(ev2["changeKey"], ev["changeKey"])
+        self.assertNotEqual(ev2["@odata.etag"], ev["@odata.etag"])
+        self.assertEqual(ev2["subject"], "Moved")
+        self.assertEqual(self.invitations()[-1]["kind"], "update")
+        # attendee-only change mails only the added/removed ones
+        self.graph("PATCH", path, self.tok, json_body={"attendees": ATTENDEES[:1] + [
+            {"emailAddress": {"address": CAROL}}]})
+        kinds = {(i["kind"], tuple(i["to"])) for i in self.invitations()[-2:]}
+        self.assertEqual(kinds, {("request", (CAROL,)), ("cancel", ("ext@example.org",))})
+        stale = self.graph("PATCH", path, self.tok, json_body={"subject": "x"},
+                           headers={"If-Match": ev["@odata.etag"]})
+        self.assertEqual(stale.status, 412)
+        # an edit "in Outlook" changes the change key too
+        before = self.graph("GET", path, self.tok).json()["changeKey"]
+        r = self.http("PATCH", "/_sim/calendars/%s/events/%s" % (ALICE, ev["id"]),
+                      json_body={"location": {"displayName": "Room 1"}})
+        self.assertEqual(r.status, 200, r.body)
+        after = self.graph("GET", path, self.tok).json()
+        self.assertNotEqual(after["changeKey"], before)
+        self.assertEqual(after["location"]["displayName"], "Room 1")
+
+    def test_delete_and_cancel(self):
+        ev = self.create(ev_body(attendees=ATTENDEES)).json()
+        r = self.graph("POST", "/users/%s/events/%s/cancel" % (ALICE, ev["id"]), self.tok,
+                       json_body={"comment": "sorry"})
+        self.assertEqual(r.status, 202)
+        self.assertEqual(r.body, b"")
+        inv = self.invitations()[-1]
+        self.assertEqual((inv["kind"], inv["comment"]), ("cancel", "sorry"))
+        self.assertGraphError(self.graph("GET", "/users/%s/events/%s" % (ALICE, ev["id"]),
+                                         self.tok), 404, "ErrorItemNotFound")
+        ev = self.create(ev_body(attendees=ATTENDEES)).json()
+        r = self.graph("DELETE", "/users/%s/events/%s" % (ALICE, ev["id"]), self.tok)
+        self.assertEqual(r.status, 204)
+        self.assertEqual(self.invitations()[-1]["kind"], "cancel")
+        # attendee's copy cannot be cancelled
+        copy = self.http("POST", "/_sim/calendars/%s/events" % BOB, json_body=ev_body(
+            organizer={"emailAddress": {"address": ALICE, "name": "Alice"}})).json()
+        r = self.graph("POST", "/users/%s/events/%s/cancel" % (BOB, copy["id"]), self.tok,
+                       json_body={})
+        self.assertEqual(r.status, 400)
+        self.assertIn("organizer", r.json()["error"]["message"])
+
+    def test_weekly_series_instances_and_exceptions(self):
+        rec = {"pattern": {"type": "weekly", "interval": 1,
+                           "daysOfWeek": ["monday", "wednesday"]},
+               "range": {"type": "numbered", "startDate": "2030-03-04",
+                         "numberOfOccurrences": 6}}
+        bad = dict(rec, range=dict(rec["range"], startDate="2030-03-05"))
+        self.assertGraphError(self.create(ev_body(recurrence=bad)), 400,
+                              "ErrorPropertyValidationFailure")
+        master = self.create(ev_body(recurrence=rec, attendees=ATTENDEES)).json()
+        self.assertEqual(master["type"], "seriesMaster")
+        path = "/users/%s/events/%s/instances" % (ALICE, master["id"])
+        occ = self.window(path, "2030-03-01T00:00:00Z", "2030-04-30T00:00:00Z").json()["value"]
+        self.assertEqual([o["start"]["dateTime"][:10] for o in occ],
+                         ["2030-03-04", "2030-03-06", "2030-03-11", "2030-03-13",
+                          "2030-03-18", "2030-03-20"])
+        self.assertTrue(all(o["seriesMasterId"] == master["id"] for o in occ))
+        self.assertEqual(len({o["iCalUId"] for o in occ}), 6)
+        # delete one occurrence, move another (exception)
+        r = self.graph("DELETE", "/users/%s/events/%s" % (ALICE, occ[1]["id"]), self.tok)
+        self.assertEqual(r.status, 204)
+        self.assertEqual(self.invitations()[-1]["occurrence"], occ[1]["id"])
+        r = self.graph("PATCH", "/users/%s/events/%s" % (ALICE, occ[2]["id"]), self.tok,
+                       json_body={"subject": "Special",
+                                  "start": {"dateTime": "2030-03-12T10:00:00", "timeZone": "UTC"},
+                                  "end": {"dateTime": "2030-03-12T11:00:00", "timeZone": "UTC"}})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["type"], "exception")
+        r = self.graph("PATCH", "/users/%s/events/%s" % (ALICE, occ[3]["id"]), self.tok,
+                       json_body={"start": {"dateTime": "2030-03-18T10:00:00",
+                                            "timeZone": "UTC"},
+                                  "end": {"dateTime": "2030-03-18T11:00:00", "timeZone": "UTC"}})
+        self.assertGraphError(r, 400, "ErrorOccurrenceCrossingBoundary")
+        occ2 = self.window(path, "2030-03-01T00:00:00Z", "2030-04-30T00:00:00Z").json()["value"]
+        self.assertEqual(len(occ2), 5)
+        special = [o for o in occ2 if o["type"] == "exception"][0]
+        self.assertEqual(special["subject"], "Special")
+        self.assertEqual(special["start"]["dateTime"], "2030-03-12T10:00:00.0000000")
+
+    def test_other_patterns(self):
+        cases = [
+            ({"type": "daily", "interval": 2}, {"type": "endDate", "startDate": "2030-03-04",
+                                                "endDate": "2030-03-10"},
+             ["2030-03-04", "2030-03-06", "2030-03-08", "2030-03-10"]),
+            ({"type": "absoluteMonthly", "interval": 1, "dayOfMonth": 4},
+             {"type": "numbered", "startDate": "2030-03-04", "numberOfOccurrences": 3},
+             ["2030-03-04", "2030-04-04", "2030-05-04"]),
+            ({"type": "relativeMonthly", "interval": 1, "daysOfWeek": ["monday"],
+              "index": "first"},
+             {"type": "numbered", "startDate": "2030-03-04", "numberOfOccurrences": 3},
+             ["2030-03-04", "2030-04-01", "2030-05-06"]),
+            ({"type": "absoluteYearly", "interval": 1, "dayOfMonth": 4, "month": 3},
+             {"type": "noEnd", "startDate": "2030-03-04"},
+             ["2030-03-04", "2031-03-04", "2032-03-04"]),
+        ]
+        for pattern, rng, want in cases:
+            with self.subTest(pattern=pattern["type"]):
+                m = self.create(ev_body(recurrence={"pattern": pattern, "range": rng}))
+                self.assertEqual(m.status, 201, m.body)
+                occ = self.window("/users/%s/events/%s/instances" % (ALICE, m.json()["id"]),
+                                  "2030-03-01T00:00:00Z", "2032-12-31T00:00:00Z",
+                                  headers={"Prefer": "odata.maxpagesize=50"}).json()["value"]
+                self.assertEqual([o["start"]["dateTime"][:10] for o in occ], want)
+
+    def test_calendar_view_paging(self):
+        rec = {"pattern": {"type": "daily", "interval": 1},
+               "range": {"type": "numbered", "startDate": "2030-03-04",
+                         "numberOfOccurrences": 12}}
+        self.create(ev_body(recurrence=rec))
+        self.create(ev_body(subject="single", start="2030-03-05T12:00:00",
+                            end="2030-03-05T13:00:00"))
+        r = self.window("/users/%s/calendarView" % ALICE, "2030-03-01T00:00:00Z",
+                        "2030-04-01T00:00:00Z")
+        seen = []
+        while True:
+            self.assertEqual(r.status, 200, r.body)
+            j = r.json()
+            seen.extend(j["value"])
+            if "@odata.nextLink" not in j:
+                break
+            link = j["@odata.nextLink"]
+            self.assertTrue(link.startswith(self.base))
+            r = self.graph("GET", link[len(self.base) + len("/v1.0"):], self.tok)
+        self.assertEqual(len(seen), 13)
+        self.assertTrue(all(o["type"] != "seriesMaster" for o in seen))
+        self.assertEqual(self.http("GET", "/v1.0/users/%s/calendarView" % ALICE,
+                                   headers={"Authorization": "Bearer " + self.tok}).status, 400)
+
+    def test_get_schedule(self):
+        self.create(ev_body(start="2030-03-04T10:00:00", end="2030-03-04T11:00:00", tz="UTC"))
+        body = {"schedules": [ALICE, "nobody@contoso.example"],
+                "startTime": {"dateTime": "2030-03-04T09:00:00", "timeZone": "UTC"},
+                "endTime": {"dateTime": "2030-03-04T12:00:00", "timeZone": "UTC"},
+                "availabilityViewInterval": 60}
+        r = self.graph("POST", "/users/%s/calendar/getSchedule" % ALICE, self.tok,
+                       json_body=body)
+        self.assertEqual(r.status, 200, r.body)
+        v = r.json()["value"]
+        self.assertEqual(v[0]["availabilityView"], "020")
+        self.assertEqual(v[0]["scheduleItems"][0]["status"], "busy")
+        self.assertIn("error", v[1])
+        too_many = dict(body, schedules=["u%d@contoso.example" % i for i in range(21)])
+        self.assertEqual(self.graph("POST", "/users/%s/calendar/getSchedule" % ALICE, self.tok,
+                                    json_body=too_many).status, 400)
+        too_long = dict(body, endTime={"dateTime": "2030-05-06T00:00:00", "timeZone": "UTC"})
+        self.assertEqual(self.graph("POST", "/users/%s/calendar/getSchedule" % ALICE, self.tok,
+                                    json_body=too_long).status, 400)
+
+    def test_attendee_response(self):
+        ev = self.create(ev_body(attendees=ATTENDEES)).json()
+        r = self.http("POST", "/_sim/calendars/%s/events/%s/respond" % (ALICE, ev["id"]),
+                      json_body={"attendee": BOB, "response": "accepted"})
+        self.assertEqual(r.status, 200, r.body)
+        got = self.graph("GET", "/users/%s/events/%s" % (ALICE, ev["id"]), self.tok).json()
+        self.assertEqual(got["attendees"][0]["status"]["response"], "accepted")
+        self.assertNotEqual(got["changeKey"], ev["changeKey"])
+
+
 if __name__ == "__main__":
     unittest.main()
