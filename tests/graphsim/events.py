@@ -28,7 +28,7 @@ import urllib.parse
 
 import recurrence
 import tzmap
-from simcore import Reply, graph_error, immutable_id, iso_z, json_reply, utcnow
+from simcore import Reply, graph_error, immutable_id, iso_z, json_reply
 
 UTC = _dt.timezone.utc
 WRITE = ("Calendars.ReadWrite",)

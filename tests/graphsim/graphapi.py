@@ -92,10 +92,10 @@ def handle(state, req):
                            % (rest[-1] if rest else ident), req.request_id)
     user = state.find_user(ident)
     mailbox = user.address if user else ident.lower()
-    return run_operation(state, req, token, user, mailbox, op, rest)
+    return run_operation(state, req, token, user, ident, mailbox, op, rest)
 
 
-def run_operation(state, req, token, user, mailbox, op, rest):
+def run_operation(state, req, token, user, ident, mailbox, op, rest):
     name, func, scopes = op
     with state.lock:
         state.stats.bucket(mailbox)["requests"] += 1
@@ -109,7 +109,7 @@ def run_operation(state, req, token, user, mailbox, op, rest):
         if rule:
             faults.record_injected(state, mailbox, rule)
             return faults.fault_reply(rule, req.request_id)
-        reply = authorise_and_run(state, req, token, user, name, func, scopes, rest)
+        reply = authorise_and_run(state, req, token, user, ident, name, func, scopes, rest)
         rule = faults.pick_fault(state, mailbox, name, token["client_id"], after=True)
         if rule:
             faults.record_injected(state, mailbox, rule)
@@ -117,16 +117,16 @@ def run_operation(state, req, token, user, mailbox, op, rest):
         return reply
 
 
-def authorise_and_run(state, req, token, user, name, func, scopes, rest):
+def authorise_and_run(state, req, token, user, ident, name, func, scopes, rest):
     if user is None:
         if name == "getUser":
             # Directory lookup of an unknown user [obs] microsoft-graph-docs-contrib#7618.
             return graph_error(404, "Request_ResourceNotFound", "Resource '%s' does not exist "
                                "or one of its queried reference-property objects are not "
-                               "present." % req.path.split("/")[3], req.request_id)
+                               "present." % ident, req.request_id)
         # [obs] graph-api.md §5 ErrorInvalidUser
         return graph_error(404, "ErrorInvalidUser", "The requested user '%s' is invalid."
-                           % req.path.split("/")[3], req.request_id)
+                           % ident, req.request_id)
     if token["user"] is None:
         if not token["roles"]:
             # App-only token issued without consent carries no roles [E-CC].

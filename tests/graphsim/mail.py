@@ -21,7 +21,7 @@ import re
 import secrets
 import urllib.parse
 
-from simcore import graph_error, immutable_id, iso_z, json_reply, Reply, utcnow, new_guid
+from simcore import Reply, graph_error, immutable_id, iso_z, json_reply, utcnow
 
 ADDRESS_RE = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+$")
 SENT_ITEMS_FOLDER_ID = "AQMkSentItemsFolderSim0000AAAAAAEJAAAA"

@@ -789,6 +789,16 @@ class CalendarTests(SimTestCase):
         self.assertEqual(self.graph("POST", "/users/%s/calendar/getSchedule" % ALICE, self.tok,
                                     json_body=too_long).status, 400)
 
+    def test_delegated_scopes(self):
+        j = self.sign_in(scope="openid offline_access Mail.Send")
+        r = self.graph("POST", "/me/events", j["access_token"], json_body=ev_body())
+        self.assertGraphError(r, 403, "ErrorAccessDenied")
+        j = self.sign_in(scope="openid offline_access "
+                         "https://graph.microsoft.com/Calendars.ReadWrite")
+        r = self.graph("POST", "/me/events", j["access_token"], json_body=ev_body())
+        self.assertEqual(r.status, 201, r.body)
+        self.assertEqual(r.json()["organizer"]["emailAddress"]["address"], ALICE)
+
     def test_attendee_response(self):
         ev = self.create(ev_body(attendees=ATTENDEES)).json()
         r = self.http("POST", "/_sim/calendars/%s/events/%s/respond" % (ALICE, ev["id"]),
