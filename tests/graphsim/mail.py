@@ -98,6 +98,8 @@ def parse_json_request(req, user):
     # The doc example sends the string "false" [G-SEND].
     save = not (save is False or str(save).lower() == "false")
     recipients = collect_json_recipients(req, msg)
+    if msg.get("from"):
+        check_send_as(req, user, ((msg["from"] or {}).get("emailAddress") or {}).get("address"))
     headers = validate_headers(req, msg.get("internetMessageHeaders") or [])
     attachments = [decode_json_attachment(req, a) for a in msg.get("attachments") or []]
     imid = msg.get("internetMessageId") or generate_message_id()
@@ -147,6 +149,15 @@ def check_address(req, addr):
         raise bad(req, "ErrorInvalidRecipients", "At least one recipient isn't valid., "
                   "Recipient '%s' isn't resolved. All recipients must be resolved before a "
                   "message can be submitted." % addr)
+
+
+def check_send_as(req, user, address):
+    """`from` other than the mailbox needs Send As / on Behalf rights [G-OTHER]."""
+    addr = (address or "").lower()
+    if addr and addr != user.address and addr not in user.send_as:
+        raise bad(req, "ErrorSendAsDenied", "The user account which was used to submit this "
+                  "request does not have the right to send mail on behalf of the specified "
+                  "sending account. Cannot submit message.", status=403)
 
 
 def validate_headers(req, headers):
@@ -228,6 +239,7 @@ def parse_mime_request(req, user):
     resource["bodyPreview"] = preview(content)
     from_pairs = email.utils.getaddresses([str(v) for v in msg.get_all("From", [])])
     if from_pairs and from_pairs[0][1]:
+        check_send_as(req, user, from_pairs[0][1])
         resource["from"] = {"emailAddress": {"name": from_pairs[0][0] or from_pairs[0][1],
                                              "address": from_pairs[0][1]}}
     resource["internetMessageHeaders"] = [{"name": k, "value": str(v)} for k, v in msg.items()]

@@ -146,6 +146,8 @@ class User:
         self.upn = spec.get("upn", spec["address"])
         self.disabled = bool(spec.get("disabled", False))
         self.mailbox = bool(spec.get("mailbox", True))
+        # addresses this mailbox may put in `from` (Send As / on Behalf) [G-OTHER]
+        self.send_as = {a.lower() for a in spec.get("send_as", [])}
         self.tokens_valid_from = 0.0  # refresh tokens issued before this are revoked
 
     def resource(self):

@@ -434,6 +434,12 @@ class MailTests(SimTestCase):
         self.assertGraphError(self.graph("GET", "/users/%s/messages/nope" % ALICE, self.tok),
                               404, "ErrorItemNotFound")
 
+    def test_send_as_denied(self):
+        body = mail_json(**{"from": {"emailAddress": {"address": BOB}}})
+        self.assertGraphError(self.send(body), 403, "ErrorSendAsDenied")
+        body = mail_json(**{"from": {"emailAddress": {"address": ALICE.upper()}}})
+        self.assertEqual(self.send(body).status, 202)
+
     def test_send_json_save_false(self):
         body = mail_json()
         body["saveToSentItems"] = "false"
