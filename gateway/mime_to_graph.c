@@ -1,0 +1,1046 @@
+/* SPDX-License-Identifier: MIT */
+/* Translates an RFC 5322 message, parsed with libetpan, into the JSON body
+ * of a Graph sendMail request (see include/mime_to_graph.h). */
+#include "mime_to_graph.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <gnutls/gnutls.h>
+#include <libetpan/libetpan.h>
+#include <libxml/uri.h>
+
+#include "log.h"
+#include "xalloc.h"
+
+/* Deepest multipart nesting we follow; real mail stays under 5 levels. */
+#define MIME_GRAPH_DEPTH_MAX 16
+/* x- headers copied into internetMessageHeaders; the rest are dropped. */
+#define MIME_GRAPH_XHEADERS_MAX 32
+/* Continuation pieces of one RFC 2231 parameter (filename*0*, ...). */
+#define MIME_GRAPH_RFC2231_PIECES_MAX 32
+
+/* What a leaf part is, as far as the translation cares. */
+enum mime_graph_kind {
+  MIME_GRAPH_KIND_PLAIN,
+  MIME_GRAPH_KIND_HTML,
+  MIME_GRAPH_KIND_MULTIPART,
+  MIME_GRAPH_KIND_MESSAGE,
+  MIME_GRAPH_KIND_CALENDAR,
+  MIME_GRAPH_KIND_OTHER,
+};
+
+struct mime_graph_ctx {
+  const struct mime_graph_envelope *env;
+  struct mime_graph_result *res;
+  json_t *msg;         /* the "message" object being filled */
+  json_t *attachments; /* fileAttachment objects, added at the end */
+  bool *named;         /* per envelope recipient: a To or Cc header names it */
+  bool has_body;       /* the body part has been chosen */
+  size_t budget;       /* bytes of content added so far, for an early ETOOBIG */
+};
+
+/* Finds the value of a MIME parameter by name in one kind of list. */
+typedef const char *mime_graph_param_find_fn(const void *src, const char *name);
+
+static int mime_graph_walk(struct mime_graph_ctx *ctx, struct mailmime *mime,
+                           int depth, bool in_related);
+
+/* Records the sentence for the SMTP reply and returns rc, so that error
+ * paths read "return mime_graph_fail(...)". */
+static int mime_graph_fail(struct mime_graph_ctx *ctx, int rc, const char *fmt,
+                           ...) __attribute__((format(printf, 3, 4)));
+
+static int mime_graph_fail(struct mime_graph_ctx *ctx, int rc, const char *fmt,
+                           ...)
+{
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(ctx->res->error, sizeof ctx->res->error, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+/* jansson refuses strings that are not UTF-8, which makes it our
+ * validator: no hand-written UTF-8 decoding. */
+static bool mime_graph_utf8_valid(const char *s, size_t len)
+{
+  json_t *probe = json_stringn(s, len);
+  bool ok = probe != NULL;
+
+  json_decref(probe);
+  return ok;
+}
+
+/* Converts len bytes from charset to a new UTF-8 string of *outlen bytes.
+ * Returns 0, or MIME_GRAPH_ECHARSET when iconv does not know charset. */
+static int mime_graph_charset_convert(const char *charset, const char *data,
+                                      size_t len, char **out, size_t *outlen)
+{
+  char *conv = NULL;
+  size_t convlen = 0;
+  int rc;
+
+  rc = charconv_buffer("utf-8", charset, data, len, &conv, &convlen);
+  if (rc != MAIL_CHARCONV_NO_ERROR)
+    return MIME_GRAPH_ECHARSET;
+  *out = xstrndup(conv, convlen);
+  *outlen = convlen;
+  charconv_buffer_free(conv);
+  return 0;
+}
+
+/* Text without a usable label is UTF-8 when it is valid UTF-8, and
+ * Windows-1252 otherwise (the superset of Latin-1 that mailers really
+ * send). libetpan's iconv wrapper turns unmapped bytes into '?'. */
+static void mime_graph_unlabelled_convert(const char *data, size_t len,
+                                          char **out, size_t *outlen)
+{
+  int rc;
+
+  if (mime_graph_utf8_valid(data, len)) {
+    *out = xstrndup(data, len);
+    *outlen = len;
+    return;
+  }
+  rc = mime_graph_charset_convert("windows-1252", data, len, out, outlen);
+  if (rc < 0)
+    rc = mime_graph_charset_convert("iso-8859-1", data, len, out, outlen);
+  assert(rc == 0);
+}
+
+/* Converts text in the declared charset (NULL when none) to UTF-8.
+ * US-ASCII and UTF-8 labels are often wrong about 8-bit bytes, so they
+ * get the unlabelled rule. Returns 0 or MIME_GRAPH_ECHARSET. */
+static int mime_graph_text_to_utf8(const char *charset, const char *data,
+                                   size_t len, char **out, size_t *outlen)
+{
+  int rc;
+
+  if (!charset || strcasecmp(charset, "us-ascii") == 0
+      || strcasecmp(charset, "utf-8") == 0
+      || strcasecmp(charset, "utf8") == 0) {
+    mime_graph_unlabelled_convert(data, len, out, outlen);
+    return 0;
+  }
+  rc = mime_graph_charset_convert(charset, data, len, out, outlen);
+  if (rc == 0 && !mime_graph_utf8_valid(*out, *outlen)) {
+    free(*out);
+    rc = MIME_GRAPH_ECHARSET;
+  }
+  return rc;
+}
+
+/* Decodes a header value (RFC 2047 encoded words, folding, raw 8-bit
+ * text by the unlabelled rule) into a new UTF-8 string; never fails. */
+static char *mime_graph_header_decode(const char *raw)
+{
+  size_t len = strlen(raw), idx = 0, outlen;
+  const char *from = mime_graph_utf8_valid(raw, len) ? "utf-8" : "windows-1252";
+  char *decoded = NULL, *out;
+  int rc;
+
+  rc = mailmime_encoded_phrase_parse(from, raw, len, &idx, "utf-8", &decoded);
+  if (rc == MAILIMF_NO_ERROR
+      && mime_graph_utf8_valid(decoded, strlen(decoded))) {
+    out = xstrdup(decoded);
+    free(decoded);
+    return out;
+  }
+
+  /* An encoded word in an unknown charset leaves raw bytes behind. */
+  free(decoded);
+  mime_graph_unlabelled_convert(raw, len, &out, &outlen);
+  return out;
+}
+
+/* Sets key to the string s (taking ownership of s). */
+static void mime_graph_set_string(json_t *obj, const char *key, char *s)
+{
+  json_t *value = json_string(s);
+
+  assert(value); /* callers pass UTF-8 only */
+  json_object_set_new(obj, key, value);
+  free(s);
+}
+
+/* Appends value to the array obj[key], creating the array on first use. */
+static void mime_graph_array_push(json_t *obj, const char *key, json_t *value)
+{
+  json_t *array = json_object_get(obj, key);
+
+  if (!array) {
+    array = json_array();
+    json_object_set_new(obj, key, array);
+  }
+  json_array_append_new(array, value);
+}
+
+/* Builds {"emailAddress":{"name","address"}}; raw_name may be NULL or
+ * RFC 2047 encoded. Returns NULL when address is not UTF-8. */
+static json_t *mime_graph_recipient_new(const char *raw_name,
+                                        const char *address)
+{
+  json_t *email, *addr = json_string(address);
+
+  if (!addr)
+    return NULL;
+  email = json_object();
+  if (raw_name && *raw_name)
+    mime_graph_set_string(email, "name", mime_graph_header_decode(raw_name));
+  json_object_set_new(email, "address", addr);
+  return json_pack("{s:o}", "emailAddress", email);
+}
+
+/* Marks the envelope recipients equal to address (case-insensitively)
+ * and returns the first one, or NULL when the envelope lacks it. */
+static const char *mime_graph_envelope_match(struct mime_graph_ctx *ctx,
+                                             const char *address)
+{
+  const char *found = NULL;
+
+  for (size_t i = 0; i < ctx->env->nrcpts; i++) {
+    if (strcasecmp(ctx->env->rcpts[i], address) != 0)
+      continue;
+    ctx->named[i] = true;
+    if (!found)
+      found = ctx->env->rcpts[i];
+  }
+  return found;
+}
+
+/* Adds one To/Cc mailbox when the envelope delivers to it. The address
+ * written is the envelope's spelling, which is known to be UTF-8. */
+static void mime_graph_mailbox_add(struct mime_graph_ctx *ctx, const char *key,
+                                   struct mailimf_mailbox *mb)
+{
+  const char *rcpt = mime_graph_envelope_match(ctx, mb->mb_addr_spec);
+  char esc[128];
+
+  if (!rcpt) {
+    log_debug("- mime rcpt_dropped header=%s addr=\"%s\"", key,
+              log_escape(esc, sizeof esc, mb->mb_addr_spec,
+                         strlen(mb->mb_addr_spec)));
+    return;
+  }
+  mime_graph_array_push(ctx->msg, key,
+                        mime_graph_recipient_new(mb->mb_display_name, rcpt));
+}
+
+/* Calls mime_graph_mailbox_add for every mailbox of list, groups
+ * included. */
+static void mime_graph_address_list_add(struct mime_graph_ctx *ctx,
+                                        const char *key,
+                                        struct mailimf_address_list *list)
+{
+  for (clistiter *it = clist_begin(list->ad_list); it; it = clist_next(it)) {
+    struct mailimf_address *addr = clist_content(it);
+    struct mailimf_mailbox_list *group;
+
+    if (addr->ad_type == MAILIMF_ADDRESS_MAILBOX) {
+      mime_graph_mailbox_add(ctx, key, addr->ad_data.ad_mailbox);
+      continue;
+    }
+    group = addr->ad_data.ad_group->grp_mb_list;
+    if (!group)
+      continue;
+    for (clistiter *m = clist_begin(group->mb_list); m; m = clist_next(m))
+      mime_graph_mailbox_add(ctx, key, clist_content(m));
+  }
+}
+
+/* Reply-To is not a receiver, so it is copied without the envelope. */
+static void mime_graph_reply_to_add(struct mime_graph_ctx *ctx,
+                                    struct mailimf_mailbox *mb)
+{
+  json_t *rcpt
+      = mime_graph_recipient_new(mb->mb_display_name, mb->mb_addr_spec);
+
+  if (rcpt)
+    mime_graph_array_push(ctx->msg, "replyTo", rcpt);
+}
+
+static void mime_graph_reply_to_list_add(struct mime_graph_ctx *ctx,
+                                         struct mailimf_address_list *list)
+{
+  for (clistiter *it = clist_begin(list->ad_list); it; it = clist_next(it)) {
+    struct mailimf_address *addr = clist_content(it);
+    struct mailimf_mailbox_list *group;
+
+    if (addr->ad_type == MAILIMF_ADDRESS_MAILBOX) {
+      mime_graph_reply_to_add(ctx, addr->ad_data.ad_mailbox);
+      continue;
+    }
+    group = addr->ad_data.ad_group->grp_mb_list;
+    if (!group)
+      continue;
+    for (clistiter *m = clist_begin(group->mb_list); m; m = clist_next(m))
+      mime_graph_reply_to_add(ctx, clist_content(m));
+  }
+}
+
+/* The message is always sent as env->sender, the linked user: setting
+ * "from" to another mailbox makes Graph answer ErrorSendAsDenied
+ * (graph-api.md 2.5). When the header From names someone else, replies
+ * should still reach that person, so the original From becomes replyTo,
+ * unless the message carries its own Reply-To, which wins. */
+static void mime_graph_from_apply(struct mime_graph_ctx *ctx,
+                                  struct mailimf_from *from)
+{
+  struct mailimf_mailbox *mb;
+
+  if (!from || !from->frm_mb_list || json_object_get(ctx->msg, "replyTo"))
+    return;
+  mb = clist_begin(from->frm_mb_list->mb_list)
+           ? clist_content(clist_begin(from->frm_mb_list->mb_list))
+           : NULL;
+  if (mb && strcasecmp(mb->mb_addr_spec, ctx->env->sender) != 0)
+    mime_graph_reply_to_add(ctx, mb);
+}
+
+/* Envelope recipients that no To or Cc header names are blind copies. */
+static void mime_graph_bcc_add(struct mime_graph_ctx *ctx)
+{
+  for (size_t i = 0; i < ctx->env->nrcpts; i++) {
+    if (ctx->named[i])
+      continue;
+    mime_graph_array_push(ctx->msg, "bccRecipients",
+                          mime_graph_recipient_new(NULL, ctx->env->rcpts[i]));
+  }
+}
+
+/* Graph's "importance" from Importance (high/normal/low) or, failing
+ * that, X-Priority (1-2 high, 3 normal, 4-5 low). */
+static void mime_graph_importance_apply(struct mime_graph_ctx *ctx,
+                                        const char *name, const char *value)
+{
+  static const char *const by_priority[]
+      = { "high", "high", "normal", "low", "low" };
+  const char *level = NULL;
+  char *end;
+  long prio;
+
+  while (*value == ' ' || *value == '\t')
+    value++;
+  if (strcasecmp(name, "Importance") == 0) {
+    if (strncasecmp(value, "high", 4) == 0)
+      level = "high";
+    else if (strncasecmp(value, "low", 3) == 0)
+      level = "low";
+    else if (strncasecmp(value, "normal", 6) == 0)
+      level = "normal";
+    if (level)
+      json_object_set_new(ctx->msg, "importance", json_string(level));
+    return;
+  }
+  prio = strtol(value, &end, 10);
+  if (end != value && prio >= 1 && prio <= 5
+      && !json_object_get(ctx->msg, "importance"))
+    json_object_set_new(ctx->msg, "importance",
+                        json_string(by_priority[prio - 1]));
+}
+
+/* Graph's internetMessageHeaders takes only names starting with x- or
+ * X-; any other name fails the whole send (InvalidInternetMessageHeader,
+ * graph-api.md 2.2), so other custom headers are dropped here. */
+static void mime_graph_optional_add(struct mime_graph_ctx *ctx,
+                                    struct mailimf_optional_field *field)
+{
+  json_t *headers = json_object_get(ctx->msg, "internetMessageHeaders");
+  json_t *item;
+  char esc[64];
+
+  if (strcasecmp(field->fld_name, "Importance") == 0
+      || strcasecmp(field->fld_name, "X-Priority") == 0)
+    mime_graph_importance_apply(ctx, field->fld_name, field->fld_value);
+
+  if (strncasecmp(field->fld_name, "x-", 2) != 0
+      || (headers && json_array_size(headers) >= MIME_GRAPH_XHEADERS_MAX)) {
+    log_debug(
+        "- mime header_dropped name=\"%s\"",
+        log_escape(esc, sizeof esc, field->fld_name, strlen(field->fld_name)));
+    return;
+  }
+  item = json_object();
+  json_object_set_new(item, "name", json_string(field->fld_name));
+  mime_graph_set_string(item, "value",
+                        mime_graph_header_decode(field->fld_value));
+  mime_graph_array_push(ctx->msg, "internetMessageHeaders", item);
+}
+
+/* Graph documents internetMessageId as "updatable only if isDraft is
+ * true" (learn.microsoft.com/en-us/graph/api/message-update); sendMail
+ * first saves the message as a draft (graph-api.md 2.1, G-FLOW), so the
+ * id is accepted on send and keeps Nextal's Message-ID. */
+static void mime_graph_message_id_set(struct mime_graph_ctx *ctx,
+                                      const char *id)
+{
+  json_t *value;
+  char *bracketed;
+
+  if (!id || !*id || ctx->res->message_id)
+    return;
+  bracketed = xasprintf("<%s>", id);
+  value = json_string(bracketed);
+  free(bracketed);
+  if (!value)
+    return;
+  json_object_set_new(ctx->msg, "internetMessageId", value);
+  ctx->res->message_id = xstrdup(id);
+}
+
+/* Dispatches one header field. Bcc is ignored: the envelope alone
+ * decides who receives the message. In-Reply-To and References are
+ * dropped: Graph's JSON message has no property for them and
+ * internetMessageHeaders rejects names without x- (graph-api.md 2.2;
+ * github.com/elie222/inbox-zero/pull/1246 reached the same conclusion).
+ * Threading needs createReply or a MIME send, a later issue. */
+static void mime_graph_field_add(struct mime_graph_ctx *ctx,
+                                 struct mailimf_field *field)
+{
+  switch (field->fld_type) {
+    case MAILIMF_FIELD_SUBJECT:
+      mime_graph_set_string(
+          ctx->msg, "subject",
+          mime_graph_header_decode(field->fld_data.fld_subject->sbj_value));
+      break;
+    case MAILIMF_FIELD_TO:
+      mime_graph_address_list_add(ctx, "toRecipients",
+                                  field->fld_data.fld_to->to_addr_list);
+      break;
+    case MAILIMF_FIELD_CC:
+      mime_graph_address_list_add(ctx, "ccRecipients",
+                                  field->fld_data.fld_cc->cc_addr_list);
+      break;
+    case MAILIMF_FIELD_REPLY_TO:
+      mime_graph_reply_to_list_add(ctx,
+                                   field->fld_data.fld_reply_to->rt_addr_list);
+      break;
+    case MAILIMF_FIELD_MESSAGE_ID:
+      mime_graph_message_id_set(ctx, field->fld_data.fld_message_id->mid_value);
+      break;
+    case MAILIMF_FIELD_OPTIONAL_FIELD:
+      mime_graph_optional_add(ctx, field->fld_data.fld_optional_field);
+      break;
+    default:
+      break;
+  }
+}
+
+/* Translates the top-level header fields, then applies the From and
+ * envelope rules that need all of them. */
+static void mime_graph_headers_add(struct mime_graph_ctx *ctx,
+                                   struct mailimf_fields *fields)
+{
+  struct mailimf_from *from = NULL;
+
+  for (clistiter *it = clist_begin(fields->fld_list); it; it = clist_next(it)) {
+    struct mailimf_field *field = clist_content(it);
+
+    if (field->fld_type == MAILIMF_FIELD_FROM && !from)
+      from = field->fld_data.fld_from;
+    mime_graph_field_add(ctx, field);
+  }
+  mime_graph_from_apply(ctx, from);
+  mime_graph_bcc_add(ctx);
+}
+
+/* Classifies a part by its Content-Type; a missing one is text/plain
+ * (RFC 2045 section 5.2). */
+static enum mime_graph_kind
+mime_graph_kind_get(const struct mailmime_content *ct)
+{
+  const struct mailmime_type *type = ct ? ct->ct_type : NULL;
+  int major;
+
+  if (!type)
+    return MIME_GRAPH_KIND_PLAIN;
+  if (type->tp_type == MAILMIME_TYPE_COMPOSITE_TYPE) {
+    major = type->tp_data.tp_composite_type->ct_type;
+    if (major == MAILMIME_COMPOSITE_TYPE_MULTIPART)
+      return MIME_GRAPH_KIND_MULTIPART;
+    return major == MAILMIME_COMPOSITE_TYPE_MESSAGE ? MIME_GRAPH_KIND_MESSAGE
+                                                    : MIME_GRAPH_KIND_OTHER;
+  }
+  if (type->tp_data.tp_discrete_type->dt_type != MAILMIME_DISCRETE_TYPE_TEXT)
+    return MIME_GRAPH_KIND_OTHER;
+  if (strcasecmp(ct->ct_subtype, "plain") == 0)
+    return MIME_GRAPH_KIND_PLAIN;
+  if (strcasecmp(ct->ct_subtype, "html") == 0)
+    return MIME_GRAPH_KIND_HTML;
+  if (strcasecmp(ct->ct_subtype, "calendar") == 0)
+    return MIME_GRAPH_KIND_CALENDAR;
+  return MIME_GRAPH_KIND_OTHER;
+}
+
+/* The major type's name, for the attachment's contentType. */
+static const char *mime_graph_major_name(const struct mailmime_type *type)
+{
+  static const char *const discrete[] = {
+    [MAILMIME_DISCRETE_TYPE_TEXT] = "text",
+    [MAILMIME_DISCRETE_TYPE_IMAGE] = "image",
+    [MAILMIME_DISCRETE_TYPE_AUDIO] = "audio",
+    [MAILMIME_DISCRETE_TYPE_VIDEO] = "video",
+    [MAILMIME_DISCRETE_TYPE_APPLICATION] = "application",
+  };
+  const struct mailmime_discrete_type *dt;
+  const struct mailmime_composite_type *ct;
+
+  if (type->tp_type == MAILMIME_TYPE_COMPOSITE_TYPE) {
+    ct = type->tp_data.tp_composite_type;
+    if (ct->ct_type == MAILMIME_COMPOSITE_TYPE_MESSAGE)
+      return "message";
+    return ct->ct_type == MAILMIME_COMPOSITE_TYPE_MULTIPART ? "multipart"
+                                                            : ct->ct_token;
+  }
+  dt = type->tp_data.tp_discrete_type;
+  if (dt->dt_type == MAILMIME_DISCRETE_TYPE_EXTENSION)
+    return dt->dt_extension;
+  assert(dt->dt_type > 0 && dt->dt_type < MAILMIME_DISCRETE_TYPE_EXTENSION);
+  return discrete[dt->dt_type];
+}
+
+/* "type/subtype" in a new string. */
+static char *mime_graph_content_type(const struct mailmime_content *ct)
+{
+  if (!ct || !ct->ct_type)
+    return xstrdup("text/plain");
+  return xasprintf("%s/%s", mime_graph_major_name(ct->ct_type), ct->ct_subtype);
+}
+
+/* Undoes the part's Content-Transfer-Encoding (base64, quoted-printable)
+ * with libetpan into a new buffer of *len bytes. */
+static char *mime_graph_part_decode(const struct mailmime *mime, size_t *len)
+{
+  const struct mailmime_data *body = mime->mm_body;
+  char *decoded = NULL, *copy;
+  size_t idx = 0;
+  int rc;
+
+  *len = 0;
+  if (!body || body->dt_type != MAILMIME_DATA_TEXT)
+    return xstrdup("");
+  if (!body->dt_encoded) {
+    *len = body->dt_data.dt_text.dt_length;
+    return xstrndup(body->dt_data.dt_text.dt_data, *len);
+  }
+  rc = mailmime_part_parse(body->dt_data.dt_text.dt_data,
+                           body->dt_data.dt_text.dt_length, &idx,
+                           body->dt_encoding, &decoded, len);
+  if (rc != MAILIMF_NO_ERROR) {
+    *len = 0;
+    return xstrdup("");
+  }
+  copy = xmalloc(*len + 1);
+  memcpy(copy, decoded, *len);
+  copy[*len] = '\0';
+  mmap_string_unref(decoded);
+  return copy;
+}
+
+/* Counts content toward the request limit so that a huge message fails
+ * before the whole of it has been base64-encoded. */
+static int mime_graph_budget_add(struct mime_graph_ctx *ctx, size_t bytes)
+{
+  ctx->budget += bytes;
+  if (ctx->budget <= MIME_GRAPH_REQUEST_MAX)
+    return 0;
+  return mime_graph_fail(ctx, MIME_GRAPH_ETOOBIG,
+                         "The message is too large to send through Graph in "
+                         "one request (limit %d bytes once encoded).",
+                         MIME_GRAPH_REQUEST_MAX);
+}
+
+/* Makes a text/plain or text/html part the message body, converted to
+ * UTF-8. */
+static int mime_graph_body_set(struct mime_graph_ctx *ctx,
+                               struct mailmime *mime,
+                               const struct mailmime_single_fields *sf,
+                               enum mime_graph_kind kind)
+{
+  size_t len, utf8len;
+  char *raw = mime_graph_part_decode(mime, &len), *utf8 = NULL;
+  int rc;
+
+  rc = mime_graph_text_to_utf8(sf->fld_content_charset, raw, len, &utf8,
+                               &utf8len);
+  free(raw);
+  if (rc < 0)
+    return mime_graph_fail(ctx, rc,
+                           "The message text uses the character set "
+                           "\"%.40s\", which cannot be converted to UTF-8.",
+                           sf->fld_content_charset);
+  json_object_set_new(ctx->msg, "body",
+                      json_pack("{s:s, s:s%}", "contentType",
+                                kind == MIME_GRAPH_KIND_HTML ? "html" : "text",
+                                "content", utf8, utf8len));
+  free(utf8);
+  ctx->has_body = true;
+  return mime_graph_budget_add(ctx, utf8len);
+}
+
+static const char *mime_graph_ct_param_find(const void *src, const char *name)
+{
+  const struct mailmime_content *ct = src;
+
+  if (!ct || !ct->ct_parameters)
+    return NULL;
+  for (clistiter *it = clist_begin(ct->ct_parameters); it;
+       it = clist_next(it)) {
+    const struct mailmime_parameter *p = clist_content(it);
+
+    if (strcasecmp(p->pa_name, name) == 0)
+      return p->pa_value;
+  }
+  return NULL;
+}
+
+static const char *mime_graph_dsp_param_find(const void *src, const char *name)
+{
+  const struct mailmime_disposition *dsp = src;
+
+  if (!dsp || !dsp->dsp_parms)
+    return NULL;
+  for (clistiter *it = clist_begin(dsp->dsp_parms); it; it = clist_next(it)) {
+    const struct mailmime_disposition_parm *p = clist_content(it);
+
+    if (p->pa_type == MAILMIME_DISPOSITION_PARM_PARAMETER
+        && strcasecmp(p->pa_data.pa_parameter->pa_name, name) == 0)
+      return p->pa_data.pa_parameter->pa_value;
+  }
+  return NULL;
+}
+
+/* Appends one RFC 2231 piece to out; an encoded piece is percent-decoded
+ * by libxml2, and the first one also yields the charset. */
+static void mime_graph_rfc2231_piece(FILE *out, const char *value, bool encoded,
+                                     bool first, char **charset)
+{
+  const char *q1, *q2;
+  char *bytes;
+
+  if (!encoded) {
+    fputs(value, out);
+    return;
+  }
+  q1 = first ? strchr(value, '\'') : NULL;
+  q2 = q1 ? strchr(q1 + 1, '\'') : NULL;
+  if (q2) {
+    if (q1 > value)
+      *charset = xstrndup(value, (size_t) (q1 - value));
+    value = q2 + 1;
+  }
+  bytes = xmlURIUnescapeString(value, 0, NULL);
+  if (bytes)
+    fputs(bytes, out);
+  xmlFree(bytes);
+}
+
+/* Looks up piece n of an RFC 2231 parameter: "base*n*" (percent-encoded,
+ * *encoded set) or "base*n" (literal). Returns NULL when there is none. */
+static const char *mime_graph_rfc2231_piece_find(mime_graph_param_find_fn *find,
+                                                 const void *src,
+                                                 const char *base, int n,
+                                                 bool *encoded)
+{
+  const char *value;
+  char name[64];
+
+  snprintf(name, sizeof name, "%s*%d*", base, n);
+  value = find(src, name);
+  *encoded = value != NULL;
+  if (value)
+    return value;
+  snprintf(name, sizeof name, "%s*%d", base, n);
+  return find(src, name);
+}
+
+/* Joins the RFC 2231 form of parameter base ("base*" or the pieces
+ * "base*0*", "base*1", ...) into raw bytes in *raw; returns false when the
+ * parameter has no such form. */
+static bool mime_graph_rfc2231_join(mime_graph_param_find_fn *find,
+                                    const void *src, const char *base,
+                                    char **raw, char **charset)
+{
+  size_t size;
+  FILE *out = open_memstream(raw, &size);
+  const char *value;
+  char name[64];
+  bool encoded;
+  int n = 0;
+
+  assert(out);
+  snprintf(name, sizeof name, "%s*", base);
+  value = find(src, name);
+  if (value) {
+    mime_graph_rfc2231_piece(out, value, true, true, charset);
+    n = 1;
+  }
+  for (; !value && n < MIME_GRAPH_RFC2231_PIECES_MAX; n++) {
+    const char *piece
+        = mime_graph_rfc2231_piece_find(find, src, base, n, &encoded);
+
+    if (!piece)
+      break;
+    mime_graph_rfc2231_piece(out, piece, encoded, n == 0, charset);
+  }
+  fclose(out);
+  return n > 0;
+}
+
+/* The UTF-8 value of an RFC 2231 parameter, or NULL when absent. A piece
+ * in an unknown charset falls back to the unlabelled rule. */
+static char *mime_graph_rfc2231_get(mime_graph_param_find_fn *find,
+                                    const void *src, const char *base)
+{
+  char *raw = NULL, *charset = NULL, *utf8 = NULL;
+  size_t utf8len;
+
+  if (!mime_graph_rfc2231_join(find, src, base, &raw, &charset)) {
+    free(raw);
+    return NULL;
+  }
+  if (mime_graph_text_to_utf8(charset, raw, strlen(raw), &utf8, &utf8len) < 0)
+    mime_graph_unlabelled_convert(raw, strlen(raw), &utf8, &utf8len);
+  free(raw);
+  free(charset);
+  return utf8;
+}
+
+/* A name for an attachment. Graph requires one, so a part without a
+ * file name gets a generic name that keeps its type recognisable. */
+static char *mime_graph_fallback_name(enum mime_graph_kind kind)
+{
+  if (kind == MIME_GRAPH_KIND_MESSAGE)
+    return xstrdup("message.eml");
+  if (kind == MIME_GRAPH_KIND_CALENDAR)
+    return xstrdup("invite.ics");
+  return xstrdup("attachment");
+}
+
+/* The attachment name, in UTF-8: Content-Disposition filename, then
+ * Content-Type name, each in RFC 2231 form first, then plain or RFC 2047
+ * (libetpan decodes some encoded words itself; decoding again is
+ * harmless on UTF-8 text). */
+static char *mime_graph_part_name(const struct mailmime_single_fields *sf,
+                                  enum mime_graph_kind kind)
+{
+  char *name;
+
+  name = mime_graph_rfc2231_get(mime_graph_dsp_param_find, sf->fld_disposition,
+                                "filename");
+  if (!name)
+    name = mime_graph_rfc2231_get(mime_graph_ct_param_find, sf->fld_content,
+                                  "name");
+  if (!name && sf->fld_disposition_filename)
+    name = mime_graph_header_decode(sf->fld_disposition_filename);
+  if (!name && sf->fld_content_name)
+    name = mime_graph_header_decode(sf->fld_content_name);
+  if (name && *name)
+    return name;
+  free(name);
+  return mime_graph_fallback_name(kind);
+}
+
+/* base64 of len bytes via GnuTLS, as a JSON string. */
+static json_t *mime_graph_base64(const char *data, size_t len)
+{
+  gnutls_datum_t in = { (unsigned char *) data, (unsigned) len };
+  gnutls_datum_t out = { NULL, 0 };
+  json_t *value;
+
+  if (len == 0)
+    return json_string("");
+  if (gnutls_base64_encode2(&in, &out) < 0) {
+    log_error("- mime base64_failed len=%zu", len);
+    abort(); /* only on out of memory, which is fatal here */
+  }
+  value = json_stringn((const char *) out.data, out.size);
+  gnutls_free(out.data);
+  return value;
+}
+
+/* The Content-ID without angle brackets, or NULL. */
+static char *mime_graph_content_id(const char *id)
+{
+  size_t len;
+
+  if (!id || !*id)
+    return NULL;
+  if (*id == '<')
+    id++;
+  len = strlen(id);
+  if (len > 0 && id[len - 1] == '>')
+    len--;
+  return len > 0 ? xstrndup(id, len) : NULL;
+}
+
+/* Adds the part as a fileAttachment; inline when it sits in
+ * multipart/related with a Content-ID (an image the HTML refers to). */
+static int mime_graph_attachment_add(struct mime_graph_ctx *ctx,
+                                     struct mailmime *mime,
+                                     const struct mailmime_single_fields *sf,
+                                     enum mime_graph_kind kind, bool in_related)
+{
+  size_t len;
+  char *data = mime_graph_part_decode(mime, &len), *cid;
+  json_t *att;
+  int rc;
+
+  /* Count the base64 size before encoding, so that a huge part is
+   * refused without being encoded first. */
+  rc = mime_graph_budget_add(ctx, (len + 2) / 3 * 4);
+  if (rc < 0) {
+    free(data);
+    return rc;
+  }
+  att = json_object();
+  json_object_set_new(att, "@odata.type",
+                      json_string("#microsoft.graph.fileAttachment"));
+  mime_graph_set_string(att, "name", mime_graph_part_name(sf, kind));
+  mime_graph_set_string(att, "contentType",
+                        mime_graph_content_type(mime->mm_content_type));
+  json_object_set_new(att, "contentBytes", mime_graph_base64(data, len));
+  free(data);
+
+  cid = mime_graph_content_id(sf->fld_id);
+  json_object_set_new(att, "isInline", json_boolean(in_related && cid));
+  if (cid && mime_graph_utf8_valid(cid, strlen(cid)))
+    json_object_set_new(att, "contentId", json_string(cid));
+  free(cid);
+  json_array_append_new(ctx->attachments, att);
+  return 0;
+}
+
+static bool mime_graph_is_attachment(const struct mailmime_single_fields *sf)
+{
+  const struct mailmime_disposition *dsp = sf->fld_disposition;
+
+  return dsp && dsp->dsp_type
+         && dsp->dsp_type->dsp_type == MAILMIME_DISPOSITION_TYPE_ATTACHMENT;
+}
+
+/* A leaf part: the first plain or HTML text not marked as an attachment
+ * is the body; everything else is an attachment. A message/rfc822 or
+ * text/calendar part is, for now, an attachment too: turning invitations
+ * into Graph events is a later issue. */
+static int mime_graph_leaf_add(struct mime_graph_ctx *ctx,
+                               struct mailmime *mime, bool in_related)
+{
+  struct mailmime_single_fields sf;
+  enum mime_graph_kind kind = mime_graph_kind_get(mime->mm_content_type);
+
+  mailmime_single_fields_init(&sf, mime->mm_mime_fields, mime->mm_content_type);
+  if (kind == MIME_GRAPH_KIND_MULTIPART)
+    return mime_graph_fail(ctx, MIME_GRAPH_EPARSE,
+                           "The message has a multipart section without a "
+                           "boundary.");
+  if ((kind == MIME_GRAPH_KIND_PLAIN || kind == MIME_GRAPH_KIND_HTML)
+      && !ctx->has_body && !mime_graph_is_attachment(&sf))
+    return mime_graph_body_set(ctx, mime, &sf, kind);
+  return mime_graph_attachment_add(ctx, mime, &sf, kind, in_related);
+}
+
+/* How much multipart/alternative prefers a child: HTML, then a nested
+ * multipart (usually related: HTML with images), then plain text. */
+static int mime_graph_alternative_rank(const struct mailmime *child)
+{
+  switch (mime_graph_kind_get(child->mm_content_type)) {
+    case MIME_GRAPH_KIND_HTML:
+      return 3;
+    case MIME_GRAPH_KIND_MULTIPART:
+      return child->mm_type == MAILMIME_MULTIPLE ? 2 : 0;
+    case MIME_GRAPH_KIND_PLAIN:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* Picks the one child of multipart/alternative that is sent: Graph takes
+ * a single body, and HTML is preferred. On a tie the later child wins,
+ * as RFC 2046 orders alternatives from plainest to richest. */
+static struct mailmime *mime_graph_alternative_pick(clist *parts)
+{
+  struct mailmime *best = NULL;
+  int best_rank = -1;
+
+  for (clistiter *it = clist_begin(parts); it; it = clist_next(it)) {
+    struct mailmime *child = clist_content(it);
+    int rank = mime_graph_alternative_rank(child);
+
+    if (rank > 0 && rank >= best_rank) {
+      best = child;
+      best_rank = rank;
+    }
+  }
+  return best;
+}
+
+/* Walks a multipart: alternative sends one child; related marks its
+ * Content-ID parts inline; mixed and the others walk every child. */
+static int mime_graph_multipart_walk(struct mime_graph_ctx *ctx,
+                                     struct mailmime *mime, int depth)
+{
+  clist *parts = mime->mm_data.mm_multipart.mm_mp_list;
+  const char *subtype = mime->mm_content_type->ct_subtype;
+  bool related = strcasecmp(subtype, "related") == 0;
+  struct mailmime *pick;
+  int rc = 0;
+
+  if (strcasecmp(subtype, "alternative") == 0) {
+    pick = mime_graph_alternative_pick(parts);
+    return pick ? mime_graph_walk(ctx, pick, depth + 1, false) : 0;
+  }
+  for (clistiter *it = clist_begin(parts); it && rc == 0; it = clist_next(it))
+    rc = mime_graph_walk(ctx, clist_content(it), depth + 1, related);
+  return rc;
+}
+
+/* Walks the MIME tree below the top-level message, at most
+ * MIME_GRAPH_DEPTH_MAX levels deep. */
+static int mime_graph_walk(struct mime_graph_ctx *ctx, struct mailmime *mime,
+                           int depth, bool in_related)
+{
+  if (depth > MIME_GRAPH_DEPTH_MAX)
+    return mime_graph_fail(ctx, MIME_GRAPH_EPARSE,
+                           "The message nests multipart sections deeper "
+                           "than %d levels.",
+                           MIME_GRAPH_DEPTH_MAX);
+  if (mime->mm_type == MAILMIME_MULTIPLE)
+    return mime_graph_multipart_walk(ctx, mime, depth);
+  return mime_graph_leaf_add(ctx, mime, in_related);
+}
+
+/* Every envelope recipient must be something Graph can address. */
+static int mime_graph_envelope_check(struct mime_graph_ctx *ctx)
+{
+  const struct mime_graph_envelope *env = ctx->env;
+
+  if (env->nrcpts == 0)
+    return mime_graph_fail(ctx, MIME_GRAPH_ERECIPIENT,
+                           "The message has no envelope recipient.");
+  for (size_t i = 0; i < env->nrcpts; i++) {
+    const char *rcpt = env->rcpts[i];
+    const char *at = strchr(rcpt, '@');
+
+    if (!at || at == rcpt || !at[1] || strpbrk(rcpt, " \t\r\n<>")
+        || !mime_graph_utf8_valid(rcpt, strlen(rcpt)))
+      return mime_graph_fail(ctx, MIME_GRAPH_ERECIPIENT,
+                             "Envelope recipient %zu is not a usable "
+                             "address.",
+                             i + 1);
+  }
+  ctx->named = xcalloc(env->nrcpts, sizeof *ctx->named);
+  return 0;
+}
+
+/* Parses the whole message with libetpan. libetpan accepts nearly any
+ * bytes, so a message without a single header field is refused here. */
+static int mime_graph_parse(struct mime_graph_ctx *ctx, const char *data,
+                            size_t len, struct mailmime **mime)
+{
+  struct mailimf_fields *fields;
+  size_t idx = 0;
+
+  if (len == 0)
+    return mime_graph_fail(ctx, MIME_GRAPH_EPARSE, "The message is empty.");
+  if (mailmime_parse(data, len, &idx, mime) != MAILIMF_NO_ERROR) {
+    *mime = NULL;
+    return mime_graph_fail(ctx, MIME_GRAPH_EPARSE,
+                           "The message is not valid RFC 5322.");
+  }
+  fields = (*mime)->mm_type == MAILMIME_MESSAGE
+               ? (*mime)->mm_data.mm_message.mm_fields
+               : NULL;
+  if (!fields || clist_isempty(fields->fld_list))
+    return mime_graph_fail(ctx, MIME_GRAPH_EPARSE,
+                           "The message has no header fields.");
+  return 0;
+}
+
+/* Wraps the message into the sendMail request and measures it. */
+static int mime_graph_request_finish(struct mime_graph_ctx *ctx)
+{
+  struct mime_graph_result *res = ctx->res;
+  char *dump;
+
+  if (!ctx->has_body)
+    json_object_set_new(
+        ctx->msg, "body",
+        json_pack("{s:s, s:s}", "contentType", "text", "content", ""));
+  if (json_array_size(ctx->attachments) > 0)
+    json_object_set(ctx->msg, "attachments", ctx->attachments);
+  res->request
+      = json_pack("{s:O, s:b}", "message", ctx->msg, "saveToSentItems", 1);
+  dump = json_dumps(res->request, JSON_COMPACT);
+  assert(dump);
+  res->request_size = strlen(dump);
+  free(dump);
+  if (res->request_size > MIME_GRAPH_REQUEST_MAX)
+    return mime_graph_fail(ctx, MIME_GRAPH_ETOOBIG,
+                           "The message is too large to send through Graph "
+                           "in one request (%zu bytes, limit %d).",
+                           res->request_size, MIME_GRAPH_REQUEST_MAX);
+  return 0;
+}
+
+int mime_to_graph(const char *data, size_t len,
+                  const struct mime_graph_envelope *env,
+                  struct mime_graph_result *res)
+{
+  struct mime_graph_ctx ctx = { .env = env, .res = res };
+  struct mailmime *mime = NULL, *content;
+  int rc;
+
+  assert(data || len == 0);
+  assert(env && env->sender && res);
+  memset(res, 0, sizeof *res);
+
+  rc = mime_graph_envelope_check(&ctx);
+  if (rc < 0)
+    goto out;
+  rc = mime_graph_parse(&ctx, data, len, &mime);
+  if (rc < 0)
+    goto out;
+
+  ctx.msg = json_object();
+  ctx.attachments = json_array();
+  mime_graph_headers_add(&ctx, mime->mm_data.mm_message.mm_fields);
+  content = mime->mm_data.mm_message.mm_msg_mime;
+  rc = content ? mime_graph_walk(&ctx, content, 0, false) : 0;
+  if (rc < 0)
+    goto out;
+  rc = mime_graph_request_finish(&ctx);
+
+out:
+  if (mime)
+    mailmime_free(mime);
+  free(ctx.named);
+  json_decref(ctx.msg);
+  json_decref(ctx.attachments);
+  if (rc < 0) {
+    json_decref(res->request);
+    res->request = NULL;
+    free(res->message_id);
+    res->message_id = NULL;
+    res->request_size = 0;
+  }
+  return rc;
+}
+
+void mime_graph_result_free(struct mime_graph_result *res)
+{
+  if (!res)
+    return;
+  json_decref(res->request);
+  free(res->message_id);
+  res->request = NULL;
+  res->message_id = NULL;
+}
