@@ -65,16 +65,19 @@ struct smtp_session_ops {
   int (*check_sender)(void *ctx, const char *address, char *reason,
                       size_t reasonlen);
 
-  /* Starts a message after "354"; 0, or negative to answer 451 4.3.0. */
+  /* Starts a message on DATA, before the "354" is sent; 0, or negative to
+   * answer 451 4.3.0 instead. */
   int (*data_open)(void *ctx);
 
   /* Message bytes, dot-stuffing removed, line endings as received; the
-   * terminating CRLF.CRLF is not included. Negative aborts the
+   * terminating ".CRLF" line is not included (the CRLF ending the last
+   * message line is, RFC 5321 4.1.1.4). Negative aborts the
    * transaction with 451 4.3.0 at the end of data. */
   int (*data_write)(void *ctx, const char *buf, size_t len);
 
   /* End of data. The owner commits the message and later calls
-   * smtp_session_data_done(); input is held until then. */
+   * smtp_session_data_done() (possibly from inside this callback); input is
+   * held until then. env stays valid until data_done() or free(). */
   void (*data_close)(void *ctx, const struct smtp_envelope *env);
 
   /* The transaction ended without data_close (size exceeded, disconnect,
