@@ -22,18 +22,25 @@ typedef void (*token_cache_cb)(void *arg, const char *token,
                                const char *error, const char *description,
                                bool permanent);
 
+/* Creates a cache that borrows loop, http, cfg and store (store may be NULL
+ * in application mode). Returns 0 or -EINVAL. */
 int token_cache_new(uv_loop_t *loop, struct http_client *http,
                     const struct config *cfg, struct store *store,
                     struct token_cache **out);
 
 /* Gets a token for mailbox (ignored in application mode). cb runs on the
- * loop, possibly before this returns when the token is cached. */
+ * loop, possibly before this returns: when the token is cached, or when
+ * the failure is known at once (delegated user with no stored refresh
+ * token: error "not_linked", permanent). */
 void token_cache_get(struct token_cache *cache, const char *mailbox,
                      token_cache_cb cb, void *arg);
 
 /* Forgets the cached token for mailbox (after Graph answered 401). */
 void token_cache_invalidate(struct token_cache *cache, const char *mailbox);
 
+/* Frees the cache. A refresh still in progress finishes first (at the
+ * latest when the HTTP client closes) and its waiters are still called;
+ * token_cache_get must not be called afterwards. */
 void token_cache_free(struct token_cache *cache);
 
 #endif

@@ -63,7 +63,8 @@ struct stub_server {
   struct stub_conn *conns;
 };
 
-static const char *stub_header(const struct stub_request *req, const char *name)
+static inline const char *stub_header(const struct stub_request *req,
+                                      const char *name)
 {
   for (size_t i = 0; i < req->nheaders; i++) {
     if (strcasecmp(req->names[i], name) == 0)
