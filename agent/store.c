@@ -138,9 +138,19 @@ static int store_migrate(struct store *store, char *err, size_t errlen)
   for (; version < STORE_NMIGRATIONS; version++) {
     char bump[64];
 
+    /* Another process (the CLI and the agent starting together) may have
+     * migrated meanwhile: look again once the write lock is ours. */
+    if (store_begin(store) < 0) {
+      snprintf(err, errlen, "%s: cannot lock for migration", store->path);
+      return -EIO;
+    }
+    if (store_schema_version(store) > version) {
+      store_commit(store);
+      version = store_schema_version(store) - 1;
+      continue;
+    }
     snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", version + 1);
-    if (store_begin(store) < 0 ||
-        store_exec(store, store_migrations[version]) < 0 ||
+    if (store_exec(store, store_migrations[version]) < 0 ||
         store_exec(store, bump) < 0 || store_commit(store) < 0) {
       store_rollback(store);
       snprintf(err, errlen, "%s: migration to schema %d failed", store->path,
