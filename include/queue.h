@@ -44,11 +44,20 @@ int queue_insert(struct store *store, const char *queue_id,
 /* Moves rows left in sending by a crash back to queued; returns how many. */
 int queue_recover(struct store *store);
 
-/* Loads up to max due rows (state queued, next_attempt_at <= now) for
- * senders not in skip, oldest first. Entries are freed with
- * queue_entry_free(). Returns the count or a negative errno. */
-int queue_due(struct store *store, int64_t now_ms, struct queue_entry **out,
-              size_t max);
+/* Visits due rows (state queued, next_attempt_at <= now), earliest
+ * first, until visit returns nonzero or max rows were seen. The entry is
+ * valid only during the call (copy what you keep). Returns the number of
+ * rows visited or a negative errno. */
+typedef int (*queue_visit_cb)(void *arg, const struct queue_entry *e);
+int queue_each_due(struct store *store, int64_t now_ms, size_t max,
+                   queue_visit_cb visit, void *arg);
+
+/* Earliest next_attempt_at among queued rows, or -1 if none. */
+int64_t queue_next_due(struct store *store);
+
+/* Senders that have held rows, for re-checking the policy; each string
+ * and the array are freed by the caller. Returns the count. */
+int queue_held_senders(struct store *store, char ***out);
 
 /* Loads one row by queue id or Message-ID; 0, -ENOENT or -EIO. */
 int queue_find(struct store *store, const char *queue_id,

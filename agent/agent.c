@@ -1,0 +1,258 @@
+/* SPDX-License-Identifier: MIT */
+/* Starting, reloading and stopping the daemon (see include/agent.h). */
+#include "agent.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <uv.h>
+
+#include "credential.h"
+#include "delivery.h"
+#include "graph_client.h"
+#include "http_client.h"
+#include "log.h"
+#include "policy_gate.h"
+#include "smtp_intake.h"
+#include "smtp_server.h"
+#include "store.h"
+#include "token_cache.h"
+#include "xalloc.h"
+
+#define AGENT_STOP_GRACE_MS 10000 /* for Graph sends in progress */
+
+struct agent {
+  uv_loop_t *loop;
+  struct config *cfg;
+  const char *config_path;
+  struct store *store;
+  struct credential *credential;
+  struct http_client *http;
+  struct token_cache *tokens;
+  struct graph_client *graph;
+  struct policy_gate *gate;
+  struct smtp_intake *intake;
+  struct smtp_server *smtp;
+  struct delivery *delivery;
+  uv_signal_t sigterm;
+  uv_signal_t sigint;
+  uv_signal_t sighup;
+  uv_timer_t grace;
+  int stopping;
+};
+
+static void agent_on_queued(void *arg)
+{
+  struct agent *agent = arg;
+
+  if (agent->delivery != NULL)
+    delivery_kick(agent->delivery);
+}
+
+static void agent_on_policy_change(void *arg)
+{
+  struct agent *agent = arg;
+
+  if (agent->delivery != NULL)
+    delivery_policy_changed(agent->delivery);
+}
+
+/* Opens everything that does not listen yet; logs what failed. */
+static int agent_open_core(struct agent *agent)
+{
+  struct config *cfg = agent->cfg;
+  char err[1024];
+
+  if (store_open(cfg->database, &agent->store, err, sizeof(err)) < 0) {
+    log_error("- store open_failed error=\"%s\"", err);
+    return EX_UNAVAILABLE;
+  }
+  if (credential_new(cfg->service_user, cfg->service_password_hash,
+                     &agent->credential) < 0) {
+    log_error("- agent config_invalid key=password_hash reason=\"not a "
+              "hash from nextal-agent --hash-password\"");
+    return EX_CONFIG;
+  }
+  if (http_client_new(agent->loop, &agent->http) < 0 ||
+      token_cache_new(agent->loop, agent->http, cfg, agent->store,
+                      &agent->tokens) < 0 ||
+      graph_client_new(agent->loop, agent->http, agent->tokens,
+                       cfg->graph_base_url, cfg->delivery_max_in_flight,
+                       &agent->graph) < 0)
+    return EX_SOFTWARE;
+  if (policy_gate_new(agent->loop, agent->store, cfg->policy_file,
+                      agent_on_policy_change, agent, &agent->gate) < 0)
+    return EX_SOFTWARE;
+  return 0;
+}
+
+static int agent_open_endpoints(struct agent *agent)
+{
+  struct config *cfg = agent->cfg;
+  struct smtp_server_deps deps;
+
+  if (smtp_intake_new(agent->loop, cfg->spool_dir, cfg->database,
+                      agent_on_queued, agent, &agent->intake) < 0)
+    return EX_UNAVAILABLE;
+  deps.credential = agent->credential;
+  deps.gate = agent->gate;
+  deps.intake = agent->intake;
+  if (smtp_server_new(agent->loop, cfg, &deps, &agent->smtp) < 0)
+    return EX_UNAVAILABLE;
+  if (delivery_new(agent->loop, agent->store, agent->graph, agent->gate, cfg,
+                   &agent->delivery) < 0)
+    return EX_SOFTWARE;
+  return 0;
+}
+
+/* ---- stopping ---------------------------------------------------------- */
+
+static void agent_close_signals(struct agent *agent)
+{
+  uv_close((uv_handle_t *) &agent->sigterm, NULL);
+  uv_close((uv_handle_t *) &agent->sigint, NULL);
+  uv_close((uv_handle_t *) &agent->sighup, NULL);
+  uv_close((uv_handle_t *) &agent->grace, NULL);
+}
+
+static void agent_close_clients(struct agent *agent)
+{
+  if (agent->graph != NULL)
+    graph_client_close(agent->graph);
+  agent->graph = NULL;
+  if (agent->http != NULL)
+    http_client_close(agent->http);
+  agent->http = NULL;
+}
+
+static void agent_on_delivery_stopped(void *arg)
+{
+  struct agent *agent = arg;
+
+  agent->delivery = NULL;
+  uv_timer_stop(&agent->grace);
+  agent_close_clients(agent);
+  if (agent->gate != NULL)
+    policy_gate_close(agent->gate);
+  agent->gate = NULL;
+  agent_close_signals(agent);
+  log_info("- agent stopped");
+}
+
+static void agent_on_grace(uv_timer_t *timer)
+{
+  struct agent *agent = timer->data;
+
+  log_warn("- agent stop_grace_expired: interrupting Graph requests");
+  agent_close_clients(agent);
+}
+
+static void agent_on_smtp_closed(void *arg)
+{
+  struct agent *agent = arg;
+
+  agent->smtp = NULL;
+  if (agent->delivery != NULL) {
+    uv_timer_start(&agent->grace, agent_on_grace, AGENT_STOP_GRACE_MS, 0);
+    delivery_stop(agent->delivery, agent_on_delivery_stopped, agent);
+  } else {
+    agent_on_delivery_stopped(agent);
+  }
+}
+
+static void agent_stop(struct agent *agent)
+{
+  if (agent->stopping)
+    return;
+  agent->stopping = 1;
+  log_info("- agent stopping");
+  if (agent->smtp != NULL)
+    smtp_server_close(agent->smtp, agent_on_smtp_closed, agent);
+  else
+    agent_on_smtp_closed(agent);
+}
+
+/* ---- signals ----------------------------------------------------------- */
+
+static void agent_reload(struct agent *agent)
+{
+  struct config fresh;
+  char err[1024];
+
+  if (config_load(&fresh, agent->config_path, err, sizeof(err)) < 0) {
+    log_error("- agent reload_failed error=\"%s\" (keeping the running "
+              "configuration)",
+              err);
+    config_free(&fresh);
+  } else {
+    /* Limits apply to new connections; addresses, paths and credentials
+     * take a restart, which the log says. */
+    if (agent->smtp != NULL)
+      smtp_server_set_limits(agent->smtp, &fresh);
+    log_info("- agent reloaded config=%s (listen addresses, paths and "
+             "credentials change on restart)",
+             agent->config_path);
+    config_free(&fresh);
+  }
+  policy_gate_reload(agent->gate);
+}
+
+static void agent_on_signal(uv_signal_t *handle, int signum)
+{
+  struct agent *agent = handle->data;
+
+  if (signum == SIGHUP) {
+    agent_reload(agent);
+    return;
+  }
+  agent_stop(agent);
+}
+
+static void agent_start_signals(struct agent *agent)
+{
+  uv_signal_t *handles[] = { &agent->sigterm, &agent->sigint,
+                             &agent->sighup };
+  int signums[] = { SIGTERM, SIGINT, SIGHUP };
+
+  for (size_t i = 0; i < 3; i++) {
+    uv_signal_init(agent->loop, handles[i]);
+    handles[i]->data = agent;
+    uv_signal_start(handles[i], agent_on_signal, signums[i]);
+  }
+  uv_timer_init(agent->loop, &agent->grace);
+  agent->grace.data = agent;
+  signal(SIGPIPE, SIG_IGN);
+}
+
+static void agent_free(struct agent *agent)
+{
+  smtp_intake_free(agent->intake);
+  if (agent->tokens != NULL)
+    token_cache_free(agent->tokens);
+  credential_free(agent->credential);
+  store_close(agent->store);
+}
+
+int agent_run(struct config *cfg, const char *config_path)
+{
+  struct agent agent = { .cfg = cfg, .config_path = config_path };
+  int status;
+
+  agent.loop = uv_default_loop();
+  agent_start_signals(&agent);
+  status = agent_open_core(&agent);
+  if (status == 0)
+    status = agent_open_endpoints(&agent);
+  if (status == 0)
+    log_info("- agent ready smtp=%s http=%s database=%s", cfg->smtp_listen,
+             cfg->http_listen, cfg->database);
+  else
+    agent_stop(&agent);
+  uv_run(agent.loop, UV_RUN_DEFAULT);
+  agent_free(&agent);
+  uv_loop_close(agent.loop);
+  return status;
+}

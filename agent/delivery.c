@@ -1,0 +1,517 @@
+/* SPDX-License-Identifier: MIT */
+/* The delivery loop for queued mail (see include/delivery.h). */
+#include "delivery.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "links.h"
+#include "log.h"
+#include "mime_to_graph.h"
+#include "queue.h"
+#include "spool.h"
+#include "xalloc.h"
+
+#define DELIVERY_MAX_JOBS 64 /* sends in progress, all mailboxes */
+#define DELIVERY_SCAN_BATCH 512 /* due rows looked at per scan */
+#define DELIVERY_IDLE_SCAN_MS 1000 /* rescan even when nothing is due */
+#define DELIVERY_BACKOFF_BASE_MS 1000
+#define DELIVERY_BACKOFF_MAX_MS (5 * 60 * 1000)
+
+struct delivery_job {
+  uv_work_t work; /* translation on the thread pool */
+  struct delivery *d;
+  struct delivery_job *next;
+  int64_t rowid;
+  char queue_id[QUEUE_ID_SIZE];
+  char *sender;
+  char **rcpts;
+  size_t nrcpts;
+  char *spool_path;
+  int attempts; /* before this one */
+  int64_t created_at;
+  int verify; /* recovery: look the message up in Sent Items first */
+  char *message_id;
+  /* Set by the worker. */
+  char *body;
+  int translate_rc;
+  char translate_error[256];
+};
+
+struct delivery {
+  uv_loop_t *loop;
+  struct store *store;
+  struct graph_client *graph;
+  struct policy_gate *gate;
+  uv_timer_t timer;
+  struct delivery_job *jobs; /* in progress */
+  unsigned njobs;
+  unsigned per_mailbox; /* jobs a mailbox may have at once */
+  unsigned max_attempts;
+  int64_t max_age_ms;
+  int stopping;
+  unsigned grace_ms;
+  void (*stopped_cb)(void *arg);
+  void *stopped_arg;
+};
+
+static void delivery_schedule(struct delivery *d, int64_t delay_ms);
+static void delivery_maybe_stopped(struct delivery *d);
+
+/* ---- jobs ------------------------------------------------------------ */
+
+static unsigned delivery_jobs_for(const struct delivery *d,
+                                  const char *sender)
+{
+  unsigned n = 0;
+
+  for (const struct delivery_job *j = d->jobs; j != NULL; j = j->next)
+    n += strcmp(j->sender, sender) == 0;
+  return n;
+}
+
+static int delivery_job_running(const struct delivery *d, int64_t rowid)
+{
+  for (const struct delivery_job *j = d->jobs; j != NULL; j = j->next) {
+    if (j->rowid == rowid)
+      return 1;
+  }
+  return 0;
+}
+
+static struct delivery_job *delivery_job_new(struct delivery *d,
+                                             const struct queue_entry *e)
+{
+  struct delivery_job *job = xcalloc(1, sizeof(*job));
+
+  job->d = d;
+  job->rowid = e->rowid;
+  memcpy(job->queue_id, e->queue_id, sizeof(job->queue_id));
+  job->sender = xstrdup(e->sender);
+  job->rcpts = xcalloc(e->nrcpts + 1, sizeof(char *));
+  for (size_t i = 0; i < e->nrcpts; i++)
+    job->rcpts[i] = xstrdup(e->rcpts[i]);
+  job->nrcpts = e->nrcpts;
+  job->spool_path = xstrdup(e->spool_path);
+  job->message_id = e->message_id ? xstrdup(e->message_id) : NULL;
+  job->attempts = e->attempts;
+  job->created_at = e->created_at;
+  job->work.data = job;
+  job->next = d->jobs;
+  d->jobs = job;
+  d->njobs++;
+  return job;
+}
+
+static void delivery_job_finish(struct delivery_job *job)
+{
+  struct delivery *d = job->d;
+  struct delivery_job **pp = &d->jobs;
+
+  while (*pp != job)
+    pp = &(*pp)->next;
+  *pp = job->next;
+  d->njobs--;
+  for (size_t i = 0; i < job->nrcpts; i++)
+    free(job->rcpts[i]);
+  free(job->rcpts);
+  free(job->sender);
+  free(job->spool_path);
+  free(job->message_id);
+  free(job->body);
+  free(job);
+  if (d->stopping)
+    delivery_maybe_stopped(d);
+  else
+    delivery_schedule(d, 0);
+}
+
+/* ---- outcomes ------------------------------------------------------- */
+
+static int64_t delivery_backoff_ms(int attempts)
+{
+  int64_t ms = DELIVERY_BACKOFF_BASE_MS;
+
+  for (int i = 1; i < attempts && ms < DELIVERY_BACKOFF_MAX_MS; i++)
+    ms *= 2;
+  if (ms > DELIVERY_BACKOFF_MAX_MS)
+    ms = DELIVERY_BACKOFF_MAX_MS;
+  /* Up to a quarter of jitter keeps retries of many messages apart. */
+  return ms + (int64_t) (rand() % (int) (ms / 4 + 1));
+}
+
+static void delivery_sent(struct delivery_job *job)
+{
+  struct delivery *d = job->d;
+
+  queue_mark_sent(d->store, job->rowid);
+  spool_remove(job->spool_path);
+  log_info("%s queue sent sender=%s rcpts=%zu attempts=%d", job->queue_id,
+           job->sender, job->nrcpts, job->attempts + 1);
+}
+
+static void delivery_failed(struct delivery_job *job, const char *code,
+                            const char *text)
+{
+  queue_mark_failed(job->d->store, job->rowid, code, text);
+  log_warn("%s queue failed sender=%s code=%s reason=\"%s\"", job->queue_id,
+           job->sender, code, text);
+}
+
+/* A transient failure: retry after Retry-After or the backoff, whichever
+ * is later, unless the message has run out of attempts or time. */
+static void delivery_retry(struct delivery_job *job, double retry_after,
+                           const char *code, const char *text)
+{
+  struct delivery *d = job->d;
+  int64_t now = store_now_ms();
+  int64_t wait = delivery_backoff_ms(job->attempts + 1);
+
+  if (retry_after >= 0 && (int64_t) (retry_after * 1000) > wait)
+    wait = (int64_t) (retry_after * 1000.0 + 0.5);
+  if ((unsigned) job->attempts + 1 >= d->max_attempts ||
+      now + wait - job->created_at > d->max_age_ms) {
+    char *why = xasprintf("gave up after %d attempts: %s", job->attempts + 1,
+                          text);
+
+    delivery_failed(job, code, why);
+    free(why);
+    return;
+  }
+  queue_mark_retry(d->store, job->rowid, now + wait, code, text);
+  log_info("%s queue retry sender=%s code=%s wait_ms=%lld attempts=%d",
+           job->queue_id, job->sender, code, (long long) wait,
+           job->attempts + 1);
+}
+
+static void delivery_hold(struct delivery_job *job, const char *code,
+                          const char *text)
+{
+  queue_mark_held(job->d->store, job->rowid, code, text);
+  log_warn("%s queue held sender=%s code=%s reason=\"%s\"", job->queue_id,
+           job->sender, code, text);
+}
+
+static int delivery_is_transient(long status)
+{
+  return status == 0 || status == 408 || status == 429 || status >= 500;
+}
+
+static void delivery_on_sent(void *arg, const struct graph_response *resp)
+{
+  struct delivery_job *job = arg;
+
+  if (resp->status == 202) {
+    delivery_sent(job);
+  } else if (resp->status == 0 && job->d->stopping) {
+    /* Cut off by shutdown: Graph may or may not have taken it. The row
+     * stays "sending" so that the next start looks it up first. */
+    log_info("%s queue interrupted sender=%s", job->queue_id, job->sender);
+  } else if (resp->status == 0 && resp->token_permanent) {
+    /* The grant is gone: the user must link again; keep the mail. */
+    links_mark_relink(job->d->store, job->sender, resp->error_message);
+    delivery_hold(job, "link_expired", resp->error_message);
+  } else if (delivery_is_transient(resp->status)) {
+    delivery_retry(job, resp->retry_after, resp->error_code,
+                   resp->error_message);
+  } else {
+    char *why = xasprintf("Graph answered %ld: %s", resp->status,
+                          resp->error_message);
+
+    delivery_failed(job, resp->error_code, why);
+    free(why);
+  }
+  delivery_job_finish(job);
+}
+
+/* ---- translation and sending ------------------------------------------ */
+
+/* Worker thread: the spooled message becomes the sendMail body. */
+static void delivery_translate(uv_work_t *work)
+{
+  struct delivery_job *job = work->data;
+  struct mime_graph_envelope env = {
+    .sender = job->sender,
+    .rcpts = (const char *const *) job->rcpts,
+    .nrcpts = job->nrcpts,
+  };
+  struct mime_graph_result res;
+  const char *data = NULL;
+  size_t len = 0;
+
+  memset(&res, 0, sizeof(res));
+  job->translate_rc = spool_map(job->spool_path, &data, &len);
+  if (job->translate_rc < 0) {
+    snprintf(job->translate_error, sizeof(job->translate_error),
+             "spooled message unreadable: %s", strerror(-job->translate_rc));
+    return;
+  }
+  job->translate_rc = mime_to_graph(data, len, &env, &res);
+  spool_unmap(data, len);
+  if (job->translate_rc == MIME_GRAPH_OK)
+    job->body = json_dumps(res.request, JSON_COMPACT);
+  else
+    snprintf(job->translate_error, sizeof(job->translate_error), "%s",
+             res.error);
+  mime_graph_result_free(&res);
+}
+
+static int delivery_recheck(struct delivery_job *job)
+{
+  struct policy_decision dec;
+
+  policy_gate_check(job->d->gate, POLICY_REQUEST_DELIVERY, job->sender,
+                    &dec);
+  if (dec.reason == POLICY_ALLOW)
+    return 0;
+  delivery_hold(job, dec.code, dec.sentence);
+  return -EPERM;
+}
+
+static void delivery_after_translate(uv_work_t *work, int status)
+{
+  struct delivery_job *job = work->data;
+  struct delivery *d = job->d;
+  struct graph_request req = { 0 };
+  char *path;
+
+  if (status == UV_ECANCELED || d->stopping) {
+    queue_mark_retry(d->store, job->rowid, store_now_ms(), NULL, NULL);
+    delivery_job_finish(job);
+    return;
+  }
+  if (job->translate_rc != 0 || job->body == NULL) {
+    delivery_failed(job, "translation", job->translate_error);
+    delivery_job_finish(job);
+    return;
+  }
+  /* The switch may have been turned off while the worker ran: no Graph
+   * request may leave after that. */
+  if (delivery_recheck(job) < 0) {
+    delivery_job_finish(job);
+    return;
+  }
+  path = xasprintf("/v1.0/users/%s/sendMail", job->sender);
+  req.mailbox = job->sender;
+  req.method = "POST";
+  req.path = path;
+  req.content_type = "application/json";
+  req.body = job->body;
+  req.body_len = strlen(job->body);
+  graph_client_send(d->graph, &req, delivery_on_sent, job);
+  free(path);
+}
+
+static void delivery_start_send(struct delivery_job *job)
+{
+  queue_mark_sending(job->d->store, job->rowid);
+  uv_queue_work(job->d->loop, &job->work, delivery_translate,
+                delivery_after_translate);
+}
+
+/* ---- recovery: was a message caught mid-send already sent? ------------ */
+
+static void delivery_on_verified(void *arg, const struct graph_response *resp)
+{
+  struct delivery_job *job = arg;
+  struct delivery *d = job->d;
+  json_t *root = NULL;
+  json_t *value;
+
+  if (resp->status == 200)
+    root = json_loadb(resp->body, resp->body_len, 0, NULL);
+  value = json_object_get(root, "value");
+  if (json_is_array(value) && json_array_size(value) > 0) {
+    log_info("%s queue recovered_as_sent sender=%s", job->queue_id,
+             job->sender);
+    delivery_sent(job);
+  } else {
+    /* Not found (or unknown): send it. A send that Graph took but has not
+     * yet saved to Sent Items would go twice; Graph offers no
+     * idempotency key for sendMail. */
+    queue_mark_retry(d->store, job->rowid, store_now_ms(), NULL, NULL);
+  }
+  json_decref(root);
+  delivery_job_finish(job);
+}
+
+static void delivery_verify(struct delivery *d, const struct queue_entry *e)
+{
+  struct delivery_job *job = delivery_job_new(d, e);
+  struct graph_request req = { 0 };
+  char *filter;
+  char *escaped;
+  char *path;
+
+  job->verify = 1;
+  filter = xasprintf("internetMessageId eq '<%s>'", e->message_id);
+  escaped = curl_easy_escape(NULL, filter, 0);
+  path = xasprintf("/v1.0/users/%s/mailFolders/sentitems/messages"
+                   "?$select=id&$filter=%s",
+                   e->sender, escaped ? escaped : "");
+  curl_free(escaped);
+  free(filter);
+  req.mailbox = e->sender;
+  req.method = "GET";
+  req.path = path;
+  graph_client_send(d->graph, &req, delivery_on_verified, job);
+  free(path);
+}
+
+/* Rows left in "sending" by a crash: those with a Message-ID are looked
+ * up in Sent Items, the others are queued again. */
+static void delivery_recover(struct delivery *d)
+{
+  struct queue_entry *rows = NULL;
+  int n = queue_list(d->store, "sending", &rows, 100000);
+
+  for (int i = 0; i < n; i++) {
+    if (rows[i].message_id != NULL && rows[i].message_id[0] != '\0')
+      delivery_verify(d, &rows[i]);
+    else
+      queue_mark_retry(d->store, rows[i].rowid, store_now_ms(), NULL, NULL);
+  }
+  if (n > 0)
+    log_info("- queue recovering interrupted=%d", n);
+  queue_entries_free(rows, n > 0 ? (size_t) n : 0);
+}
+
+/* ---- scanning --------------------------------------------------------- */
+
+static int delivery_visit(void *arg, const struct queue_entry *e)
+{
+  struct delivery *d = arg;
+  struct policy_decision dec;
+
+  if (d->njobs >= DELIVERY_MAX_JOBS)
+    return 1;
+  if (delivery_job_running(d, e->rowid) ||
+      delivery_jobs_for(d, e->sender) >= d->per_mailbox)
+    return 0;
+  policy_gate_check(d->gate, POLICY_REQUEST_DELIVERY, e->sender, &dec);
+  if (dec.reason != POLICY_ALLOW) {
+    queue_mark_held(d->store, e->rowid, dec.code, dec.sentence);
+    log_warn("%s queue held sender=%s code=%s", e->queue_id, e->sender,
+             dec.code);
+    return 0;
+  }
+  delivery_start_send(delivery_job_new(d, e));
+  return 0;
+}
+
+static void delivery_scan(struct delivery *d)
+{
+  int64_t now = store_now_ms();
+  int64_t next;
+
+  if (d->stopping)
+    return;
+  if (queue_each_due(d->store, now, DELIVERY_SCAN_BATCH, delivery_visit, d) <
+      0)
+    log_error("- queue scan_failed");
+  next = queue_next_due(d->store);
+  if (next < 0 || next - now > DELIVERY_IDLE_SCAN_MS)
+    next = now + DELIVERY_IDLE_SCAN_MS;
+  delivery_schedule(d, next > now ? next - now : 0);
+}
+
+static void delivery_on_timer(uv_timer_t *timer)
+{
+  delivery_scan(timer->data);
+}
+
+/* Runs a scan after delay_ms, or sooner if one is already due earlier. */
+static void delivery_schedule(struct delivery *d, int64_t delay_ms)
+{
+  uint64_t due = uv_timer_get_due_in(&d->timer);
+
+  if (d->stopping)
+    return;
+  if (uv_is_active((uv_handle_t *) &d->timer) && due <= (uint64_t) delay_ms)
+    return;
+  uv_timer_start(&d->timer, delivery_on_timer, (uint64_t) delay_ms, 0);
+}
+
+void delivery_kick(struct delivery *d)
+{
+  delivery_schedule(d, 0);
+}
+
+void delivery_policy_changed(struct delivery *d)
+{
+  char **senders = NULL;
+  int n = queue_held_senders(d->store, &senders);
+
+  for (int i = 0; i < n; i++) {
+    struct policy_decision dec;
+
+    policy_gate_check(d->gate, POLICY_REQUEST_DELIVERY, senders[i], &dec);
+    if (dec.reason == POLICY_ALLOW) {
+      int released = queue_release_held(d->store, senders[i]);
+
+      log_info("- queue released sender=%s messages=%d", senders[i],
+               released);
+    }
+    free(senders[i]);
+  }
+  free(senders);
+  delivery_kick(d);
+}
+
+/* ---- life cycle ------------------------------------------------------- */
+
+int delivery_new(uv_loop_t *loop, struct store *store,
+                 struct graph_client *graph, struct policy_gate *gate,
+                 const struct config *cfg, struct delivery **out)
+{
+  struct delivery *d = xcalloc(1, sizeof(*d));
+
+  d->loop = loop;
+  d->store = store;
+  d->graph = graph;
+  d->gate = gate;
+  /* Twice Graph's in-flight limit keeps the next request ready without
+   * loading a mailbox's whole backlog into memory. */
+  d->per_mailbox = cfg->delivery_max_in_flight * 2;
+  d->max_attempts = cfg->delivery_max_attempts;
+  d->max_age_ms = (int64_t) cfg->delivery_max_age * 1000;
+  uv_timer_init(loop, &d->timer);
+  d->timer.data = d;
+  delivery_recover(d);
+  delivery_schedule(d, 0);
+  *out = d;
+  return 0;
+}
+
+static void delivery_on_timer_closed(uv_handle_t *handle)
+{
+  struct delivery *d = handle->data;
+  void (*cb)(void *) = d->stopped_cb;
+  void *arg = d->stopped_arg;
+
+  free(d);
+  if (cb != NULL)
+    cb(arg);
+}
+
+static void delivery_maybe_stopped(struct delivery *d)
+{
+  if (d->njobs > 0 || d->stopping != 1)
+    return;
+  d->stopping = 2;
+  uv_close((uv_handle_t *) &d->timer, delivery_on_timer_closed);
+}
+
+void delivery_stop(struct delivery *d, void (*done)(void *arg), void *arg)
+{
+  d->stopping = 1;
+  d->stopped_cb = done;
+  d->stopped_arg = arg;
+  uv_timer_stop(&d->timer);
+  if (d->njobs > 0)
+    log_info("- queue stopping in_flight=%u", d->njobs);
+  delivery_maybe_stopped(d);
+}

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: MIT */
+/* nextal-agent: the daemon. Wires the modules together on one libuv loop
+ * and handles signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the
+ * configuration's limits and the policy. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "agent.h"
+#include "config.h"
+#include "credential.h"
+#include "log.h"
+#include "xalloc.h"
+
+#define AGENT_DEFAULT_CONFIG "/etc/nextal-agent/agent.ini"
+#define AGENT_PASSWORD_MAX 1024
+
+static void agent_usage(FILE *out)
+{
+  fprintf(out,
+          "Usage: nextal-agent [OPTIONS]\n"
+          "\n"
+          "Office 365 sync agent for Nextal: accepts mail over SMTP and\n"
+          "interviews over CalDAV, and carries them to Microsoft Graph as\n"
+          "each linked user.\n"
+          "\n"
+          "Options:\n"
+          "  -c, --config FILE    configuration file (default: "
+          "$NEXTAL_AGENT_CONFIG,\n"
+          "                       else " AGENT_DEFAULT_CONFIG ")\n"
+          "      --check-config   validate the configuration and exit\n"
+          "      --hash-password  read a password on standard input and "
+          "print\n"
+          "                       the hash for [service] password_hash\n"
+          "  -l, --log-level L    error, warn, info or debug\n"
+          "  -t, --trace LIST     trace categories: smtp,caldav,graph,store,\n"
+          "                       policy,http or all\n"
+          "  -h, --help           show this help\n"
+          "  -V, --version        show the version\n"
+          "\n"
+          "Exit status: 0 after a clean stop, 64 usage, 78 configuration\n"
+          "error, 69 a listener or the database could not be opened.\n");
+}
+
+static int agent_hash_password(void)
+{
+  char line[AGENT_PASSWORD_MAX];
+  char *hash = NULL;
+
+  if (isatty(STDIN_FILENO))
+    fprintf(stderr, "Password: ");
+  if (fgets(line, sizeof(line), stdin) == NULL || line[0] == '\n') {
+    fprintf(stderr, "nextal-agent: no password given on standard input\n");
+    return EX_DATAERR;
+  }
+  line[strcspn(line, "\r\n")] = '\0';
+  if (credential_hash(line, &hash) < 0) {
+    fprintf(stderr, "nextal-agent: cannot hash the password\n");
+    return EX_SOFTWARE;
+  }
+  printf("%s\n", hash);
+  free(hash);
+  return EX_OK;
+}
+
+struct agent_args {
+  const char *config_path;
+  const char *log_level;
+  const char *trace;
+  int check_only;
+  int hash_password;
+};
+
+/* Returns -1 to go on, or an exit status. */
+static int agent_parse_args(int argc, char **argv, struct agent_args *args)
+{
+  static const struct option options[] = {
+    { "config", required_argument, NULL, 'c' },
+    { "check-config", no_argument, NULL, 'C' },
+    { "hash-password", no_argument, NULL, 'H' },
+    { "log-level", required_argument, NULL, 'l' },
+    { "trace", required_argument, NULL, 't' },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+  };
+  int c;
+
+  args->config_path = getenv("NEXTAL_AGENT_CONFIG");
+  if (args->config_path == NULL)
+    args->config_path = AGENT_DEFAULT_CONFIG;
+  while ((c = getopt_long(argc, argv, "c:l:t:hV", options, NULL)) != -1) {
+    switch (c) {
+      case 'c': args->config_path = optarg; break;
+      case 'C': args->check_only = 1; break;
+      case 'H': args->hash_password = 1; break;
+      case 'l': args->log_level = optarg; break;
+      case 't': args->trace = optarg; break;
+      case 'h': agent_usage(stdout); return EX_OK;
+      case 'V': printf("nextal-agent %s\n", NEXTAL_VERSION); return EX_OK;
+      default: agent_usage(stderr); return EX_USAGE;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "nextal-agent: unexpected argument \"%s\"\n",
+            argv[optind]);
+    return EX_USAGE;
+  }
+  return -1;
+}
+
+static int agent_apply_logging(const struct config *cfg,
+                               const struct agent_args *args)
+{
+  const char *level = args->log_level ? args->log_level : cfg->log_level;
+  const char *trace = args->trace ? args->trace : cfg->trace;
+  enum log_level parsed;
+
+  if (log_level_parse(level, &parsed) < 0) {
+    fprintf(stderr, "nextal-agent: unknown log level \"%s\"\n", level);
+    return -EINVAL;
+  }
+  log_set_level(parsed);
+  if (log_trace_enable(trace) < 0) {
+    fprintf(stderr, "nextal-agent: unknown trace category in \"%s\"\n",
+            trace);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv)
+{
+  struct agent_args args = { 0 };
+  struct config cfg;
+  char err[1024];
+  int status;
+
+  status = agent_parse_args(argc, argv, &args);
+  if (status >= 0)
+    return status;
+  if (args.hash_password)
+    return agent_hash_password();
+  if (config_load(&cfg, args.config_path, err, sizeof(err)) < 0) {
+    fprintf(stderr, "nextal-agent: %s\n", err);
+    config_free(&cfg);
+    return EX_CONFIG;
+  }
+  if (agent_apply_logging(&cfg, &args) < 0) {
+    config_free(&cfg);
+    return EX_CONFIG;
+  }
+  if (args.check_only) {
+    printf("%s: configuration is valid\n", args.config_path);
+    config_free(&cfg);
+    return EX_OK;
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  status = agent_run(&cfg, args.config_path);
+  curl_global_cleanup();
+  config_free(&cfg);
+  return status;
+}

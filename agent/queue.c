@@ -1,0 +1,406 @@
+/* SPDX-License-Identifier: MIT */
+/* The durable mail queue (see include/queue.h). */
+#include "queue.h"
+
+#include <errno.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "xalloc.h"
+
+#define QUEUE_COLUMNS                                                          \
+  "id, queue_id, sender, recipients, message_id, size, spool_path, state, "    \
+  "attempts, next_attempt_at, created_at, sent_at, error_code, error_text"
+
+void queue_id_generate(char out[QUEUE_ID_SIZE])
+{
+  /* 12 random bytes as 24 hex digits would not fit with the NUL; 11 bytes
+   * give 22 digits, plenty against collisions. */
+  static const char hex[] = "0123456789ABCDEF";
+  unsigned char raw[11];
+
+  if (gnutls_rnd(GNUTLS_RND_NONCE, raw, sizeof(raw)) < 0)
+    abort(); /* no randomness: nothing here can go on safely */
+  for (size_t i = 0; i < sizeof(raw); i++) {
+    out[2 * i] = hex[raw[i] >> 4];
+    out[2 * i + 1] = hex[raw[i] & 0xf];
+  }
+  out[2 * sizeof(raw)] = '\0';
+}
+
+static int queue_prepare(struct store *store, const char *sql,
+                         sqlite3_stmt **st)
+{
+  if (sqlite3_prepare_v2(store->db, sql, -1, st, NULL) != SQLITE_OK) {
+    log_error("- store prepare_failed error=\"%s\"",
+              sqlite3_errmsg(store->db));
+    return -EIO;
+  }
+  return 0;
+}
+
+/* Steps a statement that returns no rows, then finalizes it. Returns the
+ * number of rows changed or -EIO. */
+static int queue_run(struct store *store, sqlite3_stmt *st)
+{
+  int rc = sqlite3_step(st);
+
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    log_error("- store step_failed error=\"%s\"", sqlite3_errmsg(store->db));
+    return -EIO;
+  }
+  return sqlite3_changes(store->db);
+}
+
+static char *queue_rcpts_json(const char *const *rcpts, size_t n)
+{
+  json_t *arr = json_array();
+  char *text;
+
+  for (size_t i = 0; i < n; i++)
+    json_array_append_new(arr, json_string(rcpts[i]));
+  text = json_dumps(arr, JSON_COMPACT);
+  json_decref(arr);
+  if (text == NULL)
+    abort(); /* jansson fails only on allocation */
+  return text;
+}
+
+int queue_insert(struct store *store, const char *queue_id,
+                 const char *sender, const char *const *rcpts, size_t nrcpts,
+                 const char *message_id, uint64_t size,
+                 const char *spool_path)
+{
+  sqlite3_stmt *st = NULL;
+  int64_t now = store_now_ms();
+  char *rcpt_text = queue_rcpts_json(rcpts, nrcpts);
+  int rc;
+
+  rc = queue_prepare(store,
+                     "INSERT INTO messages (queue_id, sender, recipients, "
+                     "message_id, size, spool_path, state, next_attempt_at, "
+                     "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, "
+                     "'queued', ?, ?, ?)",
+                     &st);
+  if (rc == 0) {
+    sqlite3_bind_text(st, 1, queue_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, sender, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, rcpt_text, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, message_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64) size);
+    sqlite3_bind_text(st, 6, spool_path, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, now);
+    sqlite3_bind_int64(st, 8, now);
+    sqlite3_bind_int64(st, 9, now);
+    rc = queue_run(store, st);
+  }
+  free(rcpt_text);
+  return rc < 0 ? rc : 0;
+}
+
+int queue_recover(struct store *store)
+{
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = 'queued' "
+                    "WHERE state = 'sending'",
+                    &st) < 0)
+    return -EIO;
+  return queue_run(store, st);
+}
+
+static char *queue_column_text(sqlite3_stmt *st, int col)
+{
+  const unsigned char *t = sqlite3_column_text(st, col);
+
+  return t ? xstrdup((const char *) t) : NULL;
+}
+
+static void queue_parse_rcpts(struct queue_entry *e, const char *text)
+{
+  json_t *arr = text ? json_loads(text, 0, NULL) : NULL;
+  size_t n = json_is_array(arr) ? json_array_size(arr) : 0;
+
+  e->rcpts = xcalloc(n + 1, sizeof(char *));
+  for (size_t i = 0; i < n; i++) {
+    const char *r = json_string_value(json_array_get(arr, i));
+
+    e->rcpts[e->nrcpts++] = xstrdup(r ? r : "");
+  }
+  json_decref(arr);
+}
+
+/* Fills e from a row selected with QUEUE_COLUMNS. */
+static void queue_entry_load(struct queue_entry *e, sqlite3_stmt *st)
+{
+  const unsigned char *qid = sqlite3_column_text(st, 1);
+
+  memset(e, 0, sizeof(*e));
+  e->rowid = sqlite3_column_int64(st, 0);
+  snprintf(e->queue_id, sizeof(e->queue_id), "%s", qid ? (char *) qid : "");
+  e->sender = queue_column_text(st, 2);
+  queue_parse_rcpts(e, (const char *) sqlite3_column_text(st, 3));
+  e->message_id = queue_column_text(st, 4);
+  e->size = (uint64_t) sqlite3_column_int64(st, 5);
+  e->spool_path = queue_column_text(st, 6);
+  e->state = queue_column_text(st, 7);
+  e->attempts = sqlite3_column_int(st, 8);
+  e->next_attempt_at = sqlite3_column_int64(st, 9);
+  e->created_at = sqlite3_column_int64(st, 10);
+  e->sent_at = sqlite3_column_int64(st, 11);
+  e->error_code = queue_column_text(st, 12);
+  e->error_text = queue_column_text(st, 13);
+}
+
+void queue_entry_free(struct queue_entry *e)
+{
+  if (e == NULL)
+    return;
+  free(e->sender);
+  for (size_t i = 0; i < e->nrcpts; i++)
+    free(e->rcpts[i]);
+  free(e->rcpts);
+  free(e->message_id);
+  free(e->spool_path);
+  free(e->state);
+  free(e->error_code);
+  free(e->error_text);
+  memset(e, 0, sizeof(*e));
+}
+
+void queue_entries_free(struct queue_entry *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    queue_entry_free(&v[i]);
+  free(v);
+}
+
+int queue_each_due(struct store *store, int64_t now_ms, size_t max,
+                   queue_visit_cb visit, void *arg)
+{
+  sqlite3_stmt *st = NULL;
+  int seen = 0;
+  int rc;
+
+  if (queue_prepare(store,
+                    "SELECT " QUEUE_COLUMNS " FROM messages "
+                    "WHERE state = 'queued' AND next_attempt_at <= ? "
+                    "ORDER BY next_attempt_at, id LIMIT ?",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, now_ms);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct queue_entry e;
+    int stop;
+
+    queue_entry_load(&e, st);
+    seen++;
+    stop = visit(arg, &e);
+    queue_entry_free(&e);
+    if (stop)
+      break;
+  }
+  sqlite3_finalize(st);
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? seen : -EIO;
+}
+
+int64_t queue_next_due(struct store *store)
+{
+  sqlite3_stmt *st = NULL;
+  int64_t next = -1;
+
+  if (queue_prepare(store,
+                    "SELECT MIN(next_attempt_at) FROM messages "
+                    "WHERE state = 'queued'",
+                    &st) < 0)
+    return -1;
+  if (sqlite3_step(st) == SQLITE_ROW &&
+      sqlite3_column_type(st, 0) != SQLITE_NULL)
+    next = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return next;
+}
+
+int queue_held_senders(struct store *store, char ***out)
+{
+  sqlite3_stmt *st = NULL;
+  char **v = NULL;
+  int n = 0;
+
+  if (queue_prepare(store,
+                    "SELECT DISTINCT sender FROM messages "
+                    "WHERE state = 'held'",
+                    &st) < 0)
+    return -EIO;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    v = xrealloc(v, sizeof(char *) * (size_t) (n + 1));
+    v[n++] = queue_column_text(st, 0);
+  }
+  sqlite3_finalize(st);
+  *out = v;
+  return n;
+}
+
+int queue_find(struct store *store, const char *queue_id,
+               const char *message_id, struct queue_entry *out)
+{
+  sqlite3_stmt *st = NULL;
+  int rc;
+
+  if (queue_prepare(store,
+                    "SELECT " QUEUE_COLUMNS " FROM messages "
+                    "WHERE queue_id = ? OR message_id = ? "
+                    "ORDER BY id DESC LIMIT 1",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, queue_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    queue_entry_load(out, st);
+  sqlite3_finalize(st);
+  if (rc == SQLITE_ROW)
+    return 0;
+  return rc == SQLITE_DONE ? -ENOENT : -EIO;
+}
+
+/* Moves one row to state, with optional error fields and times. */
+static int queue_set_state(struct store *store, int64_t rowid,
+                           const char *state, const char *code,
+                           const char *text, int64_t next_at, int add_attempt)
+{
+  sqlite3_stmt *st = NULL;
+  int64_t now = store_now_ms();
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = ?, error_code = ?, "
+                    "error_text = ?, next_attempt_at = ?, "
+                    "attempts = attempts + ?, updated_at = ?, "
+                    "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
+                    "WHERE id = ?",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, code, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, next_at);
+  sqlite3_bind_int(st, 5, add_attempt);
+  sqlite3_bind_int64(st, 6, now);
+  sqlite3_bind_text(st, 7, state, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 8, now);
+  sqlite3_bind_int64(st, 9, rowid);
+  return queue_run(store, st) == 1 ? 0 : -ENOENT;
+}
+
+int queue_mark_sending(struct store *store, int64_t rowid)
+{
+  return queue_set_state(store, rowid, "sending", NULL, NULL, 0, 1);
+}
+
+int queue_mark_sent(struct store *store, int64_t rowid)
+{
+  return queue_set_state(store, rowid, "sent", NULL, NULL, 0, 0);
+}
+
+int queue_mark_retry(struct store *store, int64_t rowid,
+                     int64_t next_attempt_at, const char *code,
+                     const char *text)
+{
+  return queue_set_state(store, rowid, "queued", code, text, next_attempt_at,
+                         0);
+}
+
+int queue_mark_failed(struct store *store, int64_t rowid, const char *code,
+                      const char *text)
+{
+  return queue_set_state(store, rowid, "failed", code, text, 0, 0);
+}
+
+int queue_mark_held(struct store *store, int64_t rowid, const char *code,
+                    const char *text)
+{
+  return queue_set_state(store, rowid, "held", code, text, 0, 0);
+}
+
+int queue_release_held(struct store *store, const char *sender)
+{
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = 'queued', "
+                    "next_attempt_at = ?, updated_at = ? "
+                    "WHERE state = 'held' AND (?3 IS NULL OR sender = ?3)",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, store_now_ms());
+  sqlite3_bind_int64(st, 2, store_now_ms());
+  sqlite3_bind_text(st, 3, sender, -1, SQLITE_STATIC);
+  return queue_run(store, st);
+}
+
+int queue_fail_sender(struct store *store, const char *sender,
+                      const char *code, const char *text)
+{
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = 'failed', error_code = ?, "
+                    "error_text = ?, updated_at = ? "
+                    "WHERE sender = ? AND state IN ('queued', 'held')",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, code, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, store_now_ms());
+  sqlite3_bind_text(st, 4, sender, -1, SQLITE_STATIC);
+  return queue_run(store, st);
+}
+
+int queue_count(struct store *store, const char *state, int64_t *count)
+{
+  sqlite3_stmt *st = NULL;
+  int rc;
+
+  if (queue_prepare(store,
+                    "SELECT COUNT(*) FROM messages "
+                    "WHERE ?1 IS NULL OR state = ?1",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    *count = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return rc == SQLITE_ROW ? 0 : -EIO;
+}
+
+int queue_list(struct store *store, const char *state,
+               struct queue_entry **out, size_t max)
+{
+  sqlite3_stmt *st = NULL;
+  struct queue_entry *v = NULL;
+  size_t n = 0;
+
+  if (queue_prepare(store,
+                    "SELECT " QUEUE_COLUMNS " FROM messages "
+                    "WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    v = xrealloc(v, sizeof(*v) * (n + 1));
+    queue_entry_load(&v[n++], st);
+  }
+  sqlite3_finalize(st);
+  *out = v;
+  return (int) n;
+}

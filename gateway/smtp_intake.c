@@ -1,0 +1,282 @@
+/* SPDX-License-Identifier: MIT */
+/* From end of data to a durable queue row (see include/smtp_intake.h). */
+#include "smtp_intake.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "mime_to_graph.h"
+#include "queue.h"
+#include "spool.h"
+#include "store.h"
+#include "xalloc.h"
+
+struct smtp_intake {
+  uv_loop_t *loop;
+  char *spool_dir;
+  struct store *store; /* used only by worker threads, under lock */
+  pthread_mutex_t lock;
+  smtp_intake_queued_cb queued;
+  void *queued_arg;
+};
+
+struct smtp_intake_msg {
+  uv_work_t work; /* work.data points back here */
+  struct smtp_intake *intake;
+  char queue_id[QUEUE_ID_SIZE];
+  struct spool_file *file;
+  int write_error; /* first failed write, reported at commit */
+
+  /* Copied at commit time, used on the worker thread. */
+  char *sender;
+  char **rcpts;
+  size_t nrcpts;
+  smtp_intake_done_cb done;
+  void *done_arg;
+
+  /* The worker's answer. */
+  int code;
+  char enhanced[16];
+  char text[320];
+};
+
+int smtp_intake_new(uv_loop_t *loop, const char *spool_dir,
+                    const char *db_path, smtp_intake_queued_cb queued,
+                    void *arg, struct smtp_intake **out)
+{
+  struct smtp_intake *intake = xcalloc(1, sizeof(*intake));
+  char err[512];
+  int rc;
+
+  rc = spool_prepare(spool_dir);
+  if (rc < 0) {
+    log_error("- smtp spool_unusable dir=%s error=\"%s\"", spool_dir,
+              strerror(-rc));
+    free(intake);
+    return rc;
+  }
+  rc = store_open(db_path, &intake->store, err, sizeof(err));
+  if (rc < 0) {
+    log_error("- store open_failed error=\"%s\"", err);
+    free(intake);
+    return rc;
+  }
+  intake->loop = loop;
+  intake->spool_dir = xstrdup(spool_dir);
+  intake->queued = queued;
+  intake->queued_arg = arg;
+  pthread_mutex_init(&intake->lock, NULL);
+  *out = intake;
+  return 0;
+}
+
+void smtp_intake_free(struct smtp_intake *intake)
+{
+  if (intake == NULL)
+    return;
+  store_close(intake->store);
+  pthread_mutex_destroy(&intake->lock);
+  free(intake->spool_dir);
+  free(intake);
+}
+
+int smtp_intake_begin(struct smtp_intake *intake,
+                      struct smtp_intake_msg **out)
+{
+  struct smtp_intake_msg *msg = xcalloc(1, sizeof(*msg));
+  int rc;
+
+  msg->intake = intake;
+  queue_id_generate(msg->queue_id);
+  rc = spool_create(intake->spool_dir, msg->queue_id, &msg->file);
+  if (rc < 0) {
+    log_error("%s smtp spool_create_failed error=\"%s\"", msg->queue_id,
+              strerror(-rc));
+    free(msg);
+    return rc;
+  }
+  *out = msg;
+  return 0;
+}
+
+int smtp_intake_write(struct smtp_intake_msg *msg, const char *buf,
+                      size_t len)
+{
+  int rc;
+
+  if (msg->write_error != 0)
+    return msg->write_error;
+  rc = spool_write(msg->file, buf, len);
+  if (rc < 0) {
+    log_error("%s smtp spool_write_failed error=\"%s\"", msg->queue_id,
+              strerror(-rc));
+    msg->write_error = rc;
+  }
+  return rc;
+}
+
+const char *smtp_intake_queue_id(const struct smtp_intake_msg *msg)
+{
+  return msg->queue_id;
+}
+
+static void smtp_intake_msg_free(struct smtp_intake_msg *msg)
+{
+  for (size_t i = 0; i < msg->nrcpts; i++)
+    free(msg->rcpts[i]);
+  free(msg->rcpts);
+  free(msg->sender);
+  free(msg);
+}
+
+void smtp_intake_abort(struct smtp_intake_msg *msg)
+{
+  if (msg == NULL)
+    return;
+  spool_abort(msg->file);
+  smtp_intake_msg_free(msg);
+}
+
+static void smtp_intake_answer(struct smtp_intake_msg *msg, int code,
+                               const char *enhanced, const char *text)
+{
+  msg->code = code;
+  snprintf(msg->enhanced, sizeof(msg->enhanced), "%s", enhanced);
+  snprintf(msg->text, sizeof(msg->text), "%s", text);
+}
+
+/* Maps a translation failure to the SMTP reply that explains it. */
+static void smtp_intake_refuse(struct smtp_intake_msg *msg, int rc,
+                               const char *why)
+{
+  switch (rc) {
+    case MIME_GRAPH_ETOOBIG:
+      smtp_intake_answer(msg, 552, "5.3.4", why);
+      break;
+    case MIME_GRAPH_ECHARSET:
+      smtp_intake_answer(msg, 554, "5.6.3", why);
+      break;
+    case MIME_GRAPH_ERECIPIENT:
+      smtp_intake_answer(msg, 553, "5.1.3", why);
+      break;
+    default:
+      smtp_intake_answer(msg, 554, "5.6.0", why);
+      break;
+  }
+}
+
+/* Translates the durable file once to prove Graph will take it; returns
+ * 0 with the Message-ID (or NULL) in *message_id. */
+static int smtp_intake_validate(struct smtp_intake_msg *msg,
+                                char **message_id)
+{
+  struct mime_graph_envelope env = {
+    .sender = msg->sender,
+    .rcpts = (const char *const *) msg->rcpts,
+    .nrcpts = msg->nrcpts,
+  };
+  struct mime_graph_result res;
+  const char *data = NULL;
+  size_t len = 0;
+  int rc;
+
+  rc = spool_map(msg->file->path, &data, &len);
+  if (rc < 0) {
+    smtp_intake_answer(msg, 451, "4.3.0", "Cannot read the spooled message");
+    return rc;
+  }
+  memset(&res, 0, sizeof(res));
+  rc = mime_to_graph(data, len, &env, &res);
+  spool_unmap(data, len);
+  if (rc != MIME_GRAPH_OK) {
+    smtp_intake_refuse(msg, rc, res.error);
+    mime_graph_result_free(&res);
+    return -EINVAL;
+  }
+  *message_id = res.message_id ? xstrdup(res.message_id) : NULL;
+  mime_graph_result_free(&res);
+  return 0;
+}
+
+static int smtp_intake_insert(struct smtp_intake_msg *msg,
+                              const char *message_id)
+{
+  struct smtp_intake *intake = msg->intake;
+  int rc;
+
+  pthread_mutex_lock(&intake->lock);
+  rc = queue_insert(intake->store, msg->queue_id, msg->sender,
+                    (const char *const *) msg->rcpts, msg->nrcpts,
+                    message_id, msg->file->size, msg->file->path);
+  pthread_mutex_unlock(&intake->lock);
+  return rc;
+}
+
+/* Worker thread: durable file, validation, durable row. */
+static void smtp_intake_work(uv_work_t *work)
+{
+  struct smtp_intake_msg *msg = work->data;
+  char *message_id = NULL;
+  int rc;
+
+  if (msg->write_error != 0) {
+    smtp_intake_answer(msg, 451, "4.3.0",
+                       "Local error while storing the message; try again");
+    return;
+  }
+  rc = spool_commit(msg->file);
+  if (rc < 0) {
+    smtp_intake_answer(msg, 451, "4.3.0",
+                       "Cannot make the message durable; try again");
+    return;
+  }
+  if (smtp_intake_validate(msg, &message_id) < 0) {
+    spool_remove(msg->file->path);
+    return;
+  }
+  rc = smtp_intake_insert(msg, message_id);
+  free(message_id);
+  if (rc < 0) {
+    spool_remove(msg->file->path);
+    smtp_intake_answer(msg, 451, "4.3.0",
+                       "Cannot record the message in the queue; try again");
+    return;
+  }
+  smtp_intake_answer(msg, 250, "2.0.0", msg->queue_id);
+}
+
+static void smtp_intake_after_work(uv_work_t *work, int status)
+{
+  struct smtp_intake_msg *msg = work->data;
+  struct smtp_intake *intake = msg->intake;
+
+  if (status == UV_ECANCELED) {
+    spool_remove(msg->file->tmp_path);
+    smtp_intake_answer(msg, 421, "4.3.2", "Service shutting down");
+  }
+  msg->done(msg->done_arg, msg->code, msg->enhanced, msg->text);
+  if (msg->code == 250 && intake->queued != NULL)
+    intake->queued(intake->queued_arg);
+  spool_file_free(msg->file);
+  smtp_intake_msg_free(msg);
+}
+
+void smtp_intake_commit(struct smtp_intake_msg *msg, const char *sender,
+                        const struct smtp_envelope *env,
+                        smtp_intake_done_cb done, void *arg)
+{
+  msg->sender = xstrdup(sender);
+  msg->rcpts = xcalloc(env->nrcpts + 1, sizeof(char *));
+  for (size_t i = 0; i < env->nrcpts; i++)
+    msg->rcpts[i] = xstrdup(env->rcpts[i]);
+  msg->nrcpts = env->nrcpts;
+  msg->done = done;
+  msg->done_arg = arg;
+  msg->work.data = msg;
+  uv_queue_work(msg->intake->loop, &msg->work, smtp_intake_work,
+                smtp_intake_after_work);
+}
