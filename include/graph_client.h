@@ -6,6 +6,7 @@
 #ifndef NX_GRAPH_CLIENT_H
 #define NX_GRAPH_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -25,6 +26,9 @@ struct graph_response {
    * endpoint's error and AADSTS description. */
   char error_code[64];
   char error_message[512];
+  /* For token failures: the grant is gone and the user must link again
+   * (error_code is then the OAuth error, e.g. "invalid_grant"). */
+  bool token_permanent;
 };
 
 typedef void (*graph_done_cb)(void *arg, const struct graph_response *resp);
