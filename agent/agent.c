@@ -13,8 +13,11 @@
 #include "credential.h"
 #include "delivery.h"
 #include "graph_client.h"
+#include "http_router.h"
+#include "http_server.h"
 #include "http_client.h"
 #include "log.h"
+#include "oauth_consent.h"
 #include "policy_gate.h"
 #include "smtp_intake.h"
 #include "smtp_server.h"
@@ -36,6 +39,8 @@ struct agent {
   struct policy_gate *gate;
   struct smtp_intake *intake;
   struct smtp_server *smtp;
+  struct http_router *router;
+  struct http_server *http_server;
   struct delivery *delivery;
   uv_signal_t sigterm;
   uv_signal_t sigint;
@@ -89,6 +94,34 @@ static int agent_open_core(struct agent *agent)
   return 0;
 }
 
+/* The HTTP listener: the admin consent redirect (and, as they land,
+ * CalDAV and per-user linking). */
+static int agent_open_http(struct agent *agent)
+{
+  struct http_server_limits limits;
+  char *host = NULL;
+  int port = 0;
+  int rc;
+
+  agent->router = http_router_new();
+  if (oauth_consent_register(agent->router, agent->store) < 0)
+    return -EINVAL;
+  http_server_limits_defaults(&limits);
+  limits.max_body_size = agent->cfg->http_max_body;
+  if (config_parse_hostport(agent->cfg->http_listen, &host, &port) < 0)
+    return -EINVAL;
+  rc = http_server_new(agent->loop, host, port, &limits, http_router_dispatch,
+                       agent->router, &agent->http_server);
+  if (rc < 0)
+    log_error("- http listen_failed address=%s error=\"%s\"",
+              agent->cfg->http_listen, uv_strerror(rc));
+  else
+    log_info("- http listening address=%s port=%d", agent->cfg->http_listen,
+             http_server_port(agent->http_server));
+  free(host);
+  return rc;
+}
+
 static int agent_open_endpoints(struct agent *agent)
 {
   struct config *cfg = agent->cfg;
@@ -101,6 +134,8 @@ static int agent_open_endpoints(struct agent *agent)
   deps.gate = agent->gate;
   deps.intake = agent->intake;
   if (smtp_server_new(agent->loop, cfg, &deps, &agent->smtp) < 0)
+    return EX_UNAVAILABLE;
+  if (agent_open_http(agent) < 0)
     return EX_UNAVAILABLE;
   if (delivery_new(agent->loop, agent->store, agent->graph, agent->gate, cfg,
                    &agent->delivery) < 0)
@@ -169,6 +204,9 @@ static void agent_stop(struct agent *agent)
     return;
   agent->stopping = 1;
   log_info("- agent stopping");
+  if (agent->http_server != NULL)
+    http_server_close(agent->http_server);
+  agent->http_server = NULL;
   if (agent->smtp != NULL)
     smtp_server_close(agent->smtp, agent_on_smtp_closed, agent);
   else
@@ -229,6 +267,8 @@ static void agent_start_signals(struct agent *agent)
 
 static void agent_free(struct agent *agent)
 {
+  if (agent->router != NULL)
+    http_router_free(agent->router);
   smtp_intake_free(agent->intake);
   if (agent->tokens != NULL)
     token_cache_free(agent->tokens);

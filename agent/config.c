@@ -72,6 +72,8 @@ static const struct config_key config_keys[] = {
       delivery_max_in_flight, 4),
   CFG("delivery", "max_attempts", CONFIG_UINT, delivery_max_attempts, 1000),
   CFG("delivery", "max_age", CONFIG_UINT, delivery_max_age, 30 * 86400),
+  CFG("delivery", "recovery_delay", CONFIG_UINT, delivery_recovery_delay,
+      3600),
 };
 
 #define CONFIG_NKEYS (sizeof(config_keys) / sizeof(*config_keys))
@@ -109,6 +111,9 @@ void config_defaults(struct config *cfg)
   cfg->delivery_max_in_flight = 4;
   cfg->delivery_max_attempts = 50;
   cfg->delivery_max_age = 2 * 86400;
+  /* Longer than a request may take (60 s), so that a send the previous
+   * process started has finished before we look for it. */
+  cfg->delivery_recovery_delay = 90;
 }
 
 void config_free(struct config *cfg)

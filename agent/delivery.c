@@ -52,6 +52,7 @@ struct delivery {
   unsigned per_mailbox; /* jobs a mailbox may have at once */
   unsigned max_attempts;
   int64_t max_age_ms;
+  int64_t recovery_delay_ms;
   int stopping;
   unsigned grace_ms;
   void (*stopped_cb)(void *arg);
@@ -200,6 +201,15 @@ static int delivery_is_transient(long status)
   return status == 0 || status == 408 || status == 429 || status >= 500;
 }
 
+/* A lost reply or a gateway timeout after the body went out: Graph may
+ * have taken the message. A refused connection is not ambiguous, but curl
+ * does not tell the two apart cheaply, so both are verified. */
+static int delivery_is_ambiguous(const struct graph_response *resp)
+{
+  return (resp->status == 0 && strcmp(resp->error_code, "network") == 0) ||
+         resp->status == 504;
+}
+
 static void delivery_on_sent(void *arg, const struct graph_response *resp)
 {
   struct delivery_job *job = arg;
@@ -214,6 +224,13 @@ static void delivery_on_sent(void *arg, const struct graph_response *resp)
     /* The grant is gone: the user must link again; keep the mail. */
     links_mark_relink(job->d->store, job->sender, resp->error_message);
     delivery_hold(job, "link_expired", resp->error_message);
+  } else if (delivery_is_ambiguous(resp)) {
+    /* The request may have reached Graph: look before sending again. */
+    queue_mark_verify(job->d->store, job->rowid,
+                      store_now_ms() + job->d->recovery_delay_ms,
+                      resp->error_code, resp->error_message);
+    log_warn("%s queue outcome_unknown sender=%s code=%s", job->queue_id,
+             job->sender, resp->error_code);
   } else if (delivery_is_transient(resp->status)) {
     delivery_retry(job, resp->retry_after, resp->error_code,
                    resp->error_message);
@@ -325,14 +342,18 @@ static void delivery_on_verified(void *arg, const struct graph_response *resp)
     root = json_loadb(resp->body, resp->body_len, 0, NULL);
   value = json_object_get(root, "value");
   if (json_is_array(value) && json_array_size(value) > 0) {
-    log_info("%s queue recovered_as_sent sender=%s", job->queue_id,
+    log_info("%s queue found_in_sent_items sender=%s", job->queue_id,
              job->sender);
     delivery_sent(job);
-  } else {
-    /* Not found (or unknown): send it. A send that Graph took but has not
-     * yet saved to Sent Items would go twice; Graph offers no
-     * idempotency key for sendMail. */
+  } else if (json_is_array(value)) {
+    /* Not in Sent Items: send it. Graph offers no idempotency key for
+     * sendMail, so a send still in transport when we looked would go
+     * twice; the recovery delay makes that unlikely, not impossible. */
     queue_mark_retry(d->store, job->rowid, store_now_ms(), NULL, NULL);
+  } else {
+    queue_mark_verify(d->store, job->rowid,
+                      store_now_ms() + delivery_backoff_ms(job->attempts + 1),
+                      resp->error_code, resp->error_message);
   }
   json_decref(root);
   delivery_job_finish(job);
@@ -361,22 +382,15 @@ static void delivery_verify(struct delivery *d, const struct queue_entry *e)
   free(path);
 }
 
-/* Rows left in "sending" by a crash: those with a Message-ID are looked
- * up in Sent Items, the others are queued again. */
+/* Rows left in "sending" by a crash are looked up in Sent Items, after
+ * a delay that lets requests the dead process had sent complete. */
 static void delivery_recover(struct delivery *d)
 {
-  struct queue_entry *rows = NULL;
-  int n = queue_list(d->store, "sending", &rows, 100000);
+  int n = queue_recover(d->store, d->recovery_delay_ms);
 
-  for (int i = 0; i < n; i++) {
-    if (rows[i].message_id != NULL && rows[i].message_id[0] != '\0')
-      delivery_verify(d, &rows[i]);
-    else
-      queue_mark_retry(d->store, rows[i].rowid, store_now_ms(), NULL, NULL);
-  }
   if (n > 0)
-    log_info("- queue recovering interrupted=%d", n);
-  queue_entries_free(rows, n > 0 ? (size_t) n : 0);
+    log_info("- queue recovering interrupted=%d verify_after_ms=%lld", n,
+             (long long) d->recovery_delay_ms);
 }
 
 /* ---- scanning --------------------------------------------------------- */
@@ -391,6 +405,13 @@ static int delivery_visit(void *arg, const struct queue_entry *e)
   if (delivery_job_running(d, e->rowid) ||
       delivery_jobs_for(d, e->sender) >= d->per_mailbox)
     return 0;
+  if (e->verify_first) {
+    if (e->message_id != NULL && e->message_id[0] != '\0')
+      delivery_verify(d, e);
+    else /* nothing to look for: Graph assigned the id */
+      queue_mark_retry(d->store, e->rowid, store_now_ms(), NULL, NULL);
+    return 0;
+  }
   policy_gate_check(d->gate, POLICY_REQUEST_DELIVERY, e->sender, &dec);
   if (dec.reason != POLICY_ALLOW) {
     queue_mark_held(d->store, e->rowid, dec.code, dec.sentence);
@@ -478,6 +499,7 @@ int delivery_new(uv_loop_t *loop, struct store *store,
   d->per_mailbox = cfg->delivery_max_in_flight * 2;
   d->max_attempts = cfg->delivery_max_attempts;
   d->max_age_ms = (int64_t) cfg->delivery_max_age * 1000;
+  d->recovery_delay_ms = (int64_t) cfg->delivery_recovery_delay * 1000;
   uv_timer_init(loop, &d->timer);
   d->timer.data = d;
   delivery_recover(d);

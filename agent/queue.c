@@ -15,7 +15,8 @@
 
 #define QUEUE_COLUMNS                                                          \
   "id, queue_id, sender, recipients, message_id, size, spool_path, state, "    \
-  "attempts, next_attempt_at, created_at, sent_at, error_code, error_text"
+  "attempts, next_attempt_at, created_at, sent_at, error_code, error_text, "  \
+  "verify_first"
 
 void queue_id_generate(char out[QUEUE_ID_SIZE])
 {
@@ -104,15 +105,16 @@ int queue_insert(struct store *store, const char *queue_id,
   return rc < 0 ? rc : 0;
 }
 
-int queue_recover(struct store *store)
+int queue_recover(struct store *store, int64_t delay_ms)
 {
   sqlite3_stmt *st = NULL;
 
   if (queue_prepare(store,
-                    "UPDATE messages SET state = 'queued' "
-                    "WHERE state = 'sending'",
+                    "UPDATE messages SET state = 'queued', verify_first = 1, "
+                    "next_attempt_at = ? WHERE state = 'sending'",
                     &st) < 0)
     return -EIO;
+  sqlite3_bind_int64(st, 1, store_now_ms() + delay_ms);
   return queue_run(store, st);
 }
 
@@ -157,6 +159,7 @@ static void queue_entry_load(struct queue_entry *e, sqlite3_stmt *st)
   e->sent_at = sqlite3_column_int64(st, 11);
   e->error_code = queue_column_text(st, 12);
   e->error_text = queue_column_text(st, 13);
+  e->verify_first = sqlite3_column_int(st, 14);
 }
 
 void queue_entry_free(struct queue_entry *e)
@@ -275,7 +278,8 @@ int queue_find(struct store *store, const char *queue_id,
 /* Moves one row to state, with optional error fields and times. */
 static int queue_set_state(struct store *store, int64_t rowid,
                            const char *state, const char *code,
-                           const char *text, int64_t next_at, int add_attempt)
+                           const char *text, int64_t next_at, int add_attempt,
+                           int verify_first)
 {
   sqlite3_stmt *st = NULL;
   int64_t now = store_now_ms();
@@ -284,8 +288,9 @@ static int queue_set_state(struct store *store, int64_t rowid,
                     "UPDATE messages SET state = ?, error_code = ?, "
                     "error_text = ?, next_attempt_at = ?, "
                     "attempts = attempts + ?, updated_at = ?, "
-                    "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END "
-                    "WHERE id = ?",
+                    "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, "
+                    "verify_first = CASE WHEN ?9 < 0 THEN verify_first ELSE ?9 END "
+                    "WHERE id = ?10",
                     &st) < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
@@ -296,18 +301,19 @@ static int queue_set_state(struct store *store, int64_t rowid,
   sqlite3_bind_int64(st, 6, now);
   sqlite3_bind_text(st, 7, state, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 8, now);
-  sqlite3_bind_int64(st, 9, rowid);
+  sqlite3_bind_int(st, 9, verify_first);
+  sqlite3_bind_int64(st, 10, rowid);
   return queue_run(store, st) == 1 ? 0 : -ENOENT;
 }
 
 int queue_mark_sending(struct store *store, int64_t rowid)
 {
-  return queue_set_state(store, rowid, "sending", NULL, NULL, 0, 1);
+  return queue_set_state(store, rowid, "sending", NULL, NULL, 0, 1, -1);
 }
 
 int queue_mark_sent(struct store *store, int64_t rowid)
 {
-  return queue_set_state(store, rowid, "sent", NULL, NULL, 0, 0);
+  return queue_set_state(store, rowid, "sent", NULL, NULL, 0, 0, 0);
 }
 
 int queue_mark_retry(struct store *store, int64_t rowid,
@@ -315,19 +321,27 @@ int queue_mark_retry(struct store *store, int64_t rowid,
                      const char *text)
 {
   return queue_set_state(store, rowid, "queued", code, text, next_attempt_at,
-                         0);
+                         0, 0);
+}
+
+int queue_mark_verify(struct store *store, int64_t rowid,
+                      int64_t next_attempt_at, const char *code,
+                      const char *text)
+{
+  return queue_set_state(store, rowid, "queued", code, text, next_attempt_at,
+                         0, 1);
 }
 
 int queue_mark_failed(struct store *store, int64_t rowid, const char *code,
                       const char *text)
 {
-  return queue_set_state(store, rowid, "failed", code, text, 0, 0);
+  return queue_set_state(store, rowid, "failed", code, text, 0, 0, 0);
 }
 
 int queue_mark_held(struct store *store, int64_t rowid, const char *code,
                     const char *text)
 {
-  return queue_set_state(store, rowid, "held", code, text, 0, 0);
+  return queue_set_state(store, rowid, "held", code, text, 0, 0, -1);
 }
 
 int queue_release_held(struct store *store, const char *sender)

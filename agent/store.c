@@ -69,6 +69,9 @@ static const char *const store_migrations[] = {
   "  action TEXT NOT NULL,"
   "  detail TEXT"
   ");",
+  /* 2: sends whose outcome is unknown (crash, lost reply) are looked up in
+   * Sent Items before they are sent again. */
+  "ALTER TABLE messages ADD COLUMN verify_first INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define STORE_NMIGRATIONS                                                      \

@@ -54,6 +54,8 @@ struct config {
   unsigned delivery_max_in_flight; /* per mailbox, Graph allows 4 */
   unsigned delivery_max_attempts;
   unsigned delivery_max_age; /* seconds before a transient failure is final */
+  unsigned delivery_recovery_delay; /* seconds before an unknown outcome is
+                                     * looked up in Sent Items */
 };
 
 /* Loads path into cfg (which it initialises with defaults first). On error

@@ -29,6 +29,7 @@ struct queue_entry {
   int64_t sent_at; /* 0 if not sent */
   char *error_code;
   char *error_text;
+  int verify_first; /* outcome of an earlier send unknown: look it up */
 };
 
 /* Makes a new random queue id (printable, unique in practice). */
@@ -41,8 +42,9 @@ int queue_insert(struct store *store, const char *queue_id,
                  const char *message_id, uint64_t size,
                  const char *spool_path);
 
-/* Moves rows left in sending by a crash back to queued; returns how many. */
-int queue_recover(struct store *store);
+/* Rows left in sending by a crash go back to queued, to be looked up in
+ * Sent Items no earlier than now + delay_ms; returns how many. */
+int queue_recover(struct store *store, int64_t delay_ms);
 
 /* Visits due rows (state queued, next_attempt_at <= now), earliest
  * first, until visit returns nonzero or max rows were seen. The entry is
@@ -68,6 +70,11 @@ int queue_mark_sent(struct store *store, int64_t rowid);
 int queue_mark_retry(struct store *store, int64_t rowid,
                      int64_t next_attempt_at, const char *code,
                      const char *text);
+/* Queues the row again with its outcome unknown (crash, lost reply): the
+ * next attempt first looks for it in Sent Items. */
+int queue_mark_verify(struct store *store, int64_t rowid,
+                      int64_t next_attempt_at, const char *code,
+                      const char *text);
 int queue_mark_failed(struct store *store, int64_t rowid, const char *code,
                       const char *text);
 int queue_mark_held(struct store *store, int64_t rowid, const char *code,

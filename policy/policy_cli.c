@@ -21,6 +21,7 @@
 #include "audit.h"
 #include "config.h"
 #include "links.h"
+#include "policy_link.h"
 #include "log.h"
 #include "policy.h"
 #include "policy_edit.h"
@@ -866,6 +867,43 @@ static int cli_held(struct cli *cli, int argc, char **argv)
   return rc;
 }
 
+static int cli_link(struct cli *cli, int argc, char **argv)
+{
+  char norm[POLICY_ADDRESS_MAX];
+  char msg[768];
+  char *detail;
+  int rc;
+
+  if (argc != 1) {
+    cli_error("link takes one address");
+    return EX_USAGE;
+  }
+  if (policy_address_normalize(argv[0], norm, sizeof(norm)) < 0) {
+    cli_error("\"%s\" is not a mail address", argv[0]);
+    return EX_DATAERR;
+  }
+  if ((rc = cli_open(cli)) != EX_OK)
+    return rc;
+  if (cli->cfg.link_mode != CONFIG_LINK_APPLICATION) {
+    cli_error("link_mode is delegated: %s links their own mailbox through "
+              "the sign-in link Nextal gives them",
+              norm);
+    return EX_UNAVAILABLE;
+  }
+  rc = policy_link_application(&cli->cfg, cli->store, norm, msg, sizeof(msg));
+  if (rc < 0) {
+    cli_error("%s", msg);
+    return rc == -EPERM    ? EX_NOPERM
+           : rc == -ENOENT ? EX_NOUSER
+                           : EX_UNAVAILABLE;
+  }
+  detail = xasprintf("%s: linked in application mode", norm);
+  rc = cli_audit(cli, "link", detail);
+  free(detail);
+  printf("%s\n", msg);
+  return rc;
+}
+
 /* Dispatch. The option-taking commands are wrapped here. */
 
 static int cli_disable_run(struct cli *cli, int argc, char **argv);
@@ -909,6 +947,9 @@ static const struct cli_command cli_commands[] = {
   { "consent-link", cli_consent_link, "[--json]",
     "Prints the tenant-wide admin consent URL to send to the tenant's IT." },
   { "held", cli_held, "[--json]", "Lists held and failed mail." },
+  { "link", cli_link, "ADDRESS",
+    "Application mode only: checks that the policy lets ADDRESS link and\n"
+    "that Microsoft 365 has the mailbox, then records the link." },
 };
 
 #define CLI_NCOMMANDS (sizeof(cli_commands) / sizeof(*cli_commands))

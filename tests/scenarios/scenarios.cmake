@@ -1,6 +1,23 @@
-# Black-box scenarios: each tests/scenarios/<name>.py runs against a fresh
-# agent and simulator (see tests/scenarios/harness.py).
-add_test(NAME policy_cli_edits
-  COMMAND ${SYSTEM_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/scenarios/policy_cli_edits.py)
-set_tests_properties(policy_cli_edits PROPERTIES LABELS scenario
-  ENVIRONMENT "NEXTAL_POLICY=$<TARGET_FILE:nextal-policy>")
+# Black-box scenarios: each tests/scenarios/<name>.py starts its own
+# simulator and agent (see tests/sandbox/sandbox.py) and drives them with
+# real clients.
+set(NX_SCENARIO_ENV
+  "NEXTAL_AGENT=$<TARGET_FILE:nextal-agent>"
+  "NEXTAL_POLICY=$<TARGET_FILE:nextal-policy>"
+  "NEXTAL_BUILD_DIR=${CMAKE_BINARY_DIR}"
+  "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0"
+  "PYTHONDONTWRITEBYTECODE=1")
+
+# nx_scenario(NAME): tests/scenarios/NAME.py as ctest test NAME.
+function(nx_scenario name)
+  add_test(NAME ${name}
+    COMMAND ${SYSTEM_PYTHON3} ${CMAKE_CURRENT_SOURCE_DIR}/scenarios/${name}.py)
+  set_tests_properties(${name} PROPERTIES LABELS scenario TIMEOUT 600
+    ENVIRONMENT "${NX_SCENARIO_ENV}")
+endfunction()
+
+nx_scenario(smtp_mail_delivery)
+nx_scenario(smtp_protocol)
+nx_scenario(smtp_clients)
+nx_scenario(delivery_resilience)
+nx_scenario(policy_cli_edits)

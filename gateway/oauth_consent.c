@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: MIT */
+/* Records the outcome of the admin consent redirect (graph-api.md 1.2). */
+#include "oauth_consent.h"
+
+#include <libxml/HTMLtree.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "links.h"
+#include "log.h"
+#include "xalloc.h"
+
+#define OAUTH_CONSENT_PARAM_MAX 1024
+
+/* Builds a small HTML page; libxml2 escapes the text we did not write. */
+static char *oauth_consent_page(const char *title, const char *text)
+{
+  xmlDocPtr doc = htmlNewDocNoDtD(NULL, NULL);
+  xmlNodePtr html = xmlNewNode(NULL, BAD_CAST "html");
+  xmlNodePtr body;
+  xmlChar *out = NULL;
+  int len = 0;
+  char *page;
+
+  xmlDocSetRootElement(doc, html);
+  xmlNewTextChild(xmlNewChild(html, NULL, BAD_CAST "head", NULL), NULL,
+                  BAD_CAST "title", BAD_CAST title);
+  body = xmlNewChild(html, NULL, BAD_CAST "body", NULL);
+  xmlNewTextChild(body, NULL, BAD_CAST "h1", BAD_CAST title);
+  xmlNewTextChild(body, NULL, BAD_CAST "p", BAD_CAST text);
+  htmlDocDumpMemory(doc, &out, &len);
+  page = xstrndup((const char *) out, (size_t) len);
+  xmlFree(out);
+  xmlFreeDoc(doc);
+  return page;
+}
+
+static void oauth_consent_reply(struct http_exchange *ex, int status,
+                                const char *title, const char *text)
+{
+  static const char *const headers[] = {
+    "Content-Type: text/html; charset=utf-8", "Cache-Control: no-store", NULL
+  };
+  char *page = oauth_consent_page(title, text);
+
+  http_exchange_respond(ex, status, headers, page, strlen(page));
+  free(page);
+}
+
+static const char *oauth_consent_param(struct http_exchange *ex,
+                                       const char *name)
+{
+  const char *value = NULL;
+
+  if (http_exchange_query(ex, name, &value) < 0 || value == NULL ||
+      strlen(value) > OAUTH_CONSENT_PARAM_MAX)
+    return NULL;
+  return value;
+}
+
+static void oauth_consent_refused(struct http_exchange *ex,
+                                  struct store *store, const char *error,
+                                  const char *description)
+{
+  char *text;
+  char *why = xasprintf("%s: %s", error, description ? description : "");
+  char esc[256];
+
+  tenant_consent_record(store, false, NULL, why);
+  log_warn("- http consent_refused error=%s",
+           log_escape(esc, sizeof(esc), error, strlen(error)));
+  text = xasprintf("Microsoft did not grant consent (%s). %s The integration "
+                   "stays inactive; an administrator can open the consent "
+                   "link again.",
+                   error, description ? description : "");
+  oauth_consent_reply(ex, 403, "Consent not granted", text);
+  free(text);
+  free(why);
+}
+
+static void oauth_consent_handle(void *arg, struct http_exchange *ex)
+{
+  struct store *store = arg;
+  const char *granted = oauth_consent_param(ex, "admin_consent");
+  const char *error = oauth_consent_param(ex, "error");
+  const char *tenant = oauth_consent_param(ex, "tenant");
+
+  /* Microsoft's documented failure keeps admin_consent=True next to the
+   * error, so the error decides. */
+  if (error != NULL) {
+    oauth_consent_refused(ex, store, error,
+                          oauth_consent_param(ex, "error_description"));
+    return;
+  }
+  if (granted == NULL || strcasecmp(granted, "true") != 0) {
+    oauth_consent_reply(ex, 400, "Not a consent answer",
+                        "This address receives Microsoft's answer to the "
+                        "admin consent link; open the link from "
+                        "nextal-policy consent-link instead.");
+    return;
+  }
+  /* The returned tenant is recorded for the operator, not trusted for
+   * anything (graph-api.md 1.2): tokens are still requested for the
+   * configured tenant. The state parameter is not yet checked against
+   * the one the CLI issued; that needs the CLI to record it. */
+  tenant_consent_record(store, true, tenant, NULL);
+  log_info("- http consent_granted tenant=%s", tenant ? tenant : "-");
+  oauth_consent_reply(ex, 200, "Consent granted",
+                      "Nextal may now work with your organisation's Microsoft "
+                      "365 mailboxes and calendars. Each user links their own "
+                      "mailbox from Nextal.");
+}
+
+int oauth_consent_register(struct http_router *router, struct store *store)
+{
+  return http_router_add(router, "GET", OAUTH_CONSENT_PATH,
+                         oauth_consent_handle, store);
+}
