@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: MIT */
+/* Translates CalDAV calendar objects (iCalendar, read with libical) into
+ * Microsoft Graph events and back, and Graph free/busy into VFREEBUSY.
+ * Pure translation: no I/O. The rules are written down in docs/caldav.md. */
+#ifndef NX_ICAL_GRAPH_H
+#define NX_ICAL_GRAPH_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+/* Largest calendar object accepted, in bytes. */
+#define ICAL_GRAPH_TEXT_MAX (1024 * 1024)
+/* Graph's limit of attendees per event (graph-api.md section 3.1). */
+#define ICAL_GRAPH_ATTENDEES_MAX 500
+/* Overridden occurrences (RECURRENCE-ID components) per calendar object. */
+#define ICAL_GRAPH_OVERRIDES_MAX 200
+/* EXDATE values per series. */
+#define ICAL_GRAPH_EXDATES_MAX 1000
+/* Room for "nextal-" and a SHA-256 in hex, terminator included. */
+#define ICAL_GRAPH_TXID_SIZE 72
+
+/* Why a translation failed; the CalDAV layer maps each to a status and a
+ * precondition element. res->error or err holds a sentence for the body. */
+enum ical_graph_error {
+  ICAL_GRAPH_OK = 0,
+  ICAL_GRAPH_EPARSE = -1,     /* not valid iCalendar: valid-calendar-data */
+  ICAL_GRAPH_ECOMPONENT = -2, /* not VEVENT: supported-calendar-component */
+  ICAL_GRAPH_EINVALID = -3,   /* valid iCalendar CalDAV or Graph refuses */
+  ICAL_GRAPH_ETZ = -4,        /* a time zone that does not resolve, named */
+  ICAL_GRAPH_ERRULE = -5,     /* a recurrence Graph cannot express, explained */
+  ICAL_GRAPH_EORGANIZER = -6, /* organizer is not the linked user */
+  ICAL_GRAPH_EMETHOD = -7,    /* METHOD in a calendar object (RFC 4791 4.1) */
+  ICAL_GRAPH_ELIMIT = -8,     /* one of the limits above */
+  ICAL_GRAPH_EGRAPH = -9,     /* Graph JSON lacking what a VEVENT needs */
+  ICAL_GRAPH_ENOTFOUND = -10, /* free/busy: Graph does not know the address */
+};
+
+/* What the caller knows about the calendar the object is written to. */
+struct ical_graph_options {
+  const char *user; /* linked user's address; NULL skips organizer check */
+  const char *default_zone; /* any TZID form, for floating and all-day times */
+};
+
+/* The translation of one calendar object (one UID). */
+struct ical_graph_result {
+  json_t *event; /* Graph event for POST or PATCH, without transactionId */
+  char *uid;     /* the object's UID */
+  char transaction_id[ICAL_GRAPH_TXID_SIZE]; /* "nextal-" + sha256(uid) hex */
+  bool cancelled; /* master has STATUS:CANCELLED: cancel, don't create */
+  char *method;   /* METHOD value when present (the call then fails) */
+  json_t *client_scheduled; /* addresses left out: SCHEDULE-AGENT=CLIENT */
+  json_t *exdates;   /* original starts to delete, dateTimeTimeZone objects */
+  json_t *overrides; /* [{"originalStart": dateTimeTimeZone, "event": {}}] */
+  char error[256];   /* sentence naming what was refused and why */
+};
+
+/* Parses text (len bytes of a VCALENDAR with VEVENTs of one UID) and builds
+ * the Graph event of its master component. EXDATEs and cancelled overrides
+ * land in res->exdates, other overrides in res->overrides, each keyed by
+ * its original start in UTC ({"dateTime", "timeZone": "UTC"}; all-day
+ * series use midnight in the default zone): the caller applies them to the
+ * series' instances after creating it. Returns ICAL_GRAPH_OK and fills res,
+ * or a negative ical_graph_error with res->error set; in both cases the
+ * caller releases res with ical_graph_result_free. */
+int ical_graph_from_ical(const char *text, size_t len,
+                         const struct ical_graph_options *opt,
+                         struct ical_graph_result *res);
+
+void ical_graph_result_free(struct ical_graph_result *res);
+
+/* What goes with a Graph event when it becomes a calendar object. */
+struct ical_graph_ical_options {
+  const char *uid;          /* the UID Nextal wrote, from the UID map */
+  const json_t *exceptions; /* Graph instances of type "exception" with
+                               "originalStart", or NULL */
+  const json_t *deleted;    /* original starts of deleted occurrences, as
+                               DateTimeOffset strings, or NULL */
+};
+
+/* Builds a VCALENDAR with one VEVENT (plus one per exception) from a Graph
+ * event, whether its times are in UTC or in a Prefer: outlook.timezone zone.
+ * Times are written in the zone the event was created in (its
+ * originalStartTimeZone) with a VTIMEZONE from libical's zone data. On
+ * success returns ICAL_GRAPH_OK and stores in *text a string the caller
+ * frees with free(); otherwise a negative ical_graph_error with a sentence
+ * in err (errsize bytes). */
+int ical_graph_to_ical(const json_t *event,
+                       const struct ical_graph_ical_options *opt, char **text,
+                       char *err, size_t errsize);
+
+/* The question a free/busy answer responds to. */
+struct ical_graph_freebusy_request {
+  const char *method;    /* "REPLY" for a schedule-outbox answer, NULL for the
+                            free-busy-query REPORT */
+  const char *organizer; /* requester's address or NULL */
+  const char *uid;       /* the request's UID to echo, or NULL */
+  time_t start, end;     /* the window asked about */
+};
+
+/* Builds a VCALENDAR with one VFREEBUSY for one element of a Graph
+ * getSchedule "value" array: busy, tentative and out-of-office items become
+ * FREEBUSY periods in UTC with FBTYPE BUSY, BUSY-TENTATIVE and
+ * BUSY-UNAVAILABLE. Returns ICAL_GRAPH_OK with *text to free(), or
+ * ICAL_GRAPH_ENOTFOUND when Graph reports an error for the address (the
+ * caller answers RFC 6638 request-status 3.7), or another negative
+ * ical_graph_error; err receives a sentence. */
+int ical_graph_freebusy_to_ical(const json_t *schedule,
+                                const struct ical_graph_freebusy_request *req,
+                                char **text, char *err, size_t errsize);
+
+#endif

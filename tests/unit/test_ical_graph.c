@@ -1,0 +1,871 @@
+/* SPDX-License-Identifier: MIT */
+/* Unit tests for ical_graph: what Nextal writes over CalDAV reaches Graph as
+ * the meeting it meant, what Graph holds reads back as iCalendar, and what
+ * Graph cannot express is refused with a reason. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libical/ical.h>
+
+#include "ical_graph.h"
+#include "xalloc.h"
+
+#define USER "recruiter@example.com"
+
+static const struct ical_graph_options berlin = {
+  .user = USER,
+  .default_zone = "Europe/Berlin",
+};
+
+static char *data_load(const char *name)
+{
+  const char *dir = getenv("NX_TEST_DATA");
+  char *path, *buf;
+  FILE *f;
+  long len;
+
+  assert_non_null(dir);
+  path = xasprintf("%s/ical/%s", dir, name);
+  f = fopen(path, "rb");
+  assert_non_null(f);
+  assert_int_equal(fseek(f, 0, SEEK_END), 0);
+  len = ftell(f);
+  assert_true(len > 0);
+  rewind(f);
+  buf = xmalloc((size_t) len + 1);
+  assert_int_equal(fread(buf, 1, (size_t) len, f), (size_t) len);
+  buf[len] = '\0';
+  fclose(f);
+  free(path);
+  return buf;
+}
+
+static json_t *json_load_data(const char *name)
+{
+  char *text = data_load(name);
+  json_error_t jerr;
+  json_t *j = json_loads(text, 0, &jerr);
+
+  free(text);
+  assert_non_null(j);
+  return j;
+}
+
+/* Follows "a.b.0.c" through objects and arrays. */
+static json_t *jpath(json_t *j, const char *path)
+{
+  char *copy = xstrdup(path), *save = NULL, *key;
+
+  for (key = strtok_r(copy, ".", &save); key && j;
+       key = strtok_r(NULL, ".", &save)) {
+    char *end;
+    long idx = strtol(key, &end, 10);
+
+    j = json_is_array(j) && *end == '\0' ? json_array_get(j, (size_t) idx)
+                                         : json_object_get(j, key);
+  }
+  free(copy);
+  return j;
+}
+
+static void assert_jstr(json_t *j, const char *path, const char *expected)
+{
+  const char *got = json_string_value(jpath(j, path));
+
+  if (!got)
+    fail_msg("%s: missing", path);
+  assert_string_equal(got, expected);
+}
+
+static void assert_jint(json_t *j, const char *path, long long expected)
+{
+  assert_true(json_is_integer(jpath(j, path)));
+  assert_int_equal(json_integer_value(jpath(j, path)), expected);
+}
+
+/* A VCALENDAR around one VEVENT with the given extra lines. */
+static char *vevent(const char *lines)
+{
+  return xasprintf("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"
+                   "BEGIN:VEVENT\r\nUID:inline@nextal\r\n"
+                   "DTSTAMP:20260101T120000Z\r\nSUMMARY:Inline\r\n%s"
+                   "END:VEVENT\r\nEND:VCALENDAR\r\n",
+                   lines);
+}
+
+static int translate_inline(const char *lines,
+                            const struct ical_graph_options *opt,
+                            struct ical_graph_result *res)
+{
+  char *text = vevent(lines);
+  int rc = ical_graph_from_ical(text, strlen(text), opt, res);
+
+  free(text);
+  return rc;
+}
+
+static int translate_file(const char *name, struct ical_graph_result *res)
+{
+  char *text = data_load(name);
+  int rc = ical_graph_from_ical(text, strlen(text), &berlin, res);
+
+  free(text);
+  return rc;
+}
+
+static void test_simple_event(void **state)
+{
+  struct ical_graph_result res;
+  json_t *ev;
+
+  assert_int_equal(translate_file("simple.ics", &res), ICAL_GRAPH_OK);
+  ev = res.event;
+  assert_jstr(ev, "subject", "Interview: Jane Doe, backend engineer");
+  assert_jstr(ev, "body.contentType", "text");
+  assert_jstr(ev, "body.content", "Second round.\nBring the CV.");
+  assert_jstr(ev, "location.displayName", "Room 4.12");
+  assert_jstr(ev, "start.dateTime", "2026-12-03T09:00:00");
+  assert_jstr(ev, "start.timeZone", "W. Europe Standard Time");
+  assert_jstr(ev, "end.dateTime", "2026-12-03T10:00:00");
+  assert_true(json_is_false(jpath(ev, "isAllDay")));
+  assert_jstr(ev, "sensitivity", "private");
+  assert_jstr(ev, "showAs", "free");
+  assert_jstr(ev, "categories.0", "Interview");
+  assert_jstr(ev, "categories.1", "Onsite");
+  assert_true(json_is_true(jpath(ev, "isReminderOn")));
+  assert_jint(ev, "reminderMinutesBeforeStart", 15);
+  assert_jstr(ev, "attendees.0.emailAddress.address", "jane@example.org");
+  assert_null(jpath(ev, "recurrence"));
+  assert_null(jpath(ev, "isOnlineMeeting"));
+  assert_false(res.cancelled);
+  assert_string_equal(res.uid, "simple-1@nextal");
+  /* sha256("simple-1@nextal"): the same UID always gives the same id. */
+  assert_string_equal(res.transaction_id,
+                      "nextal-379b2ef034842cf4805913d59444a2f7"
+                      "90563c4f4b1e3f4aa2579f4479726119");
+  ical_graph_result_free(&res);
+}
+
+static void test_all_day(void **state)
+{
+  struct ical_graph_result res;
+
+  assert_int_equal(translate_inline("DTSTART;VALUE=DATE:20261203\r\n"
+                                    "DTEND;VALUE=DATE:20261205\r\n",
+                                    &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_true(json_is_true(jpath(res.event, "isAllDay")));
+  assert_jstr(res.event, "start.dateTime", "2026-12-03T00:00:00");
+  assert_jstr(res.event, "end.dateTime", "2026-12-05T00:00:00");
+  assert_jstr(res.event, "start.timeZone", "W. Europe Standard Time");
+  ical_graph_result_free(&res);
+
+  /* Without DTEND a date lasts one day (RFC 5545 3.6.1). */
+  assert_int_equal(
+      translate_inline("DTSTART;VALUE=DATE:20261231\r\n", &berlin, &res),
+      ICAL_GRAPH_OK);
+  assert_jstr(res.event, "end.dateTime", "2027-01-01T00:00:00");
+  ical_graph_result_free(&res);
+}
+
+static void test_attendee_roles(void **state)
+{
+  struct ical_graph_result res;
+  json_t *a;
+
+  assert_int_equal(translate_file("attendees.ics", &res), ICAL_GRAPH_OK);
+  a = jpath(res.event, "attendees");
+  /* The organizer is not invited to their own meeting; the candidate whom
+   * Nextal invites itself (SCHEDULE-AGENT=CLIENT) is left to Nextal. */
+  assert_int_equal(json_array_size(a), 4);
+  assert_jstr(a, "0.emailAddress.address", "jane@example.org");
+  assert_jstr(a, "0.emailAddress.name", "Jane Doe");
+  assert_jstr(a, "0.type", "required");
+  assert_jstr(a, "1.emailAddress.address", "observer@example.com");
+  assert_jstr(a, "1.type", "optional");
+  assert_jstr(a, "2.type", "resource");
+  assert_jstr(a, "2.emailAddress.name", "Room 4.12");
+  assert_jstr(a, "3.type", "resource");
+  assert_int_equal(json_array_size(res.client_scheduled), 1);
+  assert_jstr(res.client_scheduled, "0", "candidate@example.net");
+  assert_jstr(res.event, "start.timeZone", "UTC");
+  ical_graph_result_free(&res);
+}
+
+static void test_windows_tzid(void **state)
+{
+  struct ical_graph_result res;
+
+  assert_int_equal(translate_file("outlook_windows_tzid.ics", &res),
+                   ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.timeZone", "W. Europe Standard Time");
+  assert_jstr(res.event, "start.dateTime", "2026-10-27T14:00:00");
+  ical_graph_result_free(&res);
+}
+
+static void test_winnipeg_without_vtimezone(void **state)
+{
+  struct ical_graph_result res;
+
+  /* A known IANA name needs no VTIMEZONE; DURATION gives the end. */
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=America/Winnipeg:20261031T150000\r\n"
+                       "DURATION:PT45M\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.timeZone", "Central Standard Time");
+  assert_jstr(res.event, "end.dateTime", "2026-10-31T15:45:00");
+  assert_jstr(res.event, "end.timeZone", "Central Standard Time");
+  ical_graph_result_free(&res);
+}
+
+static void test_alias_calcutta(void **state)
+{
+  struct ical_graph_result res;
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Asia/Calcutta:20261203T150000\r\n"
+                       "DTEND;TZID=Asia/Calcutta:20261203T160000\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.timeZone", "India Standard Time");
+  ical_graph_result_free(&res);
+}
+
+static void test_unknown_tzid(void **state)
+{
+  struct ical_graph_result res;
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Mars/Olympus_Mons:20261203T150000\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_ETZ);
+  assert_non_null(strstr(res.error, "Mars/Olympus_Mons"));
+  assert_null(res.event);
+  ical_graph_result_free(&res);
+}
+
+static void test_custom_tzid_matched_by_rules(void **state)
+{
+  static const char text[]
+      = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"
+        "BEGIN:VTIMEZONE\r\nTZID:Customized Time Zone\r\n"
+        "BEGIN:STANDARD\r\nDTSTART:16010101T020000\r\nTZOFFSETFROM:-0500\r\n"
+        "TZOFFSETTO:-0600\r\nRRULE:FREQ=YEARLY;BYDAY=1SU;BYMONTH=11\r\n"
+        "END:STANDARD\r\nBEGIN:DAYLIGHT\r\nDTSTART:16010101T020000\r\n"
+        "TZOFFSETFROM:-0600\r\nTZOFFSETTO:-0500\r\n"
+        "RRULE:FREQ=YEARLY;BYDAY=2SU;BYMONTH=3\r\nEND:DAYLIGHT\r\n"
+        "END:VTIMEZONE\r\nBEGIN:VEVENT\r\nUID:custom@nextal\r\n"
+        "DTSTAMP:20260101T120000Z\r\n"
+        "DTSTART;TZID=Customized Time Zone:20261203T150000\r\n"
+        "DTEND;TZID=Customized Time Zone:20261203T160000\r\n"
+        "END:VEVENT\r\nEND:VCALENDAR\r\n";
+  struct ical_graph_result res;
+
+  assert_int_equal(ical_graph_from_ical(text, strlen(text), &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.timeZone", "Central Standard Time");
+  ical_graph_result_free(&res);
+}
+
+static void test_floating_and_utc(void **state)
+{
+  struct ical_graph_options nodefault = { .user = USER };
+  struct ical_graph_result res;
+
+  assert_int_equal(translate_inline("DTSTART:20261203T090000\r\n"
+                                    "DTEND:20261203T100000\r\n",
+                                    &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.timeZone", "W. Europe Standard Time");
+  assert_jstr(res.event, "start.dateTime", "2026-12-03T09:00:00");
+  ical_graph_result_free(&res);
+
+  assert_int_equal(
+      translate_inline("DTSTART:20261203T090000\r\n", &nodefault, &res),
+      ICAL_GRAPH_ETZ);
+  assert_non_null(strstr(res.error, "floating"));
+  ical_graph_result_free(&res);
+
+  assert_int_equal(translate_inline("DTSTART:20261203T090000Z\r\n"
+                                    "DTEND:20261203T100000Z\r\n",
+                                    &nodefault, &res),
+                   ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.timeZone", "UTC");
+  assert_jstr(res.event, "end.dateTime", "2026-12-03T10:00:00");
+  ical_graph_result_free(&res);
+}
+
+static void test_weekly_byday_count(void **state)
+{
+  struct ical_graph_result res;
+  json_t *rec;
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20260303T090000\r\n"
+                       "RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY=TU,TH;COUNT=6\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.type", "weekly");
+  assert_jint(rec, "pattern.interval", 2);
+  assert_jstr(rec, "pattern.daysOfWeek.0", "tuesday");
+  assert_jstr(rec, "pattern.daysOfWeek.1", "thursday");
+  assert_jstr(rec, "pattern.firstDayOfWeek", "monday");
+  assert_jstr(rec, "range.type", "numbered");
+  assert_jint(rec, "range.numberOfOccurrences", 6);
+  assert_jstr(rec, "range.startDate", "2026-03-03");
+  assert_jstr(rec, "range.recurrenceTimeZone", "W. Europe Standard Time");
+  ical_graph_result_free(&res);
+}
+
+static void test_monthly_relative(void **state)
+{
+  struct ical_graph_result res;
+  json_t *rec;
+
+  /* 2026-03-10 is the second Tuesday of March. */
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20260310T090000\r\n"
+                       "RRULE:FREQ=MONTHLY;BYDAY=2TU\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.type", "relativeMonthly");
+  assert_jstr(rec, "pattern.index", "second");
+  assert_jstr(rec, "pattern.daysOfWeek.0", "tuesday");
+  assert_jstr(rec, "range.type", "noEnd");
+  ical_graph_result_free(&res);
+
+  /* The last weekday of the month. */
+  assert_int_equal(
+      translate_inline(
+          "DTSTART;TZID=Europe/Berlin:20260331T090000\r\n"
+          "RRULE:FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1\r\n",
+          &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.index", "last");
+  assert_int_equal(json_array_size(jpath(rec, "pattern.daysOfWeek")), 5);
+  ical_graph_result_free(&res);
+}
+
+static void test_yearly(void **state)
+{
+  struct ical_graph_result res;
+  json_t *rec;
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20260415T090000\r\n"
+                       "RRULE:FREQ=YEARLY\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.type", "absoluteYearly");
+  assert_jint(rec, "pattern.month", 4);
+  assert_jint(rec, "pattern.dayOfMonth", 15);
+  ical_graph_result_free(&res);
+
+  /* 2026-11-26 is the fourth Thursday of November. */
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20261126T090000\r\n"
+                       "RRULE:FREQ=YEARLY;BYMONTH=11;BYDAY=4TH\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.type", "relativeYearly");
+  assert_jint(rec, "pattern.month", 11);
+  assert_jstr(rec, "pattern.index", "fourth");
+  assert_jstr(rec, "pattern.daysOfWeek.0", "thursday");
+  ical_graph_result_free(&res);
+}
+
+static void test_until_end_date(void **state)
+{
+  struct ical_graph_result res;
+
+  /* 09:00 in Berlin is 07:00Z after 29 March. An UNTIL one second before
+   * the 31 March occurrence excludes it: Graph's last date is 30 March. */
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20260303T090000\r\n"
+                       "RRULE:FREQ=DAILY;UNTIL=20260331T065959Z\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  assert_jstr(res.event, "recurrence.range.type", "endDate");
+  assert_jstr(res.event, "recurrence.range.endDate", "2026-03-30");
+  assert_jstr(res.event, "recurrence.pattern.type", "daily");
+  ical_graph_result_free(&res);
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20260303T090000\r\n"
+                       "RRULE:FREQ=DAILY;UNTIL=20260331T070000Z\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  assert_jstr(res.event, "recurrence.range.endDate", "2026-03-31");
+  ical_graph_result_free(&res);
+}
+
+static void assert_refused(const char *lines, int rc, const char *why)
+{
+  struct ical_graph_result res;
+  char *all
+      = xasprintf("DTSTART;TZID=Europe/Berlin:20260303T090000\r\n%s", lines);
+
+  assert_int_equal(translate_inline(all, &berlin, &res), rc);
+  if (!strstr(res.error, why))
+    fail_msg("error \"%s\" does not mention \"%s\"", res.error, why);
+  assert_null(res.event == NULL ? NULL : jpath(res.event, "recurrence.range"));
+  ical_graph_result_free(&res);
+  free(all);
+}
+
+static void test_unsupported_rules(void **state)
+{
+  assert_refused("RRULE:FREQ=HOURLY\r\n", ICAL_GRAPH_ERRULE, "HOURLY");
+  assert_refused("RRULE:FREQ=DAILY;BYHOUR=9,15\r\n", ICAL_GRAPH_ERRULE,
+                 "BYHOUR");
+  assert_refused("RRULE:FREQ=MONTHLY;BYDAY=TU,TH;BYSETPOS=1,2\r\n",
+                 ICAL_GRAPH_ERRULE, "BYSETPOS");
+  assert_refused("RRULE:FREQ=MONTHLY;BYMONTHDAY=3,17\r\n", ICAL_GRAPH_ERRULE,
+                 "BYMONTHDAY");
+  assert_refused("RRULE:FREQ=YEARLY;BYYEARDAY=62\r\n", ICAL_GRAPH_ERRULE,
+                 "BYYEARDAY");
+  assert_refused("RRULE:FREQ=YEARLY;BYWEEKNO=10;BYDAY=TU\r\n",
+                 ICAL_GRAPH_ERRULE, "BYWEEKNO");
+  assert_refused("RRULE:FREQ=MONTHLY;BYMONTHDAY=31\r\n", ICAL_GRAPH_ERRULE,
+                 "day 31");
+  assert_refused("RRULE:FREQ=MONTHLY;BYDAY=5TU\r\n", ICAL_GRAPH_ERRULE,
+                 "position 5");
+  assert_refused("RRULE:FREQ=WEEKLY;BYDAY=WE\r\n", ICAL_GRAPH_ERRULE,
+                 "not an occurrence");
+  assert_refused("RRULE:FREQ=WEEKLY\r\nRDATE:20260320T090000Z\r\n",
+                 ICAL_GRAPH_ERRULE, "RDATE");
+  /* RFC 5545 forbids COUNT with UNTIL; libical rejects the value. */
+  assert_refused("RRULE:FREQ=WEEKLY;COUNT=3;UNTIL=20260401T000000Z\r\n",
+                 ICAL_GRAPH_EPARSE, "RRULE");
+}
+
+static void test_exdate_and_overrides(void **state)
+{
+  struct ical_graph_result res;
+  json_t *o;
+
+  assert_int_equal(translate_file("series.ics", &res), ICAL_GRAPH_OK);
+  assert_jstr(res.event, "recurrence.pattern.type", "weekly");
+  /* EXDATE and the cancelled override, as original starts in UTC. */
+  assert_int_equal(json_array_size(res.exdates), 2);
+  assert_jstr(res.exdates, "0.dateTime", "2026-03-10T08:00:00");
+  assert_jstr(res.exdates, "0.timeZone", "UTC");
+  assert_jstr(res.exdates, "1.dateTime", "2026-03-31T07:00:00");
+  o = res.overrides;
+  assert_int_equal(json_array_size(o), 1);
+  assert_jstr(o, "0.originalStart.dateTime", "2026-03-17T08:00:00");
+  assert_jstr(o, "0.event.start.dateTime", "2026-03-18T10:00:00");
+  assert_jstr(o, "0.event.start.timeZone", "W. Europe Standard Time");
+  assert_jstr(o, "0.event.subject", "Weekly sync (moved)");
+  assert_null(jpath(o, "0.event.recurrence"));
+  ical_graph_result_free(&res);
+}
+
+static void test_teams(void **state)
+{
+  struct ical_graph_result res;
+
+  assert_int_equal(translate_inline("DTSTART:20261203T090000Z\r\n"
+                                    "X-NEXTAL-ONLINE-MEETING:TEAMS\r\n",
+                                    &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_true(json_is_true(jpath(res.event, "isOnlineMeeting")));
+  assert_jstr(res.event, "onlineMeetingProvider", "teamsForBusiness");
+  ical_graph_result_free(&res);
+
+  assert_int_equal(
+      translate_inline("DTSTART:20261203T090000Z\r\n"
+                       "X-MICROSOFT-SKYPETEAMSMEETINGURL:https://teams.example/"
+                       "j/1\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  assert_true(json_is_true(jpath(res.event, "isOnlineMeeting")));
+  ical_graph_result_free(&res);
+}
+
+static void test_scheduling_rules(void **state)
+{
+  static const char with_method[]
+      = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"
+        "METHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:m@nextal\r\n"
+        "DTSTAMP:20260101T120000Z\r\nDTSTART:20261203T090000Z\r\n"
+        "END:VEVENT\r\nEND:VCALENDAR\r\n";
+  struct ical_graph_result res;
+
+  assert_int_equal(
+      ical_graph_from_ical(with_method, strlen(with_method), &berlin, &res),
+      ICAL_GRAPH_EMETHOD);
+  assert_string_equal(res.method, "REQUEST");
+  ical_graph_result_free(&res);
+
+  assert_int_equal(translate_inline("DTSTART:20261203T090000Z\r\n"
+                                    "ORGANIZER:mailto:someone@else.org\r\n",
+                                    &berlin, &res),
+                   ICAL_GRAPH_EORGANIZER);
+  assert_non_null(strstr(res.error, USER));
+  ical_graph_result_free(&res);
+
+  assert_int_equal(translate_inline("DTSTART:20261203T090000Z\r\n"
+                                    "STATUS:CANCELLED\r\n",
+                                    &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_true(res.cancelled);
+  ical_graph_result_free(&res);
+}
+
+static void test_invalid_objects(void **state)
+{
+  static const char todo[]
+      = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"
+        "BEGIN:VTODO\r\nUID:t@nextal\r\nDTSTAMP:20260101T120000Z\r\n"
+        "END:VTODO\r\nEND:VCALENDAR\r\n";
+  struct ical_graph_result res;
+
+  assert_int_equal(ical_graph_from_ical(todo, strlen(todo), &berlin, &res),
+                   ICAL_GRAPH_ECOMPONENT);
+  ical_graph_result_free(&res);
+  assert_int_equal(ical_graph_from_ical("hello", 5, &berlin, &res),
+                   ICAL_GRAPH_EPARSE);
+  ical_graph_result_free(&res);
+  assert_int_equal(translate_inline("DTSTART:2026120\r\n", &berlin, &res),
+                   ICAL_GRAPH_EPARSE);
+  ical_graph_result_free(&res);
+}
+
+/* Undoes RFC 5545 line folding in place, so tests can search lines. */
+static char *unfold(char *text)
+{
+  char *r = text, *w = text;
+
+  while (*r) {
+    if (r[0] == '\r' && r[1] == '\n' && r[2] == ' ') {
+      r += 3;
+      continue;
+    }
+    *w++ = *r++;
+  }
+  *w = '\0';
+  return text;
+}
+
+/* Parses generated iCalendar and returns its first VEVENT's parent. */
+static icalcomponent *ical_parse_checked(const char *text)
+{
+  icalcomponent *c = icalparser_parse_string(text);
+
+  assert_non_null(c);
+  assert_int_equal(icalcomponent_isa(c), ICAL_VCALENDAR_COMPONENT);
+  return c;
+}
+
+static const char *param_str(icalproperty *p, icalparameter_kind kind)
+{
+  icalparameter *param = icalproperty_get_first_parameter(p, kind);
+
+  return param ? icalparameter_as_ical_string(param) : "";
+}
+
+static icalproperty *attendee_find(icalcomponent *ev, const char *addr)
+{
+  icalproperty *p;
+
+  for (p = icalcomponent_get_first_property(ev, ICAL_ATTENDEE_PROPERTY); p;
+       p = icalcomponent_get_next_property(ev, ICAL_ATTENDEE_PROPERTY)) {
+    if (strcmp(icalproperty_get_attendee(p), addr) == 0)
+      return p;
+  }
+  fail_msg("no attendee %s", addr);
+  return NULL;
+}
+
+static void test_reverse(void **state)
+{
+  json_t *ev = json_load_data("graph_event.json");
+  struct ical_graph_ical_options opt = { .uid = "simple-1@nextal" };
+  icalcomponent *cal, *vev, *vtz, *alarm;
+  icalproperty *p;
+  char err[256], *text = NULL;
+  icaltimetype t;
+
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  cal = ical_parse_checked(text);
+  vev = icalcomponent_get_first_component(cal, ICAL_VEVENT_COMPONENT);
+  assert_string_equal(icalcomponent_get_uid(vev), "simple-1@nextal");
+  assert_string_equal(icalcomponent_get_summary(vev), "Interview: Jane Doe");
+  assert_string_equal(icalcomponent_get_description(vev),
+                      "Second round.\nBring the CV.\n"
+                      "________________\nMicrosoft Teams meeting");
+
+  /* 08:00 UTC comes back as 09:00 in the zone the event was written in. */
+  p = icalcomponent_get_first_property(vev, ICAL_DTSTART_PROPERTY);
+  t = icalproperty_get_dtstart(p);
+  assert_int_equal(t.hour, 9);
+  assert_string_equal(param_str(p, ICAL_TZID_PARAMETER), "TZID=Europe/Berlin");
+  vtz = icalcomponent_get_first_component(cal, ICAL_VTIMEZONE_COMPONENT);
+  assert_non_null(vtz);
+  assert_string_equal(icalproperty_get_tzid(icalcomponent_get_first_property(
+                          vtz, ICAL_TZID_PROPERTY)),
+                      "Europe/Berlin");
+
+  p = attendee_find(vev, "mailto:jane@example.org");
+  assert_string_equal(param_str(p, ICAL_PARTSTAT_PARAMETER),
+                      "PARTSTAT=ACCEPTED");
+  assert_string_equal(param_str(p, ICAL_ROLE_PARAMETER),
+                      "ROLE=REQ-PARTICIPANT");
+  p = attendee_find(vev, "mailto:bob@example.com");
+  assert_string_equal(param_str(p, ICAL_PARTSTAT_PARAMETER),
+                      "PARTSTAT=DECLINED");
+  p = attendee_find(vev, "mailto:carol@example.com");
+  assert_string_equal(param_str(p, ICAL_PARTSTAT_PARAMETER),
+                      "PARTSTAT=TENTATIVE");
+  assert_string_equal(param_str(p, ICAL_ROLE_PARAMETER),
+                      "ROLE=OPT-PARTICIPANT");
+  p = attendee_find(vev, "mailto:room412@example.com");
+  assert_string_equal(param_str(p, ICAL_PARTSTAT_PARAMETER),
+                      "PARTSTAT=NEEDS-ACTION");
+  assert_string_equal(param_str(p, ICAL_CUTYPE_PARAMETER), "CUTYPE=RESOURCE");
+  p = icalcomponent_get_first_property(vev, ICAL_ORGANIZER_PROPERTY);
+  assert_string_equal(icalproperty_get_organizer(p),
+                      "mailto:recruiter@example.com");
+
+  p = icalcomponent_get_first_property(vev, ICAL_CONFERENCE_PROPERTY);
+  assert_non_null(p);
+  assert_non_null(strstr(icalproperty_get_conference(p), "meetup-join"));
+  assert_string_equal(param_str(p, ICAL_FEATURE_PARAMETER), "FEATURE=VIDEO");
+  assert_non_null(
+      strstr(unfold(text), "X-MICROSOFT-SKYPETEAMSMEETINGURL:https://teams."));
+
+  p = icalcomponent_get_first_property(vev, ICAL_RRULE_PROPERTY);
+  assert_non_null(p);
+  assert_non_null(strstr(icalproperty_get_value_as_string(p), "FREQ=WEEKLY"));
+  assert_non_null(strstr(icalproperty_get_value_as_string(p), "BYDAY=TU"));
+  /* Last occurrence 28 April 09:00 Berlin = 07:00Z. */
+  assert_non_null(
+      strstr(icalproperty_get_value_as_string(p), "UNTIL=20260428T070000Z"));
+
+  alarm = icalcomponent_get_first_component(vev, ICAL_VALARM_COMPONENT);
+  assert_non_null(alarm);
+  assert_int_equal(
+      icaldurationtype_as_int(
+          icalproperty_get_trigger(
+              icalcomponent_get_first_property(alarm, ICAL_TRIGGER_PROPERTY))
+              .duration),
+      -30 * 60);
+  assert_int_equal(icalproperty_get_class(icalcomponent_get_first_property(
+                       vev, ICAL_CLASS_PROPERTY)),
+                   ICAL_CLASS_PRIVATE);
+  assert_int_equal(icalproperty_get_transp(icalcomponent_get_first_property(
+                       vev, ICAL_TRANSP_PROPERTY)),
+                   ICAL_TRANSP_TRANSPARENT);
+  assert_string_equal(
+      icalproperty_get_categories(
+          icalcomponent_get_first_property(vev, ICAL_CATEGORIES_PROPERTY)),
+      "Interview");
+  t = icalproperty_get_lastmodified(
+      icalcomponent_get_first_property(vev, ICAL_LASTMODIFIED_PROPERTY));
+  assert_int_equal(t.hour, 16);
+  assert_int_equal(t.second, 12);
+  assert_null(icalcomponent_get_first_property(vev, ICAL_STATUS_PROPERTY));
+
+  icalcomponent_free(cal);
+  free(text);
+  json_decref(ev);
+}
+
+static void test_reverse_prefer_zone_and_all_day(void **state)
+{
+  json_t *ev = json_pack(
+      "{s:s, s:{s:s, s:s}, s:{s:s, s:s}, s:b}", "subject", "Pacific", "start",
+      "dateTime", "2026-07-01T10:00:00.0000000", "timeZone",
+      "Pacific Standard Time", "end", "dateTime", "2026-07-01T11:00:00.0000000",
+      "timeZone", "Pacific Standard Time", "isCancelled", 1);
+  struct ical_graph_ical_options opt = { .uid = "p@nextal" };
+  icalcomponent *cal, *vev;
+  icalproperty *p;
+  char err[256], *text = NULL;
+
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  cal = ical_parse_checked(text);
+  vev = icalcomponent_get_first_component(cal, ICAL_VEVENT_COMPONENT);
+  p = icalcomponent_get_first_property(vev, ICAL_DTSTART_PROPERTY);
+  assert_int_equal(icalproperty_get_dtstart(p).hour, 10);
+  assert_string_equal(param_str(p, ICAL_TZID_PARAMETER),
+                      "TZID=America/Los_Angeles");
+  assert_int_equal(icalcomponent_get_status(vev), ICAL_STATUS_CANCELLED);
+  icalcomponent_free(cal);
+  free(text);
+  json_decref(ev);
+
+  ev = json_pack("{s:s, s:{s:s, s:s}, s:{s:s, s:s}, s:b}", "subject", "Day",
+                 "start", "dateTime", "2026-12-03T00:00:00.0000000", "timeZone",
+                 "UTC", "end", "dateTime", "2026-12-04T00:00:00.0000000",
+                 "timeZone", "UTC", "isAllDay", 1);
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  assert_non_null(strstr(text, "DTSTART;VALUE=DATE:20261203"));
+  assert_non_null(strstr(text, "DTEND;VALUE=DATE:20261204"));
+  free(text);
+  json_decref(ev);
+}
+
+static void test_reverse_exceptions(void **state)
+{
+  json_t *ev = json_load_data("graph_event.json");
+  json_t *moved
+      = json_pack("{s:s, s:s, s:{s:s, s:s}, s:{s:s, s:s}}", "subject", "Moved",
+                  "originalStart", "2026-03-17T08:00:00Z", "start", "dateTime",
+                  "2026-03-18T09:00:00.0000000", "timeZone", "UTC", "end",
+                  "dateTime", "2026-03-18T10:00:00.0000000", "timeZone", "UTC");
+  json_t *exc = json_pack("[o]", moved);
+  json_t *del = json_pack("[s]", "2026-03-10T08:00:00Z");
+  struct ical_graph_ical_options opt
+      = { .uid = "series-1@nextal", .exceptions = exc, .deleted = del };
+  char err[256], *text = NULL;
+
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_non_null(strstr(text, "EXDATE;TZID=Europe/Berlin:20260310T090000"));
+  assert_non_null(
+      strstr(text, "RECURRENCE-ID;TZID=Europe/Berlin:20260317T090000"));
+  assert_non_null(strstr(text, "SUMMARY:Moved"));
+  free(text);
+  json_decref(exc);
+  json_decref(del);
+  json_decref(ev);
+}
+
+static void test_round_trip(void **state)
+{
+  struct ical_graph_result res;
+  struct ical_graph_ical_options opt = { .uid = "simple-1@nextal" };
+  icalcomponent *cal, *vev;
+  icalproperty *p;
+  char err[256], *text = NULL;
+  icaltimetype t;
+
+  assert_int_equal(translate_file("simple.ics", &res), ICAL_GRAPH_OK);
+  assert_int_equal(ical_graph_to_ical(res.event, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  cal = ical_parse_checked(text);
+  vev = icalcomponent_get_first_component(cal, ICAL_VEVENT_COMPONENT);
+  assert_string_equal(icalcomponent_get_summary(vev),
+                      "Interview: Jane Doe, backend engineer");
+  assert_string_equal(icalcomponent_get_description(vev),
+                      "Second round.\nBring the CV.");
+  p = icalcomponent_get_first_property(vev, ICAL_DTSTART_PROPERTY);
+  t = icalproperty_get_dtstart(p);
+  assert_int_equal(t.year, 2026);
+  assert_int_equal(t.month, 12);
+  assert_int_equal(t.day, 3);
+  assert_int_equal(t.hour, 9);
+  assert_string_equal(param_str(p, ICAL_TZID_PARAMETER), "TZID=Europe/Berlin");
+  assert_int_equal(icalproperty_get_dtend(icalcomponent_get_first_property(
+                                              vev, ICAL_DTEND_PROPERTY))
+                       .hour,
+                   10);
+  attendee_find(vev, "mailto:jane@example.org");
+  icalcomponent_free(cal);
+  free(text);
+  ical_graph_result_free(&res);
+}
+
+static void test_freebusy(void **state)
+{
+  json_t *sched = json_load_data("get_schedule.json");
+  struct ical_graph_freebusy_request req = {
+    .method = "REPLY",
+    .organizer = USER,
+    .uid = "fb-1@nextal",
+    .start = 1796256000, /* 2026-12-03T00:00:00Z */
+    .end = 1796342400,
+  };
+  char err[256], *text = NULL;
+
+  assert_int_equal(ical_graph_freebusy_to_ical(jpath(sched, "value.0"), &req,
+                                               &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_non_null(strstr(text, "METHOD:REPLY"));
+  assert_non_null(strstr(text, "UID:fb-1@nextal"));
+  assert_non_null(strstr(text, "ATTENDEE:mailto:alice@example.com"));
+  assert_non_null(strstr(text, "ORGANIZER:mailto:" USER));
+  assert_non_null(strstr(text, "DTSTART:20261203T000000Z"));
+  assert_non_null(strstr(text, "FREEBUSY;FBTYPE=BUSY:20261203T090000Z/"
+                               "20261203T100000Z"));
+  assert_non_null(strstr(text, "FREEBUSY;FBTYPE=BUSY-TENTATIVE:"
+                               "20261203T110000Z/20261203T113000Z"));
+  assert_null(strstr(text, "20261203T120000Z"));
+  free(text);
+
+  /* Pacific times become UTC (PST is UTC-8 in December). */
+  req.method = NULL;
+  assert_int_equal(ical_graph_freebusy_to_ical(jpath(sched, "value.1"), &req,
+                                               &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_null(strstr(text, "METHOD"));
+  assert_non_null(strstr(text, "FREEBUSY;FBTYPE=BUSY-UNAVAILABLE:"
+                               "20261203T160000Z/20261204T010000Z"));
+  free(text);
+
+  assert_int_equal(ical_graph_freebusy_to_ical(jpath(sched, "value.2"), &req,
+                                               &text, err, sizeof(err)),
+                   ICAL_GRAPH_ENOTFOUND);
+  assert_null(text);
+  assert_non_null(strstr(err, "nobody@example.com"));
+  json_decref(sched);
+}
+
+static int teardown_zones(void **state)
+{
+  icaltimezone_free_builtin_timezones();
+  return 0;
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_simple_event),
+    cmocka_unit_test(test_all_day),
+    cmocka_unit_test(test_attendee_roles),
+    cmocka_unit_test(test_windows_tzid),
+    cmocka_unit_test(test_winnipeg_without_vtimezone),
+    cmocka_unit_test(test_alias_calcutta),
+    cmocka_unit_test(test_unknown_tzid),
+    cmocka_unit_test(test_custom_tzid_matched_by_rules),
+    cmocka_unit_test(test_floating_and_utc),
+    cmocka_unit_test(test_weekly_byday_count),
+    cmocka_unit_test(test_monthly_relative),
+    cmocka_unit_test(test_yearly),
+    cmocka_unit_test(test_until_end_date),
+    cmocka_unit_test(test_unsupported_rules),
+    cmocka_unit_test(test_exdate_and_overrides),
+    cmocka_unit_test(test_teams),
+    cmocka_unit_test(test_scheduling_rules),
+    cmocka_unit_test(test_invalid_objects),
+    cmocka_unit_test(test_reverse),
+    cmocka_unit_test(test_reverse_prefer_zone_and_all_day),
+    cmocka_unit_test(test_reverse_exceptions),
+    cmocka_unit_test(test_round_trip),
+    cmocka_unit_test(test_freebusy),
+  };
+
+  return cmocka_run_group_tests(tests, NULL, teardown_zones);
+}
