@@ -9,7 +9,13 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* Limits, each answered with a precise status and a short text body. */
+/* Limits, each answered with a precise status, a short text body and
+ * Connection: close. The request timeout runs from the first byte of a
+ * request until it is complete; a connection that sends nothing within the
+ * idle timeout (before its first request or between keep-alive requests)
+ * is closed without an answer, since a 408 there would race with the
+ * client's next request. "Expect: 100-continue" is answered by the server
+ * itself once the declared length is within max_body_size (413 if not). */
 struct http_server_limits {
   size_t max_header_size;      /* request line and fields, bytes: 431 beyond */
   unsigned max_headers;        /* header fields per request: 431 beyond */
@@ -39,23 +45,31 @@ struct http_exchange;
 /* Called on the loop once per complete request. The handler now holds the
  * exchange and must end it with exactly one http_exchange_respond(), from
  * inside this call or later. Requests of one connection are handed over
- * one at a time: the next pipelined request waits for this answer. */
+ * one at a time: the next pipelined request waits for this answer. Every
+ * http_exchange_* function must be called on the loop's thread.
+ *
+ * Ownership: the connection is freed only in its libuv close callback;
+ * the exchange is a separate object that outlives it when the client goes
+ * away first (it is then "cancelled": no longer linked to any socket), so
+ * a handler may keep the pointer across a Graph call without checks. */
 typedef void (*http_server_handler_cb)(void *arg, struct http_exchange *ex);
 
 /* Called at most once, on the loop, when the connection behind an
- * unanswered exchange goes away (client disconnect, timeout or server
- * shutdown). The exchange stays valid; the handler should stop its work
- * and must still call http_exchange_respond(), which then only frees. */
+ * unanswered exchange goes away (client disconnect or write error, or the
+ * drain period of http_server_close() ending). The exchange stays valid; the
+ * handler should stop its work and must still call http_exchange_respond(),
+ * which then only frees. */
 typedef void (*http_exchange_cancel_cb)(void *arg, struct http_exchange *ex);
 
 /* Fills limits with the built-in defaults (16 KiB of headers, 100 fields,
  * 4 MiB of body, 64 connections, 30 s per request, 60 s idle). */
 void http_server_limits_defaults(struct http_server_limits *limits);
 
-/* Listens on host:port (port 0 picks a free one, see http_server_port()).
- * limits is copied; NULL means the defaults. handler and arg are kept for
- * the server's life. Returns 0 and *out, or a negative libuv error (then
- * nothing is left on the loop). */
+/* Listens on host:port, host being a numeric IPv4 or IPv6 address (port 0
+ * picks a free one, see http_server_port()). limits is copied; NULL means
+ * the defaults. handler and arg are kept for the server's life. Returns 0
+ * and *out, or a negative libuv error: then the server's handles are
+ * already closing and the next uv_run() frees them. */
 int http_server_new(uv_loop_t *loop, const char *host, int port,
                     const struct http_server_limits *limits,
                     http_server_handler_cb handler, void *arg,

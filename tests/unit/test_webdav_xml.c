@@ -1,0 +1,223 @@
+/* SPDX-License-Identifier: MIT */
+/* WebDAV XML: hostile bodies refused, property requests listed, and the
+ * multistatus we write read back with libxml2's XPath. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <libxml/parser.h>
+#include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "webdav_xml.h"
+
+static int parse(const char *text, struct webdav_request **out)
+{
+  return webdav_request_parse(text, strlen(text), out);
+}
+
+static void test_xxe_refused(void **state)
+{
+  static const char xxe[]
+      = "<?xml version=\"1.0\"?>\n"
+        "<!DOCTYPE d [<!ENTITY xxe SYSTEM \"file:///etc/passwd\">]>\n"
+        "<D:propfind xmlns:D=\"DAV:\"><D:prop><D:displayname>&xxe;"
+        "</D:displayname></D:prop></D:propfind>";
+  static const char laughs[]
+      = "<!DOCTYPE d [<!ENTITY a \"aaaaaaaaaa\">"
+        "<!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\">"
+        "<!ENTITY c \"&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;\">]>"
+        "<D:propfind xmlns:D=\"DAV:\"><D:prop><D:x>&c;</D:x></D:prop>"
+        "</D:propfind>";
+  static const char external[]
+      = "<!DOCTYPE D:propfind SYSTEM \"http://127.0.0.1:1/evil.dtd\">"
+        "<D:propfind xmlns:D=\"DAV:\"><D:allprop/></D:propfind>";
+  struct webdav_request *req = NULL;
+
+  (void) state;
+  assert_int_equal(parse(xxe, &req), -EPERM);
+  assert_int_equal(parse(laughs, &req), -EPERM);
+  assert_int_equal(parse(external, &req), -EPERM);
+  assert_null(req);
+}
+
+static void test_malformed_refused(void **state)
+{
+  struct webdav_request *req = NULL;
+
+  (void) state;
+  assert_int_equal(parse("<D:propfind xmlns:D=\"DAV:\">", &req), -EINVAL);
+  assert_int_equal(parse("not xml at all", &req), -EINVAL);
+  /* An entity reference with nothing to define it. */
+  assert_int_equal(
+      parse("<D:propfind xmlns:D=\"DAV:\">&xxe;</D:propfind>", &req), -EINVAL);
+  assert_null(req);
+}
+
+static void test_allprop_and_empty(void **state)
+{
+  struct webdav_request *req = NULL;
+
+  (void) state;
+  assert_int_equal(
+      parse("<propfind xmlns=\"DAV:\"><allprop/></propfind>", &req), 0);
+  assert_int_equal(req->kind, WEBDAV_PROPFIND_ALLPROP);
+  assert_string_equal(req->root_ns, "DAV:");
+  assert_string_equal(req->root_name, "propfind");
+  webdav_request_free(req);
+
+  assert_int_equal(webdav_request_parse("", 0, &req), 0);
+  assert_int_equal(req->kind, WEBDAV_PROPFIND_ALLPROP);
+  assert_null(req->doc);
+  webdav_request_free(req);
+
+  assert_int_equal(
+      parse("<D:propfind xmlns:D=\"DAV:\"><D:propname/></D:propfind>", &req),
+      0);
+  assert_int_equal(req->kind, WEBDAV_PROPFIND_PROPNAME);
+  webdav_request_free(req);
+}
+
+static void test_prop_list(void **state)
+{
+  static const char body[]
+      = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
+        "<C:calendar-query xmlns:D=\"DAV:\" "
+        "xmlns:C=\"urn:ietf:params:xml:ns:caldav\">\n"
+        "  <D:prop>\n"
+        "    <D:getetag/>\n"
+        "    <C:calendar-data/>\n"
+        "    <CS:getctag xmlns:CS=\"http://calendarserver.org/ns/\"/>\n"
+        "    <plain/>\n"
+        "  </D:prop>\n"
+        "  <C:filter><C:comp-filter name=\"VCALENDAR\"/></C:filter>\n"
+        "</C:calendar-query>";
+  struct webdav_request *req = NULL;
+
+  (void) state;
+  assert_int_equal(parse(body, &req), 0);
+  assert_string_equal(req->root_ns, WEBDAV_NS_CALDAV);
+  assert_string_equal(req->root_name, "calendar-query");
+  assert_int_equal(req->kind, WEBDAV_PROPFIND_PROP);
+  assert_int_equal(req->nprops, 4);
+  assert_string_equal(req->props[0].ns, WEBDAV_NS_DAV);
+  assert_string_equal(req->props[0].name, "getetag");
+  assert_string_equal(req->props[1].ns, WEBDAV_NS_CALDAV);
+  assert_string_equal(req->props[1].name, "calendar-data");
+  assert_string_equal(req->props[2].ns, WEBDAV_NS_CALSERVER);
+  assert_string_equal(req->props[2].name, "getctag");
+  assert_string_equal(req->props[3].ns, "");
+  assert_string_equal(req->props[3].name, "plain");
+  assert_non_null(webdav_node_child(req->root, WEBDAV_NS_CALDAV, "filter"));
+  assert_null(webdav_node_child(req->root, WEBDAV_NS_DAV, "filter"));
+  webdav_request_free(req);
+}
+
+/* Evaluates expr on doc and returns its string value (caller frees). */
+static char *xpath_string(xmlDocPtr doc, const char *expr)
+{
+  xmlXPathContextPtr ctx = xmlXPathNewContext(doc);
+  xmlXPathObjectPtr obj;
+  char *value;
+
+  xmlXPathRegisterNs(ctx, (const xmlChar *) "d", (const xmlChar *) "DAV:");
+  xmlXPathRegisterNs(ctx, (const xmlChar *) "c",
+                     (const xmlChar *) WEBDAV_NS_CALDAV);
+  xmlXPathRegisterNs(ctx, (const xmlChar *) "e",
+                     (const xmlChar *) "urn:example:other");
+  obj = xmlXPathEvalExpression((const xmlChar *) expr, ctx);
+  assert_non_null(obj);
+  value = (char *) xmlXPathCastToString(obj);
+  xmlXPathFreeObject(obj);
+  xmlXPathFreeContext(ctx);
+  return value;
+}
+
+static void assert_xpath(xmlDocPtr doc, const char *expr, const char *want)
+{
+  char *got = xpath_string(doc, expr);
+
+  if (strcmp(got, want) != 0)
+    fail_msg("%s: got \"%s\", want \"%s\"", expr, got, want);
+  xmlFree(got);
+}
+
+static void test_multistatus_round_trip(void **state)
+{
+  struct webdav_multistatus *ms = webdav_multistatus_new();
+  struct webdav_response *resp;
+  xmlNodePtr node;
+  xmlDocPtr doc;
+  char *text = NULL;
+  size_t len = 0;
+
+  (void) state;
+  resp = webdav_multistatus_add(ms, "/dav/u%40example.com/calendar/");
+  webdav_response_prop(resp, WEBDAV_NS_DAV, "displayname", 200,
+                       "Interviews <R&D>");
+  node = webdav_response_prop(resp, WEBDAV_NS_DAV, "resourcetype", 200, NULL);
+  webdav_node_add(resp, node, WEBDAV_NS_DAV, "collection", NULL);
+  webdav_node_add(resp, node, WEBDAV_NS_CALDAV, "calendar", NULL);
+  webdav_response_prop(resp, "urn:example:other", "color", 404, NULL);
+  webdav_response_prop(resp, WEBDAV_NS_DAV, "quota-used-bytes", 404, NULL);
+  resp = webdav_multistatus_add(ms, "/dav/u%40example.com/calendar/gone.ics");
+  webdav_response_set_status(resp, 404);
+
+  assert_int_equal(webdav_multistatus_dump(ms, &text, &len), 0);
+  assert_int_equal(strlen(text), len);
+  doc = xmlReadMemory(text, (int) len, NULL, NULL, XML_PARSE_NONET);
+  assert_non_null(doc);
+
+  assert_xpath(doc, "count(/d:multistatus/d:response)", "2");
+  assert_xpath(doc, "/d:multistatus/d:response[1]/d:href",
+               "/dav/u%40example.com/calendar/");
+  assert_xpath(doc, "count(/d:multistatus/d:response[1]/d:propstat)", "2");
+  assert_xpath(doc,
+               "/d:multistatus/d:response[1]/d:propstat[d:status="
+               "'HTTP/1.1 200 OK']/d:prop/d:displayname",
+               "Interviews <R&D>");
+  assert_xpath(doc,
+               "count(/d:multistatus/d:response[1]/d:propstat[d:status="
+               "'HTTP/1.1 200 OK']/d:prop/d:resourcetype/c:calendar)",
+               "1");
+  assert_xpath(doc,
+               "count(/d:multistatus/d:response[1]/d:propstat[d:status="
+               "'HTTP/1.1 404 Not Found']/d:prop/*)",
+               "2");
+  assert_xpath(doc,
+               "count(/d:multistatus/d:response[1]/d:propstat[d:status="
+               "'HTTP/1.1 404 Not Found']/d:prop/e:color)",
+               "1");
+  assert_xpath(doc, "/d:multistatus/d:response[2]/d:status",
+               "HTTP/1.1 404 Not Found");
+  assert_xpath(doc, "count(/d:multistatus/d:response[2]/d:propstat)", "0");
+  /* Clients look for the usual prefixes. */
+  assert_non_null(strstr(text, "<D:multistatus xmlns:D=\"DAV:\""));
+  assert_non_null(strstr(text, "xmlns:C=\"urn:ietf:params:xml:ns:caldav\""));
+
+  xmlFreeDoc(doc);
+  free(text);
+  webdav_multistatus_free(ms);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_xxe_refused),
+    cmocka_unit_test(test_malformed_refused),
+    cmocka_unit_test(test_allprop_and_empty),
+    cmocka_unit_test(test_prop_list),
+    cmocka_unit_test(test_multistatus_round_trip),
+  };
+  int rc;
+
+  rc = cmocka_run_group_tests(tests, NULL, NULL);
+  xmlCleanupParser();
+  return rc;
+}
