@@ -523,7 +523,6 @@ static int ig_relative(struct ig_in *in, const struct icalrecurrencetype *r,
     return ig_index(in, pos, pattern);
   if (pos == 0 && npos == 1)
     return ig_index(in, r->by_set_pos[0], pattern);
-  (void) type;
   return IN_FAIL(in, ICAL_GRAPH_ERRULE,
                  "BYDAY in a %s rule needs one position (BYDAY=2TU, or days "
                  "with one BYSETPOS value)",
@@ -1444,6 +1443,7 @@ static int ig_out_rrule(struct ig_out *o, const json_t *rec, icaltimetype start,
   const json_t *d;
   size_t i, n = 0;
   int pos = 1;
+  json_int_t interval;
   struct icalrecurrencetype r;
 
   if (!type || !rtype)
@@ -1464,9 +1464,9 @@ static int ig_out_rrule(struct ig_out *o, const json_t *rec, icaltimetype start,
       pos = i == 4 ? -1 : (int) i + 1;
   }
 
-  n = (size_t) snprintf(
-      rule, sizeof(rule), "INTERVAL=%d",
-      (int) json_integer_value(json_object_get(pat, "interval")));
+  interval = json_integer_value(json_object_get(pat, "interval"));
+  n = (size_t) snprintf(rule, sizeof(rule), "INTERVAL=%d",
+                        interval > 0 ? (int) interval : 1);
   if (strcmp(type, "daily") == 0) {
     n += (size_t) snprintf(rule + n, sizeof(rule) - n, ";FREQ=DAILY");
   } else if (strcmp(type, "weekly") == 0) {
