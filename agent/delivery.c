@@ -433,10 +433,13 @@ static void delivery_scan(struct delivery *d)
   if (queue_each_due(d->store, now, DELIVERY_SCAN_BATCH, delivery_visit, d) <
       0)
     log_error("- queue scan_failed");
+  /* Rows already due were skipped for a full mailbox or a full job table;
+   * a finishing job or new mail scans again, so wait for the next row that
+   * becomes due, or the idle rescan. */
   next = queue_next_due(d->store);
-  if (next < 0 || next - now > DELIVERY_IDLE_SCAN_MS)
+  if (next <= now || next - now > DELIVERY_IDLE_SCAN_MS)
     next = now + DELIVERY_IDLE_SCAN_MS;
-  delivery_schedule(d, next > now ? next - now : 0);
+  delivery_schedule(d, next - now);
 }
 
 static void delivery_on_timer(uv_timer_t *timer)

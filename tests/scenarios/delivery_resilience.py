@@ -8,8 +8,9 @@ import signal
 import time
 import uuid
 
-from sandbox import wait_for
+
 from scenario import ALICE, BOB, CAROL, AgentTestCase, main
+from sandbox import wait_for
 
 
 def message(sender, rcpt, tag):

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 import unittest
 
-import sandbox
-from scenario import ALICE, AgentTestCase, main
+
+from scenario import ALICE, AgentTestCase, main, sandbox
 
 CLIENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "clients")
@@ -29,7 +29,7 @@ class SmtpClients(AgentTestCase):
              "--header", "Subject: sent with swaks", "--body", "swaks body",
              "--pipeline"], capture_output=True, text=True, timeout=60)
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
-        self.assertRegex(out.stdout, r"<~  250 2\.0\.0 .*queued as")
+        self.assertRegex(out.stdout, r"<-  250 2\.0\.0 .*queued as")
         [record] = self.wait_one_more(ALICE, before)
         self.assertEqual(record["resource"]["subject"], "sent with swaks")
         self.assertEqual([r["address"] for r in record["recipients"]],

@@ -6,8 +6,8 @@ import base64
 import socket
 import time
 
-import sandbox
-from scenario import ALICE, AgentTestCase, main
+
+from scenario import ALICE, AgentTestCase, main, sandbox
 
 
 class RawClient:
