@@ -720,7 +720,7 @@ static int ig_range(struct ig_in *in, const struct icalrecurrencetype *r,
     json_object_set_new(range, "type", json_string("numbered"));
     json_object_set_new(range, "numberOfOccurrences", json_integer(r->count));
   } else if (!icaltime_is_null_time(r->until)) {
-    icaltimetype end;
+    icaltimetype end = icaltime_null_time();
 
     rc = ig_until_date(in, r->until, start, &end);
     if (rc < 0)

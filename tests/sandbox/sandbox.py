@@ -70,7 +70,7 @@ def find_binary(build_dir, name):
     if not os.access(path, os.X_OK):
         raise FileNotFoundError(
             "%s not found at %s (build first, or set %s)" % (name, path, env[name]))
-    return path
+    return os.path.abspath(path)
 
 
 class Sandbox:
