@@ -10,6 +10,7 @@
 #include <sysexits.h>
 #include <uv.h>
 
+#include "caldav.h"
 #include "credential.h"
 #include "delivery.h"
 #include "graph_client.h"
@@ -40,6 +41,7 @@ struct agent {
   struct smtp_intake *intake;
   struct smtp_server *smtp;
   struct http_router *router;
+  struct caldav_deps caldav; /* the CalDAV handlers' argument */
   struct http_server *http_server;
   struct delivery *delivery;
   uv_signal_t sigterm;
@@ -105,6 +107,12 @@ static int agent_open_http(struct agent *agent)
 
   agent->router = http_router_new();
   if (oauth_consent_register(agent->router, agent->store) < 0)
+    return -EINVAL;
+  agent->caldav = (struct caldav_deps){ .store = agent->store,
+                                        .graph = agent->graph,
+                                        .gate = agent->gate,
+                                        .credential = agent->credential };
+  if (caldav_register(agent->router, &agent->caldav) < 0)
     return -EINVAL;
   http_server_limits_defaults(&limits);
   limits.max_body_size = agent->cfg->http_max_body;

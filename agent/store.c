@@ -72,6 +72,18 @@ static const char *const store_migrations[] = {
   /* 2: sends whose outcome is unknown (crash, lost reply) are looked up in
    * Sent Items before they are sent again. */
   "ALTER TABLE messages ADD COLUMN verify_first INTEGER NOT NULL DEFAULT 0;",
+  /* 3: CalDAV objects: Nextal's resource name and UID to the Graph event
+   * (immutable id) and the ETag last derived from its change key. */
+  "CREATE TABLE caldav_objects ("
+  "  address TEXT NOT NULL,"
+  "  name TEXT NOT NULL,"
+  "  uid TEXT NOT NULL,"
+  "  event_id TEXT NOT NULL,"
+  "  etag TEXT,"
+  "  PRIMARY KEY (address, name)"
+  ");"
+  "CREATE INDEX caldav_objects_uid ON caldav_objects (address, uid);"
+  "CREATE INDEX caldav_objects_event ON caldav_objects (address, event_id);",
 };
 
 #define STORE_NMIGRATIONS                                                      \

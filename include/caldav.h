@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/* The CalDAV endpoint: each linked user's default Outlook calendar as one
+ * CalDAV calendar under /dav/, every request authenticated with Nextal's
+ * service credential and decided by the policy before Graph is called.
+ * The protocol surface and its limits are described in docs/caldav.md. */
+#ifndef NX_CALDAV_H
+#define NX_CALDAV_H
+
+#include "credential.h"
+#include "graph_client.h"
+#include "http_router.h"
+#include "policy_gate.h"
+#include "store.h"
+
+/* Longest object name (last path segment) accepted, in bytes. */
+#define CALDAV_NAME_MAX 255
+/* Objects listed or fetched by one PROPFIND or REPORT. */
+#define CALDAV_OBJECTS_MAX 2000
+/* calendarView pages followed for one calendar-query. */
+#define CALDAV_VIEW_PAGES_MAX 50
+
+/* What the endpoint works with. None is owned: every pointer must stay
+ * valid until the router is freed and the last answer has been given. */
+struct caldav_deps {
+  struct store *store; /* holds the caldav_objects table (migration 3) */
+  struct graph_client *graph;
+  struct policy_gate *gate;
+  struct credential *credential; /* HTTP Basic, the same as SMTP AUTH */
+};
+
+/* Routes /.well-known/caldav (301 to /dav/) and everything under /dav to
+ * the CalDAV handler. deps itself is kept (not copied) as the handlers'
+ * argument, so it must outlive the router. Returns 0 or the negative
+ * error of http_router_add(). */
+int caldav_register(struct http_router *router, const struct caldav_deps *deps);
+
+#endif
