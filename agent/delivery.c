@@ -18,6 +18,7 @@
 #define DELIVERY_MAX_JOBS 64 /* sends in progress, all mailboxes */
 #define DELIVERY_SCAN_BATCH 512 /* due rows looked at per scan */
 #define DELIVERY_IDLE_SCAN_MS 1000 /* rescan even when nothing is due */
+#define DELIVERY_HELD_RECHECK_MS 5000 /* held mail: links change outside */
 #define DELIVERY_BACKOFF_BASE_MS 1000
 #define DELIVERY_BACKOFF_MAX_MS (5 * 60 * 1000)
 
@@ -53,6 +54,7 @@ struct delivery {
   unsigned max_attempts;
   int64_t max_age_ms;
   int64_t recovery_delay_ms;
+  int64_t held_checked_at; /* last look at held mail, ms */
   int stopping;
   unsigned grace_ms;
   void (*stopped_cb)(void *arg);
@@ -60,6 +62,7 @@ struct delivery {
 };
 
 static void delivery_schedule(struct delivery *d, int64_t delay_ms);
+static void delivery_release_allowed(struct delivery *d);
 static void delivery_maybe_stopped(struct delivery *d);
 
 /* ---- jobs ------------------------------------------------------------ */
@@ -430,6 +433,12 @@ static void delivery_scan(struct delivery *d)
 
   if (d->stopping)
     return;
+  /* A user re-linked with the CLI or over HTTP changes no policy, so held
+   * mail is also looked at now and then. */
+  if (now - d->held_checked_at >= DELIVERY_HELD_RECHECK_MS) {
+    d->held_checked_at = now;
+    delivery_release_allowed(d);
+  }
   if (queue_each_due(d->store, now, DELIVERY_SCAN_BATCH, delivery_visit, d) <
       0)
     log_error("- queue scan_failed");
@@ -464,7 +473,8 @@ void delivery_kick(struct delivery *d)
   delivery_schedule(d, 0);
 }
 
-void delivery_policy_changed(struct delivery *d)
+/* Releases the held mail of every sender the policy now allows. */
+static void delivery_release_allowed(struct delivery *d)
 {
   char **senders = NULL;
   int n = queue_held_senders(d->store, &senders);
@@ -482,6 +492,11 @@ void delivery_policy_changed(struct delivery *d)
     free(senders[i]);
   }
   free(senders);
+}
+
+void delivery_policy_changed(struct delivery *d)
+{
+  delivery_release_allowed(d);
   delivery_kick(d);
 }
 

@@ -1017,10 +1017,13 @@ struct smtp_command {
   unsigned flags;
 };
 
+/* Greeting and authentication stay possible while the service is switched
+ * off, so that a client reaches MAIL and reads the reason there instead of
+ * failing its handshake. */
 static const struct smtp_command smtp_commands[] = {
-  { "EHLO", smtp_cmd_ehlo, 0 },
-  { "HELO", smtp_cmd_helo, 0 },
-  { "AUTH", smtp_cmd_auth, 0 },
+  { "EHLO", smtp_cmd_ehlo, SMTP_CMD_ALWAYS },
+  { "HELO", smtp_cmd_helo, SMTP_CMD_ALWAYS },
+  { "AUTH", smtp_cmd_auth, SMTP_CMD_ALWAYS },
   { "MAIL", smtp_cmd_mail, SMTP_CMD_TRANSACTION },
   { "RCPT", smtp_cmd_rcpt, SMTP_CMD_TRANSACTION },
   { "DATA", smtp_cmd_data, SMTP_CMD_TRANSACTION },

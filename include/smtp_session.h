@@ -55,7 +55,7 @@ struct smtp_session_ops {
   int (*authenticate)(void *ctx, const char *user, const char *password);
 
   /* Decides whether the service may still be used at all before each
-   * command other than QUIT, RSET and NOOP (the organisation switch).
+   * command other than EHLO, HELO, AUTH, QUIT, RSET and NOOP (the organisation switch).
    * Returns 0, or negative with a sentence in reason: the command is then
    * answered 550 5.7.1 with that sentence. May be NULL. */
   int (*check_service)(void *ctx, char *reason, size_t reasonlen);

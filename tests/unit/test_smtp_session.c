@@ -810,7 +810,7 @@ static void test_service_refused(void **state)
               "550 5.7.1 The organisation has switched off sending\r\n"
               "250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n");
   assert_string_equal(f.last_sender, "");
-  fake_expect(&f, "EHLO c.test\r\n",
+  fake_expect(&f, "VRFY ann\r\n",
               "550 5.7.1 The organisation has switched off sending\r\n");
   f.service_rc = 0;
   fake_expect(&f, "MAIL FROM:<ann@corp.test>\r\nRCPT TO:<b@ext.test>\r\n",
