@@ -1,0 +1,427 @@
+#!/usr/bin/python3
+"""Interviews over CalDAV, end to end: curl and python3-caldav talk to the
+agent's /dav/ endpoint, and what they write must appear in the simulated
+Outlook calendar (and what Outlook changes must come back)."""
+
+import datetime
+import subprocess
+import urllib.parse
+import uuid
+import xml.etree.ElementTree as ET
+
+import caldav
+
+from scenario import ALICE, AgentTestCase, main, sandbox
+
+DAV = "{DAV:}"
+CAL = "{urn:ietf:params:xml:ns:caldav}"
+AUTH = "%s:%s" % (sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+
+
+def vevent(uid, summary="Interview", start="DTSTART;TZID=Europe/Berlin:"
+           "20300304T090000", end="DTEND;TZID=Europe/Berlin:20300304T100000",
+           extra=""):
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Nextal//scenario//EN",
+             "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z", start,
+             end, "SUMMARY:" + summary,
+             "ATTENDEE;CN=Jordan Candidate;ROLE=REQ-PARTICIPANT:"
+             "mailto:jordan@example.net"]
+    lines += [x for x in extra.split("\n") if x]
+    lines += ["END:VEVENT", "END:VCALENDAR", ""]
+    return "\r\n".join(lines)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+
+class CalDAVEvents(AgentTestCase):
+
+    # ---- helpers ----
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.box.http_port, path)
+
+    def obj_path(self, name, address=ALICE):
+        return "/dav/calendars/%s/default/%s" % (address, name)
+
+    def curl(self, method, path, body=None, headers=(), auth=AUTH):
+        """One request with curl; returns status, headers and body."""
+        args = ["curl", "-s", "-S", "-i", "-X", method, "--max-time", "30"]
+        if auth is not None:
+            args += ["-u", auth]
+        for h in headers:
+            args += ["-H", h]
+        if body is not None:
+            args += ["--data-binary", "@-"]
+        out = subprocess.run(args + [self.url(path)], capture_output=True,
+                             input=(body or "").encode(), check=True)
+        raw = out.stdout.decode("utf-8", "replace")
+        head, _, rest = raw.partition("\r\n\r\n")
+        lines = head.split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        return Response(status, hdrs, rest)
+
+    def put(self, name, text, *headers, address=ALICE):
+        return self.curl("PUT", self.obj_path(name, address), text,
+                         ("Content-Type: text/calendar; charset=utf-8",)
+                         + headers)
+
+    def events(self, address=ALICE):
+        quoted = urllib.parse.quote(address)
+        return self.box.sim_get("/_sim/calendars/%s/events" % quoted)["events"]
+
+    def events_with(self, subject, address=ALICE):
+        return [e for e in self.events(address) if e.get("subject") == subject]
+
+    def unique(self, what):
+        return "%s-%s" % (what, uuid.uuid4().hex[:12])
+
+    def client(self):
+        return caldav.DAVClient(
+            url=self.url("/dav/calendars/%s/" % ALICE),
+            username=sandbox.SERVICE_USER, password=sandbox.SERVICE_PASSWORD)
+
+    # ---- discovery ----
+
+    def test_options_and_well_known(self):
+        r = self.curl("OPTIONS", "/dav/calendars/%s/default/" % ALICE)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("DAV"), "1, 3, calendar-access")
+        allow = {m.strip() for m in r.header("Allow").split(",")}
+        self.assertEqual(allow, {"OPTIONS", "GET", "HEAD", "PUT", "DELETE",
+                                 "PROPFIND", "REPORT"})
+        r = self.curl("GET", "/.well-known/caldav")
+        self.assertEqual(r.status, 301)
+        self.assertEqual(r.header("Location"), "/dav/")
+
+    def test_authentication_required(self):
+        r = self.curl("PROPFIND", "/dav/calendars/%s/" % ALICE, auth=None)
+        self.assertEqual(r.status, 401)
+        self.assertIn('Basic realm="nextal"', r.header("WWW-Authenticate"))
+        r = self.curl("PROPFIND", "/dav/calendars/%s/" % ALICE,
+                      auth=sandbox.SERVICE_USER + ":wrong")
+        self.assertEqual(r.status, 401)
+
+    def test_propfind_discovery(self):
+        body = ('<?xml version="1.0"?><D:propfind xmlns:D="DAV:" '
+                'xmlns:C="urn:ietf:params:xml:ns:caldav"><D:prop>'
+                '<D:current-user-principal/><C:calendar-home-set/>'
+                '<D:resourcetype/><C:supported-calendar-component-set/>'
+                '<D:supported-report-set/><D:no-such-property/>'
+                '</D:prop></D:propfind>')
+        r = self.curl("PROPFIND", "/dav/principals/%s/" % ALICE, body,
+                      ["Depth: 0"])
+        self.assertEqual(r.status, 207)
+        doc = ET.fromstring(r.body)
+        self.assertEqual(
+            doc.find(".//%scurrent-user-principal/%shref" % (DAV, DAV)).text,
+            "/dav/principals/%s/" % ALICE)
+        self.assertEqual(
+            doc.find(".//%scalendar-home-set/%shref" % (CAL, DAV)).text,
+            "/dav/calendars/%s/" % ALICE)
+        r = self.curl("PROPFIND", "/dav/calendars/%s/" % ALICE, body,
+                      ["Depth: 1"])
+        doc = ET.fromstring(r.body)
+        hrefs = [x.text for x in doc.findall("%sresponse/%shref" % (DAV, DAV))]
+        self.assertEqual(hrefs, ["/dav/calendars/%s/" % ALICE,
+                                 "/dav/calendars/%s/default/" % ALICE])
+        cal = doc.findall("%sresponse" % DAV)[1]
+        self.assertIsNotNone(cal.find(".//%sresourcetype/%scalendar"
+                                      % (DAV, CAL)))
+        comps = [c.get("name") for c in cal.findall(
+            ".//%ssupported-calendar-component-set/%scomp" % (CAL, CAL))]
+        self.assertEqual(comps, ["VEVENT"])
+        reports = {x.tag for x in cal.findall(
+            ".//%ssupported-report/%sreport/*" % (DAV, DAV))}
+        self.assertEqual(reports, {CAL + "calendar-multiget",
+                                   CAL + "calendar-query",
+                                   CAL + "free-busy-query"})
+        # An unknown property is reported missing, not invented.
+        missing = [ps for ps in cal.findall("%spropstat" % DAV)
+                   if ps.find("%sprop/%sno-such-property" % (DAV, DAV))
+                   is not None]
+        self.assertEqual(len(missing), 1)
+        self.assertIn("404", missing[0].find("%sstatus" % DAV).text)
+
+    # ---- create, read, update, delete with curl ----
+
+    def test_curl_lifecycle_with_etags(self):
+        uid = self.unique("lifecycle") + "@nextal.example"
+        name = uid + ".ics"
+        subject = self.unique("Interview")
+        r = self.put(name, vevent(uid, subject), "If-None-Match: *")
+        self.assertEqual(r.status, 201)
+        etag1 = r.header("ETag")
+        self.assertTrue(etag1.startswith('"'))
+        [ev] = self.events_with(subject)
+        self.assertEqual(ev["start"]["timeZone"], "UTC")
+        self.assertEqual(ev["start"]["dateTime"][:16], "2030-03-04T08:00")
+        self.assertEqual(ev["originalStartTimeZone"], "W. Europe Standard Time")
+        self.assertEqual([a["emailAddress"]["address"] for a in ev["attendees"]],
+                         ["jordan@example.net"])
+
+        # The same create again must not overwrite.
+        r = self.put(name, vevent(uid, subject), "If-None-Match: *")
+        self.assertEqual(r.status, 412)
+
+        r = self.curl("GET", self.obj_path(name))
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.header("Content-Type").startswith("text/calendar"))
+        self.assertEqual(r.header("ETag"), etag1)
+        self.assertIn("UID:" + uid, r.body)
+        self.assertIn("SUMMARY:" + subject, r.body)
+        self.assertIn("DTSTART;TZID=Europe/Berlin:20300304T090000", r.body)
+
+        # Update with a wrong ETag: refused, nothing changes.
+        moved = self.unique("Moved")
+        r = self.put(name, vevent(uid, moved), 'If-Match: "not-the-etag"')
+        self.assertEqual(r.status, 412)
+        self.assertEqual(len(self.events_with(subject)), 1)
+        self.assertEqual(self.events_with(moved), [])
+
+        # Update with the right ETag.
+        r = self.put(name, vevent(uid, moved), "If-Match: " + etag1)
+        self.assertEqual(r.status, 204)
+        etag2 = r.header("ETag")
+        self.assertNotEqual(etag2, etag1)
+        [ev2] = self.events_with(moved)
+        self.assertEqual(ev2["id"], ev["id"])
+        r = self.curl("GET", self.obj_path(name))
+        self.assertEqual(r.header("ETag"), etag2)
+        self.assertIn("SUMMARY:" + moved, r.body)
+
+        # Delete with a stale ETag, then the current one.
+        r = self.curl("DELETE", self.obj_path(name), None,
+                      ["If-Match: " + etag1])
+        self.assertEqual(r.status, 412)
+        self.assertEqual(len(self.events_with(moved)), 1)
+        r = self.curl("DELETE", self.obj_path(name), None,
+                      ["If-Match: " + etag2])
+        self.assertEqual(r.status, 204)
+        self.assertEqual(self.events_with(moved), [])
+        self.assertEqual(self.curl("GET", self.obj_path(name)).status, 404)
+
+    def test_outlook_edit_seen_by_next_get(self):
+        uid = self.unique("outlook-edit")
+        name = uid + ".ics"
+        subject = self.unique("Interview")
+        r = self.put(name, vevent(uid, subject), "If-None-Match: *")
+        self.assertEqual(r.status, 201)
+        etag1 = r.header("ETag")
+        [ev] = self.events_with(subject)
+        edited = self.unique("Edited in Outlook")
+        self.sim_patch("/_sim/calendars/%s/events/%s" % (ALICE, ev["id"]),
+                       {"subject": edited})
+        r = self.curl("GET", self.obj_path(name))
+        self.assertEqual(r.status, 200)
+        self.assertNotEqual(r.header("ETag"), etag1)
+        self.assertIn("SUMMARY:" + edited, r.body)
+        # A client still holding the old ETag must not overwrite the edit.
+        r = self.put(name, vevent(uid, "Stale write"), "If-Match: " + etag1)
+        self.assertEqual(r.status, 412)
+        self.assertEqual(len(self.events_with(edited)), 1)
+
+    def sim_patch(self, path, body):
+        import json
+        import urllib.request
+        req = urllib.request.Request(
+            self.box.sim_url(path), data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="PATCH")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+
+    def test_retried_put_creates_one_meeting(self):
+        uid = self.unique("retried")
+        name = uid + ".ics"
+        subject = self.unique("Interview")
+        # Graph creates the event but the answer is lost on the way back.
+        self.box.sim_post("/_sim/faults", {
+            "fault": "503", "mailbox": ALICE, "operation": "createEvent",
+            "count": 1, "after": True})
+        r = self.put(name, vevent(uid, subject), "If-None-Match: *")
+        self.assertGreaterEqual(r.status, 500)
+        self.assertEqual(len(self.events_with(subject)), 1)
+        # The client retries: the same transactionId finds the same event.
+        r = self.put(name, vevent(uid, subject), "If-None-Match: *")
+        self.assertEqual(r.status, 201)
+        self.assertEqual(len(self.events_with(subject)), 1)
+        r = self.curl("GET", self.obj_path(name))
+        self.assertEqual(r.status, 200)
+        self.assertIn("UID:" + uid, r.body)
+
+    def test_refused_user(self):
+        stranger = "erin@contoso.example"
+        r = self.put("x.ics", vevent(self.unique("refused")), "If-None-Match: *",
+                     address=stranger)
+        self.assertEqual(r.status, 403)
+        doc = ET.fromstring(r.body)
+        self.assertEqual(doc.tag, DAV + "error")
+        self.assertIsNotNone(doc.find(DAV + "need-privileges"))
+        self.assertIn("user_not_linked", r.body)
+
+    def test_all_day_event(self):
+        uid = self.unique("allday")
+        subject = self.unique("Assessment day")
+        text = vevent(uid, subject, start="DTSTART;VALUE=DATE:20300415",
+                      end="DTEND;VALUE=DATE:20300416")
+        r = self.put(uid + ".ics", text, "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        [ev] = self.events_with(subject)
+        self.assertTrue(ev["isAllDay"])
+        self.assertEqual(ev["start"]["dateTime"][:10], "2030-04-15")
+        r = self.curl("GET", self.obj_path(uid + ".ics"))
+        self.assertIn("DTSTART;VALUE=DATE:20300415", r.body)
+        self.assertIn("DTEND;VALUE=DATE:20300416", r.body)
+
+    def test_windows_zone_name(self):
+        uid = self.unique("wzone")
+        subject = self.unique("Panel")
+        text = vevent(
+            uid, subject,
+            start='DTSTART;TZID="W. Europe Standard Time":20300610T140000',
+            end='DTEND;TZID="W. Europe Standard Time":20300610T150000')
+        r = self.put(uid + ".ics", text, "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        [ev] = self.events_with(subject)
+        self.assertEqual(ev["originalStartTimeZone"], "W. Europe Standard Time")
+        # Summer time in Berlin: 14:00 local is 12:00 UTC.
+        self.assertEqual(ev["start"]["dateTime"][:16], "2030-06-10T12:00")
+        r = self.curl("GET", self.obj_path(uid + ".ics"))
+        self.assertIn("DTSTART;TZID=Europe/Berlin:20300610T140000", r.body)
+        self.assertIn("BEGIN:VTIMEZONE", r.body)
+
+    def test_invalid_calendar_data(self):
+        r = self.put("bad.ics", "BEGIN:VCALENDAR\r\nthis is not iCalendar\r\n",
+                     "If-None-Match: *")
+        self.assertEqual(r.status, 403)
+        self.assertIsNotNone(ET.fromstring(r.body).find(CAL + "valid-calendar-data"))
+        todo = vevent(self.unique("todo")).replace("VEVENT", "VTODO")
+        r = self.put("todo.ics", todo, "If-None-Match: *")
+        self.assertEqual(r.status, 403)
+        self.assertIsNotNone(
+            ET.fromstring(r.body).find(CAL + "supported-calendar-component"))
+        r = self.curl("PUT", self.obj_path("json.ics"), "{}",
+                      ["Content-Type: application/json"])
+        self.assertEqual(r.status, 415)
+
+    def test_refused_recurrence_is_explained(self):
+        uid = self.unique("hourly")
+        r = self.put(uid + ".ics", vevent(uid, extra="RRULE:FREQ=HOURLY;COUNT=3"),
+                     "If-None-Match: *")
+        self.assertEqual(r.status, 403)
+        doc = ET.fromstring(r.body)
+        self.assertIsNotNone(doc.find(CAL + "valid-calendar-object-resource"))
+        self.assertIn("HOURLY", r.body)
+        self.assertEqual(self.curl("GET", self.obj_path(uid + ".ics")).status,
+                         404)
+
+    # ---- REPORTs with curl ----
+
+    def test_multiget_and_time_range_query(self):
+        names = []
+        subjects = []
+        for day in ("05", "06"):
+            uid = self.unique("report")
+            subject = self.unique("Report")
+            text = vevent(uid, subject,
+                          start="DTSTART:203005%sT090000Z" % day,
+                          end="DTEND:203005%sT100000Z" % day)
+            self.assertEqual(self.put(uid + ".ics", text).status, 201)
+            names.append(uid + ".ics")
+            subjects.append(subject)
+        cal = "/dav/calendars/%s/default/" % ALICE
+        body = ('<?xml version="1.0"?><C:calendar-multiget xmlns:D="DAV:" '
+                'xmlns:C="urn:ietf:params:xml:ns:caldav"><D:prop><D:getetag/>'
+                '<C:calendar-data/></D:prop>'
+                + "".join("<D:href>%s%s</D:href>" % (cal, n) for n in names)
+                + "<D:href>%smissing.ics</D:href>" % cal
+                + "</C:calendar-multiget>")
+        r = self.curl("REPORT", cal, body, ["Depth: 1"])
+        self.assertEqual(r.status, 207)
+        doc = ET.fromstring(r.body)
+        got = {x.find(DAV + "href").text: x for x in doc.findall(DAV + "response")}
+        self.assertEqual(set(got), {cal + n for n in names} | {cal + "missing.ics"})
+        self.assertIn("404", got[cal + "missing.ics"].find(DAV + "status").text)
+        data = got[cal + names[0]].find(".//%scalendar-data" % CAL).text
+        self.assertIn("SUMMARY:" + subjects[0], data)
+
+        query = ('<?xml version="1.0"?><C:calendar-query xmlns:D="DAV:" '
+                 'xmlns:C="urn:ietf:params:xml:ns:caldav"><D:prop><D:getetag/>'
+                 '</D:prop><C:filter><C:comp-filter name="VCALENDAR">'
+                 '<C:comp-filter name="VEVENT"><C:time-range '
+                 'start="20300505T000000Z" end="20300506T000000Z"/>'
+                 '</C:comp-filter></C:comp-filter></C:filter></C:calendar-query>')
+        r = self.curl("REPORT", cal, query, ["Depth: 1"])
+        self.assertEqual(r.status, 207)
+        hrefs = [x.text for x in ET.fromstring(r.body).findall(
+            "%sresponse/%shref" % (DAV, DAV))]
+        self.assertEqual(hrefs, [cal + names[0]])
+
+    def test_free_busy_query(self):
+        uid = self.unique("busy")
+        text = vevent(uid, self.unique("Busy"), start="DTSTART:20300702T130000Z",
+                      end="DTEND:20300702T140000Z")
+        self.assertEqual(self.put(uid + ".ics", text).status, 201)
+        body = ('<?xml version="1.0"?><C:free-busy-query '
+                'xmlns:C="urn:ietf:params:xml:ns:caldav"><C:time-range '
+                'start="20300702T000000Z" end="20300703T000000Z"/>'
+                '</C:free-busy-query>')
+        r = self.curl("REPORT", "/dav/calendars/%s/default/" % ALICE, body,
+                      ["Depth: 1"])
+        self.assertEqual(r.status, 200)
+        self.assertIn("BEGIN:VFREEBUSY", r.body)
+        self.assertIn("FREEBUSY;FBTYPE=BUSY:20300702T130000Z/20300702T140000Z",
+                      r.body)
+
+    # ---- python3-caldav ----
+
+    def test_python_caldav_client(self):
+        client = self.client()
+        principal = client.principal()
+        [calendar] = principal.calendars()
+        self.assertEqual(urllib.parse.unquote(
+            urllib.parse.urlparse(str(calendar.url)).path),
+                         "/dav/calendars/%s/default/" % ALICE)
+
+        uid = self.unique("pycaldav")
+        subject = self.unique("Interview via python-caldav")
+        event = calendar.save_event(vevent(
+            uid, subject, start="DTSTART:20300812T090000Z",
+            end="DTEND:20300812T100000Z"))
+        self.assertEqual(len(self.events_with(subject)), 1)
+
+        found = calendar.event_by_uid(uid)
+        self.assertIn("SUMMARY:" + subject, found.data)
+
+        results = calendar.date_search(
+            datetime.datetime(2030, 8, 12, tzinfo=datetime.timezone.utc),
+            datetime.datetime(2030, 8, 13, tzinfo=datetime.timezone.utc),
+            expand=False)
+        self.assertIn(uid, [str(e.icalendar_component["UID"]) for e in results])
+
+        renamed = self.unique("Renamed")
+        found.icalendar_component["SUMMARY"] = renamed
+        found.save()
+        self.assertEqual(len(self.events_with(renamed)), 1)
+        self.assertEqual(self.events_with(subject), [])
+
+        found.delete()
+        self.assertEqual(self.events_with(renamed), [])
+        with self.assertRaises(caldav.error.NotFoundError):
+            calendar.event_by_uid(uid)
+        self.assertIsNotNone(event)
+
+
+if __name__ == "__main__":
+    main()
