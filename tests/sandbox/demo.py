@@ -69,11 +69,12 @@ def run(box):
     print("\n== Booking an interview over CalDAV in alice's calendar")
     status = put_event(box)
     if status in ("201", "204"):
-        events = box.sim_get("/_sim/calendars/alice@contoso.example/events")
-        events = events.get("value", events) if isinstance(events, dict) else events
+        events = box.sim_get("/_sim/calendars/alice@contoso.example/events")["events"]
+        print("Graph holds in alice's calendar:")
         for ev in events:
             print(json.dumps({k: ev.get(k) for k in
-                              ("subject", "start", "end", "attendees")},
+                              ("subject", "start", "end", "originalStartTimeZone",
+                               "attendees")},
                              indent=2, ensure_ascii=False))
     else:
         print("CalDAV did not take the event (status %s); see agent.log" % status)
