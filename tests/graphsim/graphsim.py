@@ -42,6 +42,9 @@ try:
 except ImportError:  # pragma: no cover
     events = None
 
+import drafts  # noqa: E402
+drafts.install(graphapi, control)
+
 # Graph rejects request bodies over 4 MB (4,194,304 bytes) [obs] graph-api.md §2.3;
 # the answer seen is 413 "The maximum request length supported is 4MB."
 # (github.com/O365/python-o365/issues/472); the code string is [unverified].
@@ -141,6 +144,10 @@ def route(state, req):
             if len(req.body) > GRAPH_MAX_BODY:
                 return too_large(req)
             return graphapi.handle(state, req)
+        if req.path.startswith("/api/v2.0/"):
+            reply = drafts.handle_upload(state, req)
+            if reply is not None:
+                return reply
         reply = identity.route(state, req)
         if reply is not None:
             return reply

@@ -84,7 +84,7 @@ def send_mail(state, req, user, token, rest):
     return Reply(202, b"")
 
 
-def parse_json_request(req, user):
+def parse_json_request(req, user, need_recipients=True):
     body = req.json()
     if not isinstance(body, dict):
         # Graph's wording for unreadable JSON payloads [obs, widely seen].
@@ -97,7 +97,7 @@ def parse_json_request(req, user):
     save = body.get("saveToSentItems", True)
     # The doc example sends the string "false" [G-SEND].
     save = not (save is False or str(save).lower() == "false")
-    recipients = collect_json_recipients(req, msg)
+    recipients = collect_json_recipients(req, msg, need_recipients)
     if msg.get("from"):
         check_send_as(req, user, ((msg["from"] or {}).get("emailAddress") or {}).get("address"))
     headers = validate_headers(req, msg.get("internetMessageHeaders") or [])
@@ -124,7 +124,7 @@ def parse_json_request(req, user):
             "recipients": recipients}
 
 
-def collect_json_recipients(req, msg):
+def collect_json_recipients(req, msg, need_recipients=True):
     out = []
     for kind, field in (("to", "toRecipients"), ("cc", "ccRecipients"),
                         ("bcc", "bccRecipients")):
@@ -132,7 +132,7 @@ def collect_json_recipients(req, msg):
             addr = ((r or {}).get("emailAddress") or {}).get("address", "")
             check_address(req, addr)
             out.append({"type": kind, "address": addr})
-    if not out:
+    if not out and need_recipients:
         raise no_recipients(req)
     return out
 
@@ -245,9 +245,27 @@ def parse_mime_request(req, user):
     resource["internetMessageHeaders"] = [{"name": k, "value": str(v)} for k, v in msg.items()]
     attachments = mime_attachments(msg, body_part)
     resource["hasAttachments"] = any(not a["isInline"] for a in attachments)
+    calendar = calendar_parts(msg)
+    if calendar:
+        # Exchange turns a text/calendar METHOD:REQUEST part into a meeting
+        # request (eventMessage) rather than a file [G-MSG, meetingMessageType].
+        kinds = {"REQUEST": "meetingRequest", "CANCEL": "meetingCancelled"}
+        resource["meetingMessageType"] = kinds.get(calendar[0]["method"], "none")
     return {"resource": resource, "attachments": attachments, "save": True,
             "source": "mime", "raw_request": raw.decode("utf-8", "replace"), "mime": raw,
-            "recipients": recipients}
+            "recipients": recipients, "calendar": calendar}
+
+
+def calendar_parts(msg):
+    """text/calendar parts that are not plain file attachments (iMIP)."""
+    out = []
+    for part in msg.walk():
+        if part.get_content_type() != "text/calendar" or \
+                part.get_content_disposition() == "attachment":
+            continue
+        method = (part.get_param("method") or "").upper()
+        out.append({"method": method, "content": part.get_content()})
+    return out
 
 
 def mime_attachments(msg, body_part):
@@ -331,7 +349,8 @@ def find_message(state, user, mid):
     for m in saved_messages(state, user):
         if m["resource"]["id"] == mid:  # ids are case-sensitive [G-IMM]
             return m
-    return None
+    with state.lock:
+        return state.drafts.get(user.address, {}).get(mid)
 
 
 def attachment_resource(a, with_bytes=True):
@@ -468,8 +487,10 @@ def sim_view(stored):
         "savedToSentItems": stored["save"],
         "recipients": stored["recipients"],
         "accepted_at": stored["accepted_at"],
+        "calendar": stored.get("calendar") or [],
         "attachments": [{"name": a["name"], "contentType": a["contentType"],
                          "size": a["size"], "sha256": a["sha256"], "contentId": a["contentId"],
-                         "isInline": a["isInline"], "id": a["id"]}
+                         "isInline": a["isInline"], "id": a["id"],
+                         "chunks": a.get("chunks", 0)}
                         for a in stored["attachments"]],
     }

@@ -223,6 +223,9 @@ class State:
             self.inflight = {}      # (client_id, mailbox) -> count
             self.transactions = {}  # (address, transactionId) -> event id
             self.occurrences = {}   # address -> {occurrence id: (master id, key)}
+            self.drafts = {}        # address -> {draft id: stored draft}
+            self.upload_sessions = {}  # session id -> upload in progress
+            self.max_message_size = None  # POST /_sim/limits override
 
     # -- users -------------------------------------------------------------
     def find_user(self, ident):

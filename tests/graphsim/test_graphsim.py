@@ -815,5 +815,129 @@ class CalendarTests(SimTestCase):
         self.assertNotEqual(got["changeKey"], ev["changeKey"])
 
 
+class LargeMailTests(SimTestCase):
+    """Drafts, attachments, upload sessions and send (graph-api.md 2.4)."""
+
+    CHUNK = 10 * 320 * 1024
+
+    def draft(self, tok, **extra):
+        msg = mail_json(**extra)["message"]
+        r = self.graph("POST", "/users/%s/messages" % ALICE, tok, json_body=msg)
+        self.assertEqual(r.status, 201, r.body)
+        self.assertTrue(r.json()["isDraft"])
+        return r.json()["id"]
+
+    def session(self, tok, mid, size, name="big.bin"):
+        return self.graph("POST", "/users/%s/messages/%s/attachments/createUploadSession"
+                          % (ALICE, mid), tok,
+                          json_body={"AttachmentItem": {"attachmentType": "file",
+                                                        "name": name, "size": size}})
+
+    def put(self, url, data, start, total, headers=None):
+        h = {"Content-Type": "application/octet-stream",
+             "Content-Range": "bytes %d-%d/%d" % (start, start + len(data) - 1, total)}
+        h.update(headers or {})
+        parts = urllib.parse.urlsplit(url)
+        return self.http("PUT", parts.path + "?" + parts.query, body=data, headers=h)
+
+    def upload(self, url, data):
+        last = None
+        for start in range(0, len(data), self.CHUNK):
+            last = self.put(url, data[start:start + self.CHUNK], start, len(data))
+        return last
+
+    def test_draft_upload_send_lands_in_sent_items(self):
+        tok = self.app_token()
+        mid = self.draft(tok)
+        small = b"small attachment"
+        r = self.graph("POST", "/users/%s/messages/%s/attachments" % (ALICE, mid), tok,
+                       json_body={"@odata.type": "#microsoft.graph.fileAttachment",
+                                  "name": "a.txt",
+                                  "contentBytes": base64.b64encode(small).decode()})
+        self.assertEqual(r.status, 201, r.body)
+        data = secrets.token_bytes(7 * 1024 * 1024 + 123)
+        r = self.session(tok, mid, len(data))
+        self.assertEqual(r.status, 201, r.body)
+        self.assertEqual(r.json()["nextExpectedRanges"], ["0-"])
+        url = r.json()["uploadUrl"]
+        first = self.put(url, data[:self.CHUNK], 0, len(data))
+        self.assertEqual(first.status, 200, first.body)
+        self.assertEqual(first.json()["nextExpectedRanges"], [str(self.CHUNK)])
+        last = None
+        for start in range(self.CHUNK, len(data), self.CHUNK):
+            last = self.put(url, data[start:start + self.CHUNK], start, len(data))
+        self.assertEqual(last.status, 201, last.body)
+        self.assertIn("Attachments(", last.headers.get("Location"))
+        r = self.graph("GET", "/users/%s/messages/%s/attachments" % (ALICE, mid), tok)
+        self.assertEqual(len(r.json()["value"]), 2)
+        self.assertEqual(self.ctl("GET", "mailboxes/%s/sent" % ALICE)["messages"], [])
+        r = self.graph("POST", "/users/%s/messages/%s/send" % (ALICE, mid), tok, body=b"")
+        self.assertEqual(r.status, 202, r.body)
+        sent = self.ctl("GET", "mailboxes/%s/sent" % ALICE)["messages"]
+        self.assertEqual(len(sent), 1)
+        self.assertEqual(sent[0]["source"], "draft")
+        shas = sorted(a["sha256"] for a in sent[0]["attachments"])
+        self.assertEqual(shas, sorted([hashlib.sha256(small).hexdigest(),
+                                       hashlib.sha256(data).hexdigest()]))
+        self.assertEqual(self.ctl("GET", "drafts/" + ALICE)["drafts"], [])
+        r = self.graph("POST", "/users/%s/messages/%s/send" % (ALICE, mid), tok, body=b"")
+        self.assertGraphError(r, 404, "ErrorItemNotFound")
+
+    def test_upload_session_rules(self):
+        tok = self.app_token()
+        mid = self.draft(tok)
+        r = self.session(tok, mid, 3 * 1024 * 1024 - 1)
+        self.assertGraphError(r, 400, "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize")
+        data = secrets.token_bytes(5 * 1024 * 1024)
+        url = self.session(tok, mid, len(data)).json()["uploadUrl"]
+        tok_hdr = {"Authorization": "Bearer " + tok}
+        self.assertEqual(self.put(url, data[:self.CHUNK], 0, len(data), tok_hdr).status, 401)
+        self.assertEqual(self.put(url, data[:1000], 0, len(data)).status, 416)  # unaligned
+        self.assertEqual(self.put(url, data[:5 * 1024 * 1024], 0, len(data)).status, 416)
+        self.assertEqual(self.put(url, data[self.CHUNK:], self.CHUNK, len(data)).status, 416)
+        self.assertEqual(self.put(url, data[:self.CHUNK], 0, len(data)).status, 200)
+        self.assertEqual(self.put(url, data[self.CHUNK:], self.CHUNK, len(data)).status, 201)
+        bad = urllib.parse.urlsplit(url)
+        r = self.http("PUT", bad.path + "?authtoken=wrong", body=b"x",
+                      headers={"Content-Range": "bytes 0-0/1"})
+        self.assertIn(r.status, (401, 404))
+
+    def test_message_size_limit(self):
+        tok = self.app_token()
+        self.ctl("POST", "limits", {"max_message_size": 4 * 1024 * 1024})
+        mid = self.draft(tok)
+        r = self.session(tok, mid, 5 * 1024 * 1024)
+        self.assertGraphError(r, 400, "ErrorMessageSizeExceeded")
+        self.ctl("POST", "reset")
+        self.assertEqual(self.ctl("POST", "limits", {})["max_message_size"],
+                         35 * 1024 * 1024)
+
+    def test_draft_delete_and_small_attachment_limit(self):
+        tok = self.app_token()
+        mid = self.draft(tok)
+        big = base64.b64encode(b"x" * (3 * 1024 * 1024)).decode()
+        r = self.graph("POST", "/users/%s/messages/%s/attachments" % (ALICE, mid), tok,
+                       json_body={"name": "big", "contentBytes": big})
+        self.assertEqual(r.status, 413)
+        self.assertEqual(self.graph("DELETE", "/users/%s/messages/%s" % (ALICE, mid),
+                                    tok).status, 204)
+        r = self.graph("POST", "/users/%s/messages/%s/send" % (ALICE, mid), tok, body=b"")
+        self.assertGraphError(r, 404, "ErrorItemNotFound")
+
+    def test_mime_calendar_part_is_an_invitation(self):
+        tok = self.app_token()
+        raw = ("From: alice@contoso.example\r\nTo: bob@contoso.example\r\n"
+               "Subject: Interview\r\nMIME-Version: 1.0\r\n"
+               "Content-Type: text/calendar; method=REQUEST; charset=utf-8\r\n\r\n"
+               "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n")
+        r = self.graph("POST", "/users/%s/sendMail" % ALICE, tok,
+                       body=base64.b64encode(raw.encode()),
+                       headers={"Content-Type": "text/plain"})
+        self.assertEqual(r.status, 202, r.body)
+        sent = self.ctl("GET", "mailboxes/%s/sent" % ALICE)["messages"][0]
+        self.assertEqual(sent["calendar"][0]["method"], "REQUEST")
+        self.assertEqual(sent["resource"]["meetingMessageType"], "meetingRequest")
+
+
 if __name__ == "__main__":
     unittest.main()
