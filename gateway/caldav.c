@@ -32,7 +32,10 @@
 #define CALDAV_SEGMENTS_MAX 5     /* below /dav: calendars/addr/default/name */
 #define CALDAV_CREDENTIAL_MAX 256 /* user and password of Basic auth */
 #define CALDAV_ETAG_HEX 32        /* hex digits of a derived ETag */
-#define CALDAV_FREEBUSY_INTERVAL 15 /* getSchedule's availabilityView, min */
+#define CALDAV_FREEBUSY_INTERVAL 15  /* getSchedule's availabilityView, min */
+#define CALDAV_OCCURRENCES_MAX 1000  /* occurrences of a series compared */
+#define CALDAV_SERIES_YEARS 5        /* horizon of a series without end */
+#define CALDAV_INSTANCE_PAGES_MAX 20 /* /instances pages of 100 followed */
 #define CALDAV_ALLOW "Allow: OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, REPORT"
 #define CALDAV_PREFER_IMMUTABLE "Prefer: IdType=\"ImmutableId\""
 #define CALDAV_CONTENT_TYPE_ICAL "text/calendar; charset=utf-8"
@@ -62,6 +65,25 @@ struct caldav_item {
   bool found; /* the name is mapped */
 };
 
+struct caldav_req;
+
+/* Called when caldav_load() has the event (found) or Graph has none. */
+typedef void (*caldav_loaded_cb)(struct caldav_req *r, bool found);
+
+/* An event loaded from Graph with what a calendar object needs. */
+struct caldav_load {
+  caldav_loaded_cb then;
+  char *event_id;
+  json_t *event;      /* the master or single event */
+  json_t *instances;  /* a series' instances around its occurrences */
+  json_t *exceptions; /* the instances of type exception */
+  json_t *deleted;    /* occurrence starts Graph no longer lists */
+  time_t *expected;   /* occurrence starts the pattern gives */
+  size_t nexpected;
+  unsigned pages;
+  char *etag;
+};
+
 /* One request in progress; freed by caldav_finish(). */
 struct caldav_req {
   const struct caldav_deps *deps;
@@ -74,7 +96,10 @@ struct caldav_req {
   struct ical_graph_result tr;
   bool have_tr;
   struct caldav_row row;
-  bool have_row;
+  int put_status; /* 201 created, 204 updated */
+  json_t *ops;    /* occurrence DELETEs and PATCHes still to send */
+  size_t next_op;
+  struct caldav_load ld;
   /* REPORT */
   struct webdav_request *wreq;
   struct webdav_multistatus *ms;
@@ -97,12 +122,16 @@ static void caldav_row_clear(struct caldav_row *row)
   memset(row, 0, sizeof(*row));
 }
 
+static void caldav_load_reset(struct caldav_load *ld);
+
 static void caldav_req_free(struct caldav_req *r)
 {
   free(r->name);
   if (r->have_tr)
     ical_graph_result_free(&r->tr);
   caldav_row_clear(&r->row);
+  json_decref(r->ops);
+  caldav_load_reset(&r->ld);
   webdav_request_free(r->wreq);
   webdav_multistatus_free(r->ms);
   for (size_t i = 0; i < r->nitems; i++) {
@@ -517,13 +546,267 @@ static json_t *caldav_json(const struct graph_response *resp)
   return json_loadb(resp->body, resp->body_len, 0, &err);
 }
 
+/* ---- loading an object from Graph -------------------------------------- */
+
+/* The event and, for a series, its exceptions and deleted occurrences,
+ * found by comparing the instances Graph lists with the occurrences the
+ * pattern gives (Graph lists no deleted occurrences itself). */
+
+static void caldav_load_reset(struct caldav_load *ld)
+{
+  free(ld->event_id);
+  json_decref(ld->event);
+  json_decref(ld->instances);
+  json_decref(ld->exceptions);
+  json_decref(ld->deleted);
+  free(ld->expected);
+  free(ld->etag);
+  memset(ld, 0, sizeof(*ld));
+}
+
+static void caldav_format_utc(time_t t, char *out, size_t size)
+{
+  struct tm tm;
+
+  gmtime_r(&t, &tm);
+  strftime(out, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Reads Graph's "2030-03-04T08:00:00[.0000000][Z]" as a UTC time. */
+static bool caldav_parse_utc(const char *text, time_t *out)
+{
+  struct tm tm = { 0 };
+
+  if (text == NULL || strptime(text, "%Y-%m-%dT%H:%M:%S", &tm) == NULL)
+    return false;
+  *out = timegm(&tm);
+  return true;
+}
+
+static void caldav_load_occurrence(icalcomponent *comp,
+                                   struct icaltime_span *span, void *data)
+{
+  struct caldav_load *ld = data;
+
+  if (ld->nexpected == CALDAV_OCCURRENCES_MAX)
+    return;
+  ld->expected
+      = xrealloc(ld->expected, (ld->nexpected + 1) * sizeof(*ld->expected));
+  ld->expected[ld->nexpected++] = span->start;
+}
+
+/* Lists the occurrence starts of the series in ld->event, from its start
+ * for CALDAV_SERIES_YEARS at most. Returns 0 or -EINVAL. */
+static int caldav_load_expand(struct caldav_load *ld)
+{
+  struct ical_graph_ical_options opt = { .uid = "series" };
+  icaltimezone *utc = icaltimezone_get_utc_timezone();
+  icalcomponent *cal;
+  icalcomponent *vev;
+  struct icaltimetype dtstart;
+  time_t first;
+  char *text = NULL;
+  char err[256];
+
+  if (ical_graph_to_ical(ld->event, &opt, &text, err, sizeof(err))
+      != ICAL_GRAPH_OK)
+    return -EINVAL;
+  cal = icalparser_parse_string(text);
+  free(text);
+  vev = cal != NULL
+            ? icalcomponent_get_first_component(cal, ICAL_VEVENT_COMPONENT)
+            : NULL;
+  if (vev == NULL) {
+    icalcomponent_free(cal);
+    return -EINVAL;
+  }
+  dtstart = icalcomponent_get_dtstart(vev);
+  first = icaltime_as_timet_with_zone(
+      dtstart, dtstart.zone != NULL ? dtstart.zone : utc);
+  icalcomponent_foreach_recurrence(
+      vev, icaltime_from_timet_with_zone(first - 1, 0, utc),
+      icaltime_from_timet_with_zone(
+          first + (time_t) CALDAV_SERIES_YEARS * 366 * 86400, 0, utc),
+      caldav_load_occurrence, ld);
+  icalcomponent_free(cal);
+  return ld->nexpected > 0 ? 0 : -EINVAL;
+}
+
+/* The ETag of what was loaded: the change key alone for a plain event or
+ * an untouched series, else a digest that also covers every exception's
+ * change key and every deleted occurrence, so that an edit of one
+ * occurrence in Outlook changes it too. */
+static char *caldav_load_etag(const struct caldav_load *ld)
+{
+  const char *ck = json_string_value(json_object_get(ld->event, "changeKey"));
+  char *text;
+  char *etag;
+  const json_t *x;
+  size_t i;
+
+  if (ck == NULL || ck[0] == '\0')
+    return NULL;
+  if (json_array_size(ld->exceptions) == 0 && json_array_size(ld->deleted) == 0)
+    return caldav_etag(ck);
+  text = xstrdup(ck);
+  json_array_foreach(ld->exceptions, i, x)
+  {
+    const char *start = json_string_value(json_object_get(x, "originalStart"));
+    const char *xck = json_string_value(json_object_get(x, "changeKey"));
+    char *more
+        = xasprintf("%s|%s=%s", text, start ? start : "", xck ? xck : "");
+
+    free(text);
+    text = more;
+  }
+  json_array_foreach(ld->deleted, i, x)
+  {
+    char *more = xasprintf("%s|-%s", text, json_string_value(x));
+
+    free(text);
+    text = more;
+  }
+  etag = caldav_etag(text);
+  free(text);
+  return etag;
+}
+
+static void caldav_load_done(struct caldav_req *r)
+{
+  struct caldav_load *ld = &r->ld;
+  const json_t *x;
+  size_t i;
+
+  ld->exceptions = json_array();
+  ld->deleted = json_array();
+  json_array_foreach(ld->instances, i, x)
+  {
+    const char *type = json_string_value(json_object_get(x, "type"));
+
+    if (type != NULL && strcmp(type, "exception") == 0)
+      json_array_append(ld->exceptions, (json_t *) x);
+  }
+  for (size_t k = 0; k < ld->nexpected && ld->instances != NULL; k++) {
+    bool present = false;
+    char when[32];
+
+    json_array_foreach(ld->instances, i, x)
+    {
+      time_t t;
+
+      if (caldav_parse_utc(
+              json_string_value(json_object_get(x, "originalStart")), &t)
+          && t == ld->expected[k]) {
+        present = true;
+        break;
+      }
+    }
+    if (!present) {
+      caldav_format_utc(ld->expected[k], when, sizeof(when));
+      json_array_append_new(ld->deleted, json_string(when));
+    }
+  }
+  ld->etag = caldav_load_etag(ld);
+  ld->then(r, true);
+}
+
+static void caldav_load_on_instances(void *arg,
+                                     const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+  struct caldav_load *ld = &r->ld;
+  json_t *page;
+  const char *next;
+
+  if (resp->status != 200) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  page = caldav_json(resp);
+  json_array_extend(ld->instances, json_object_get(page, "value"));
+  next = json_string_value(json_object_get(page, "@odata.nextLink"));
+  if (next != NULL && strstr(next, "/v1.0/") != NULL
+      && ++ld->pages < CALDAV_INSTANCE_PAGES_MAX) {
+    caldav_graph(r, "GET", strstr(next, "/v1.0/"), NULL, NULL,
+                 caldav_load_on_instances);
+    json_decref(page);
+    return;
+  }
+  json_decref(page);
+  caldav_load_done(r);
+}
+
+static void caldav_load_on_event(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+  struct caldav_load *ld = &r->ld;
+  char from[32], to[32];
+  char *suffix;
+  char *path;
+
+  if (resp->status == 404) {
+    ld->then(r, false);
+    return;
+  }
+  if (resp->status != 200) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  ld->event = caldav_json(resp);
+  if (!json_is_object(json_object_get(ld->event, "recurrence"))
+      || caldav_load_expand(ld) < 0) {
+    ld->etag = caldav_load_etag(ld);
+    ld->then(r, true);
+    return;
+  }
+  /* A week either side: an exception may have moved that far. */
+  caldav_format_utc(ld->expected[0] - 7 * 86400, from, sizeof(from));
+  caldav_format_utc(ld->expected[ld->nexpected - 1] + 7 * 86400, to,
+                    sizeof(to));
+  ld->instances = json_array();
+  suffix = xasprintf("/instances?startDateTime=%s&endDateTime=%s&$top=100",
+                     from, to);
+  path = caldav_event_path(r->address, ld->event_id, suffix);
+  caldav_graph(r, "GET", path, NULL, NULL, caldav_load_on_instances);
+  free(path);
+  free(suffix);
+}
+
+/* Loads event_id and calls then(r, found) on the loop; found is false when
+ * Graph no longer has the event. Other Graph failures are answered here. */
+static void caldav_load(struct caldav_req *r, const char *event_id,
+                        caldav_loaded_cb then)
+{
+  char *path = caldav_event_path(r->address, event_id, "");
+
+  caldav_load_reset(&r->ld);
+  r->ld.then = then;
+  r->ld.event_id = xstrdup(event_id);
+  caldav_graph(r, "GET", path, NULL, NULL, caldav_load_on_event);
+  free(path);
+}
+
+/* The calendar object of what was loaded; NULL with a sentence in err. */
+static char *caldav_load_ical(struct caldav_req *r, const char *uid, char *err,
+                              size_t errsize)
+{
+  struct ical_graph_ical_options opt = { .uid = uid,
+                                         .exceptions = r->ld.exceptions,
+                                         .deleted = r->ld.deleted };
+  char *text = NULL;
+
+  if (ical_graph_to_ical(r->ld.event, &opt, &text, err, errsize)
+      != ICAL_GRAPH_OK)
+    return NULL;
+  return text;
+}
+
 /* ---- PUT --------------------------------------------------------------- */
 
 /* Maps a translation error to its CalDAV precondition. */
 static void caldav_put_refused(struct caldav_req *r, int rc)
 {
   const char *pre;
-  int status = 403;
 
   switch (rc) {
     case ICAL_GRAPH_EPARSE:
@@ -544,20 +827,18 @@ static void caldav_put_refused(struct caldav_req *r, int rc)
   }
   log_info("%s caldav put_refused address=%s precondition=%s",
            http_exchange_request(r->ex)->conn_id, r->address, pre);
-  caldav_error(r, status, WEBDAV_NS_CALDAV, pre, r->tr.error);
+  caldav_error(r, 403, WEBDAV_NS_CALDAV, pre, r->tr.error);
 }
 
-static void caldav_put_answer(struct caldav_req *r, int status,
-                              const json_t *event)
+/* Stores the mapping with etag and answers the PUT. */
+static void caldav_put_answer(struct caldav_req *r, const char *etag)
 {
-  char *etag = caldav_event_etag(event);
   char *header = NULL;
   const char *headers[2] = { NULL, NULL };
 
   free(r->row.etag);
   r->row.etag = etag != NULL ? xstrdup(etag) : NULL;
   if (caldav_row_put(r->deps->store, r->address, &r->row) < 0) {
-    free(etag);
     caldav_text(r, 500,
                 "the event was written but its mapping was not "
                 "stored; retry the request");
@@ -569,9 +850,128 @@ static void caldav_put_answer(struct caldav_req *r, int status,
   }
   log_info("%s caldav %s address=%s event=%s",
            http_exchange_request(r->ex)->conn_id,
-           status == 201 ? "created" : "updated", r->address, r->row.event_id);
-  caldav_finish(r, status, headers, NULL, 0);
+           r->put_status == 201 ? "created" : "updated", r->address,
+           r->row.event_id);
+  caldav_finish(r, r->put_status, headers, NULL, 0);
   free(header);
+}
+
+static void caldav_put_on_final(struct caldav_req *r, bool found)
+{
+  if (!found) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_text(r, 409, "the event was deleted in Outlook meanwhile");
+    return;
+  }
+  caldav_put_answer(r, r->ld.etag);
+}
+
+static void caldav_put_next_op(struct caldav_req *r);
+
+static void caldav_put_on_op(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+
+  /* An occurrence already gone is what a DELETE wanted. */
+  if (resp->status / 100 != 2 && resp->status != 404) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  r->next_op++;
+  caldav_put_next_op(r);
+}
+
+/* Applies the next EXDATE (DELETE) or override (PATCH) to its instance;
+ * after the last one, reloads the series for its ETag. */
+static void caldav_put_next_op(struct caldav_req *r)
+{
+  json_t *op = json_array_get(r->ops, r->next_op);
+  char *path;
+
+  if (op == NULL) {
+    caldav_load(r, r->row.event_id, caldav_put_on_final);
+    return;
+  }
+  path = caldav_event_path(r->address,
+                           json_string_value(json_object_get(op, "id")), "");
+  caldav_graph(r, json_string_value(json_object_get(op, "method")), path,
+               json_object_get(op, "event"), NULL, caldav_put_on_op);
+  free(path);
+}
+
+/* The instance of the loaded series that starts originally at key (a
+ * {dateTime, timeZone: UTC} object), or NULL. */
+static const char *caldav_instance_at(struct caldav_req *r, const json_t *key)
+{
+  const json_t *x;
+  time_t want, t;
+  size_t i;
+
+  if (!caldav_parse_utc(json_string_value(json_object_get(key, "dateTime")),
+                        &want))
+    return NULL;
+  json_array_foreach(r->ld.instances, i, x)
+  {
+    if (caldav_parse_utc(json_string_value(json_object_get(x, "originalStart")),
+                         &t)
+        && t == want)
+      return json_string_value(json_object_get(x, "id"));
+  }
+  return NULL;
+}
+
+static void caldav_put_on_series(struct caldav_req *r, bool found)
+{
+  const json_t *x;
+  size_t i;
+
+  if (!found) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_text(r, 409, "the event was deleted in Outlook meanwhile");
+    return;
+  }
+  r->ops = json_array();
+  json_array_foreach(r->tr.exdates, i, x)
+  {
+    const char *id = caldav_instance_at(r, x);
+
+    /* An EXDATE that names no occurrence changes nothing (RFC 5545). */
+    if (id != NULL)
+      json_array_append_new(
+          r->ops, json_pack("{s:s, s:s}", "method", "DELETE", "id", id));
+  }
+  json_array_foreach(r->tr.overrides, i, x)
+  {
+    const char *id = caldav_instance_at(r, json_object_get(x, "originalStart"));
+
+    if (id == NULL) {
+      caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
+                   "a RECURRENCE-ID names no occurrence of the series; the "
+                   "series was written without its overrides");
+      return;
+    }
+    json_array_append_new(r->ops,
+                          json_pack("{s:s, s:s, s:O}", "method", "PATCH", "id",
+                                    id, "event", json_object_get(x, "event")));
+  }
+  r->next_op = 0;
+  caldav_put_next_op(r);
+}
+
+/* After the master was written: the occurrences, then the answer. */
+static void caldav_put_written(struct caldav_req *r, const json_t *event)
+{
+  char *etag;
+
+  if (json_array_size(r->tr.exdates) > 0
+      || json_array_size(r->tr.overrides) > 0) {
+    /* Keep the mapping now: the event exists whatever happens next. */
+    caldav_row_put(r->deps->store, r->address, &r->row);
+    caldav_load(r, r->row.event_id, caldav_put_on_series);
+    return;
+  }
+  etag = caldav_event_etag(event);
+  caldav_put_answer(r, etag);
   free(etag);
 }
 
@@ -593,7 +993,8 @@ static void caldav_put_on_created(void *arg, const struct graph_response *resp)
     return;
   }
   r->row.event_id = xstrdup(id);
-  caldav_put_answer(r, 201, event);
+  r->put_status = 201;
+  caldav_put_written(r, event);
   json_decref(event);
 }
 
@@ -638,7 +1039,8 @@ static void caldav_put_on_patched(void *arg, const struct graph_response *resp)
     return;
   }
   event = caldav_json(resp);
-  caldav_put_answer(r, 204, event);
+  r->put_status = 204;
+  caldav_put_written(r, event);
   json_decref(event);
 }
 
@@ -679,36 +1081,24 @@ static void caldav_put_update(struct caldav_req *r, const char *graph_etag)
   free(path);
 }
 
-static void caldav_put_on_current(void *arg, const struct graph_response *resp)
+static void caldav_put_on_current(struct caldav_req *r, bool found)
 {
-  struct caldav_req *r = arg;
-  json_t *event;
-  char *etag;
   const char *graph_etag;
 
-  if (resp->status == 404) {
+  if (!found) {
     caldav_row_delete(r->deps->store, r->address, r->name);
     caldav_text(r, 412, "the event no longer exists in Outlook");
     return;
   }
-  if (resp->status != 200) {
-    caldav_graph_failed(r, resp);
-    return;
-  }
-  event = caldav_json(resp);
-  etag = caldav_event_etag(event);
-  if (!caldav_etag_listed(http_exchange_header(r->ex, "If-Match"), etag)) {
-    free(etag);
-    json_decref(event);
+  if (!caldav_etag_listed(http_exchange_header(r->ex, "If-Match"),
+                          r->ld.etag)) {
     caldav_text(r, 412,
                 "If-Match does not name the current ETag; the "
                 "event changed (perhaps in Outlook)");
     return;
   }
-  graph_etag = json_string_value(json_object_get(event, "@odata.etag"));
+  graph_etag = json_string_value(json_object_get(r->ld.event, "@odata.etag"));
   caldav_put_update(r, graph_etag);
-  free(etag);
-  json_decref(event);
 }
 
 static void caldav_put(struct caldav_req *r)
@@ -741,23 +1131,12 @@ static void caldav_put(struct caldav_req *r)
     caldav_put_refused(r, rc);
     return;
   }
-  /* Exceptions of a series are applied to its instances after creation;
-   * that step is not written yet, so such objects are refused rather than
-   * written without them. */
-  if (json_array_size(r->tr.exdates) > 0
-      || json_array_size(r->tr.overrides) > 0) {
-    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
-                 "EXDATE and overridden occurrences (RECURRENCE-ID) are not "
-                 "supported by this agent yet");
-    return;
-  }
   rc = caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row);
   if (rc == -EIO) {
     caldav_text(r, 500, "the agent's database failed");
     return;
   }
-  r->have_row = rc == 0;
-  if (r->have_row) {
+  if (rc == 0) {
     if (if_none != NULL && caldav_etag_listed(if_none, r->row.etag)) {
       caldav_text(r, 412, "the calendar object already exists");
       return;
@@ -767,14 +1146,10 @@ static void caldav_put(struct caldav_req *r)
                    "a calendar object's UID cannot change");
       return;
     }
-    if (if_match != NULL) {
-      char *path = caldav_event_path(r->address, r->row.event_id, "");
-
-      caldav_graph(r, "GET", path, NULL, NULL, caldav_put_on_current);
-      free(path);
-      return;
-    }
-    caldav_put_update(r, NULL);
+    if (if_match != NULL)
+      caldav_load(r, r->row.event_id, caldav_put_on_current);
+    else
+      caldav_put_update(r, NULL);
     return;
   }
   if (if_match != NULL) {
@@ -801,51 +1176,27 @@ static void caldav_put(struct caldav_req *r)
 
 /* ---- GET and DELETE ---------------------------------------------------- */
 
-/* Builds the calendar object of a Graph event; returns NULL with a
- * sentence in err. */
-static char *caldav_event_ical(const json_t *event, const char *uid, char *err,
-                               size_t errsize)
+static void caldav_get_on_loaded(struct caldav_req *r, bool found)
 {
-  struct ical_graph_ical_options opt = { .uid = uid };
-  char *text = NULL;
-
-  if (ical_graph_to_ical(event, &opt, &text, err, errsize) != ICAL_GRAPH_OK)
-    return NULL;
-  return text;
-}
-
-static void caldav_get_on_event(void *arg, const struct graph_response *resp)
-{
-  struct caldav_req *r = arg;
-  json_t *event;
-  char *etag;
   char *text;
   char *etag_header;
   char err[256];
 
-  if (resp->status == 404) {
+  if (!found) {
     /* Deleted in Outlook: the object is gone for Nextal too. */
     caldav_row_delete(r->deps->store, r->address, r->name);
     caldav_text(r, 404, "the event was deleted in Outlook");
     return;
   }
-  if (resp->status != 200) {
-    caldav_graph_failed(r, resp);
-    return;
-  }
-  event = caldav_json(resp);
-  text = caldav_event_ical(event, r->row.uid, err, sizeof(err));
-  etag = caldav_event_etag(event);
-  json_decref(event);
-  if (text == NULL || etag == NULL) {
-    free(text);
-    free(etag);
+  text = caldav_load_ical(r, r->row.uid, err, sizeof(err));
+  if (text == NULL || r->ld.etag == NULL) {
     caldav_text(r, 502, text == NULL ? err : "Graph sent no changeKey");
+    free(text);
     return;
   }
-  if (r->row.etag == NULL || strcmp(r->row.etag, etag) != 0)
-    caldav_row_set_etag(r->deps->store, r->address, r->name, etag);
-  etag_header = xasprintf("ETag: %s", etag);
+  if (r->row.etag == NULL || strcmp(r->row.etag, r->ld.etag) != 0)
+    caldav_row_set_etag(r->deps->store, r->address, r->name, r->ld.etag);
+  etag_header = xasprintf("ETag: %s", r->ld.etag);
   {
     const char *headers[]
         = { "Content-Type: " CALDAV_CONTENT_TYPE_ICAL, etag_header, NULL };
@@ -853,7 +1204,6 @@ static void caldav_get_on_event(void *arg, const struct graph_response *resp)
     caldav_finish(r, 200, headers, text, strlen(text));
   }
   free(etag_header);
-  free(etag);
   free(text);
 }
 
@@ -871,46 +1221,35 @@ static void caldav_delete_on_done(void *arg, const struct graph_response *resp)
   caldav_finish(r, 204, NULL, NULL, 0);
 }
 
-static void caldav_delete_on_current(void *arg,
-                                     const struct graph_response *resp)
+static void caldav_delete_now(struct caldav_req *r)
 {
-  struct caldav_req *r = arg;
-  json_t *event;
-  char *etag;
-  bool ok;
-  char *path;
+  char *path = caldav_event_path(r->address, r->row.event_id, "");
 
-  if (resp->status == 404) {
+  caldav_graph(r, "DELETE", path, NULL, NULL, caldav_delete_on_done);
+  free(path);
+}
+
+static void caldav_delete_on_current(struct caldav_req *r, bool found)
+{
+  if (!found) {
     caldav_row_delete(r->deps->store, r->address, r->name);
     caldav_text(r, 412, "the event no longer exists in Outlook");
     return;
   }
-  if (resp->status != 200) {
-    caldav_graph_failed(r, resp);
-    return;
-  }
-  event = caldav_json(resp);
-  etag = caldav_event_etag(event);
-  ok = caldav_etag_listed(http_exchange_header(r->ex, "If-Match"), etag);
-  free(etag);
-  json_decref(event);
-  if (!ok) {
+  if (!caldav_etag_listed(http_exchange_header(r->ex, "If-Match"),
+                          r->ld.etag)) {
     caldav_text(r, 412,
                 "If-Match does not name the current ETag; the "
                 "event changed (perhaps in Outlook)");
     return;
   }
-  path = caldav_event_path(r->address, r->row.event_id, "");
-  caldav_graph(r, "DELETE", path, NULL, NULL, caldav_delete_on_done);
-  free(path);
+  caldav_delete_now(r);
 }
 
 /* GET, HEAD and DELETE: all start from the mapped event. */
 static void caldav_object_method(struct caldav_req *r)
 {
   bool is_delete = strcmp(r->method, "DELETE") == 0;
-  graph_done_cb done = caldav_get_on_event;
-  char *path;
   int rc;
 
   if (r->kind != CALDAV_KIND_OBJECT) {
@@ -927,14 +1266,12 @@ static void caldav_object_method(struct caldav_req *r)
                               : "the agent's database failed");
     return;
   }
-  if (is_delete && http_exchange_header(r->ex, "If-Match") != NULL)
-    done = caldav_delete_on_current;
-  else if (is_delete)
-    done = caldav_delete_on_done;
-  path = caldav_event_path(r->address, r->row.event_id, "");
-  caldav_graph(r, done == caldav_delete_on_done ? "DELETE" : "GET", path, NULL,
-               NULL, done);
-  free(path);
+  if (!is_delete)
+    caldav_load(r, r->row.event_id, caldav_get_on_loaded);
+  else if (http_exchange_header(r->ex, "If-Match") != NULL)
+    caldav_load(r, r->row.event_id, caldav_delete_on_current);
+  else
+    caldav_delete_now(r);
 }
 
 /* ---- PROPFIND ---------------------------------------------------------- */
@@ -1217,32 +1554,23 @@ static void caldav_item_add(struct caldav_req *r, char *href,
 
 static void caldav_report_next(struct caldav_req *r);
 
-static void caldav_report_on_event(void *arg, const struct graph_response *resp)
+static void caldav_report_on_loaded(struct caldav_req *r, bool found)
 {
-  struct caldav_req *r = arg;
   struct caldav_item *item = &r->items[r->next];
   struct webdav_response *wr;
-  json_t *event;
+  const char *etag = r->ld.etag;
   char *text = NULL;
-  char *etag;
   char err[256];
 
-  if (resp->status == 404) {
+  if (!found) {
     caldav_row_delete(r->deps->store, r->address, item->row.name);
     webdav_response_set_status(webdav_multistatus_add(r->ms, item->href), 404);
     r->next++;
     caldav_report_next(r);
     return;
   }
-  if (resp->status != 200) {
-    caldav_graph_failed(r, resp);
-    return;
-  }
-  event = caldav_json(resp);
-  etag = caldav_event_etag(event);
   if (r->want_data)
-    text = caldav_event_ical(event, item->row.uid, err, sizeof(err));
-  json_decref(event);
+    text = caldav_load_ical(r, item->row.uid, err, sizeof(err));
   wr = webdav_multistatus_add(r->ms, item->href);
   if (etag != NULL
       && (item->row.etag == NULL || strcmp(etag, item->row.etag) != 0))
@@ -1262,7 +1590,6 @@ static void caldav_report_on_event(void *arg, const struct graph_response *resp)
       webdav_response_prop(wr, p->ns, p->name, 404, NULL);
   }
   free(text);
-  free(etag);
   r->next++;
   caldav_report_next(r);
 }
@@ -1279,13 +1606,7 @@ static void caldav_report_next(struct caldav_req *r)
     caldav_multistatus_send(r);
     return;
   }
-  {
-    char *path
-        = caldav_event_path(r->address, r->items[r->next].row.event_id, "");
-
-    caldav_graph(r, "GET", path, NULL, NULL, caldav_report_on_event);
-    free(path);
-  }
+  caldav_load(r, r->items[r->next].row.event_id, caldav_report_on_loaded);
 }
 
 /* The object name an href names in this calendar, or NULL. */

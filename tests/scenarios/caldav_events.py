@@ -4,8 +4,10 @@ agent's /dav/ endpoint, and what they write must appear in the simulated
 Outlook calendar (and what Outlook changes must come back)."""
 
 import datetime
+import json
 import subprocess
 import urllib.parse
+import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -233,11 +235,13 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(len(self.events_with(edited)), 1)
 
     def sim_patch(self, path, body):
-        import json
-        import urllib.request
+        return self.sim_request("PATCH", path, body)
+
+    def sim_request(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
-            self.box.sim_url(path), data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="PATCH")
+            self.box.sim_url(path), data=data,
+            headers={"Content-Type": "application/json"}, method=method)
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status
 
@@ -325,6 +329,86 @@ class CalDAVEvents(AgentTestCase):
         self.assertIn("HOURLY", r.body)
         self.assertEqual(self.curl("GET", self.obj_path(uid + ".ics")).status,
                          404)
+
+    def test_weekly_series_with_cancelled_and_moved_occurrence(self):
+        uid = self.unique("series")
+        name = uid + ".ics"
+        subject = self.unique("Weekly panel")
+        moved_subject = subject + " (moved)"
+        text = "\r\n".join([
+            "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Nextal//scenario//EN",
+            "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z",
+            "DTSTART;TZID=Europe/Berlin:20300107T100000",
+            "DTEND;TZID=Europe/Berlin:20300107T110000",
+            "RRULE:FREQ=WEEKLY;BYDAY=MO;COUNT=4", "SUMMARY:" + subject,
+            "EXDATE;TZID=Europe/Berlin:20300114T100000",
+            "END:VEVENT",
+            "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z",
+            "RECURRENCE-ID;TZID=Europe/Berlin:20300121T100000",
+            "DTSTART;TZID=Europe/Berlin:20300121T140000",
+            "DTEND;TZID=Europe/Berlin:20300121T150000",
+            "SUMMARY:" + moved_subject,
+            "END:VEVENT", "END:VCALENDAR", ""])
+        r = self.put(name, text, "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        etag = r.header("ETag")
+        [ev] = self.events_with(subject)
+        self.assertEqual(ev["recurrence"]["pattern"]["type"], "weekly")
+        # Berlin is UTC+1 in January.
+        self.assertEqual(ev["_deleted_occurrences"], ["2030-01-14T09:00:00+00:00"])
+        [(key, exc)] = ev["_exceptions"].items()
+        self.assertEqual(key, "2030-01-21T09:00:00+00:00")
+        self.assertEqual(exc["start"][:16], "2030-01-21T13:00")
+        self.assertEqual(exc["overrides"]["subject"], moved_subject)
+
+        r = self.curl("GET", self.obj_path(name))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("ETag"), etag)
+        self.assertIn("RRULE:FREQ=WEEKLY", r.body)
+        self.assertIn("EXDATE;TZID=Europe/Berlin:20300114T100000", r.body)
+        self.assertIn("RECURRENCE-ID;TZID=Europe/Berlin:20300121T100000", r.body)
+        self.assertIn("SUMMARY:" + moved_subject, r.body)
+        self.assertIn("DTSTART;TZID=Europe/Berlin:20300121T140000", r.body)
+
+        # Outlook moves the last occurrence and deletes the first one: the
+        # series' ETag changes and the next GET shows both.
+        [last] = self.graph_get(
+            "/v1.0/users/%s/events/%s/instances?startDateTime=2030-01-28T00:00:00Z"
+            "&endDateTime=2030-01-29T00:00:00Z" % (ALICE, ev["id"]))["value"]
+        [first] = self.graph_get(
+            "/v1.0/users/%s/events/%s/instances?startDateTime=2030-01-07T00:00:00Z"
+            "&endDateTime=2030-01-08T00:00:00Z" % (ALICE, ev["id"]))["value"]
+        self.sim_patch("/_sim/calendars/%s/events/%s" % (ALICE, last["id"]),
+                       {"start": {"dateTime": "2030-01-28T15:00:00",
+                                  "timeZone": "W. Europe Standard Time"},
+                        "end": {"dateTime": "2030-01-28T16:00:00",
+                                "timeZone": "W. Europe Standard Time"}})
+        self.sim_request("DELETE", "/_sim/calendars/%s/events/%s"
+                         % (ALICE, first["id"]))
+        r = self.curl("GET", self.obj_path(name))
+        self.assertEqual(r.status, 200)
+        self.assertNotEqual(r.header("ETag"), etag)
+        self.assertIn("RECURRENCE-ID;TZID=Europe/Berlin:20300128T100000", r.body)
+        self.assertIn("DTSTART;TZID=Europe/Berlin:20300128T150000", r.body)
+        self.assertIn("EXDATE;TZID=Europe/Berlin:20300107T100000", r.body)
+        # A stale ETag can no longer overwrite the series.
+        r = self.put(name, text, "If-Match: " + etag)
+        self.assertEqual(r.status, 412)
+
+    def graph_get(self, path):
+        """Reads Graph as another application of the tenant would."""
+        form = urllib.parse.urlencode({
+            "grant_type": "client_credentials", "client_id": sandbox.CLIENT_ID,
+            "client_secret": sandbox.CLIENT_SECRET,
+            "scope": "https://graph.microsoft.com/.default"}).encode()
+        with urllib.request.urlopen(self.box.sim_url(
+                "/%s/oauth2/v2.0/token" % sandbox.TENANT_ID), form,
+                timeout=10) as r:
+            token = json.load(r)["access_token"]
+        req = urllib.request.Request(self.box.sim_url(path), headers={
+            "Authorization": "Bearer " + token})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)
 
     # ---- REPORTs with curl ----
 
