@@ -29,6 +29,8 @@
 #define CALDAV_PREFIX "/dav"
 #define CALDAV_WELL_KNOWN "/.well-known/caldav"
 #define CALDAV_CALENDAR_NAME "default"
+#define CALDAV_OUTBOX_NAME "outbox"
+#define CALDAV_FREEBUSY_ATTENDEES_MAX 20 /* getSchedule's limit per call */
 #define CALDAV_SEGMENTS_MAX 5     /* below /dav: calendars/addr/default/name */
 #define CALDAV_CREDENTIAL_MAX 256 /* user and password of Basic auth */
 #define CALDAV_ETAG_HEX 32        /* hex digits of a derived ETag */
@@ -37,6 +39,7 @@
 #define CALDAV_SERIES_YEARS 5        /* horizon of a series without end */
 #define CALDAV_INSTANCE_PAGES_MAX 20 /* /instances pages of 100 followed */
 #define CALDAV_ALLOW "Allow: OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, REPORT"
+#define CALDAV_ALLOW_OUTBOX "Allow: OPTIONS, POST, PROPFIND"
 #define CALDAV_PREFER_IMMUTABLE "Prefer: IdType=\"ImmutableId\""
 #define CALDAV_CONTENT_TYPE_ICAL "text/calendar; charset=utf-8"
 
@@ -47,6 +50,7 @@ enum caldav_kind {
   CALDAV_KIND_HOME,      /* /dav/calendars/{address}/ */
   CALDAV_KIND_CALENDAR,  /* /dav/calendars/{address}/default/ */
   CALDAV_KIND_OBJECT,    /* /dav/calendars/{address}/default/{name} */
+  CALDAV_KIND_OUTBOX,    /* /dav/calendars/{address}/outbox/ */
 };
 
 /* One row of caldav_objects: Nextal's resource name and UID, the Graph
@@ -108,7 +112,9 @@ struct caldav_req {
   size_t next;
   unsigned pages;
   bool want_data, want_etag;
-  time_t fb_start, fb_end; /* free-busy-query window */
+  time_t fb_start, fb_end; /* free/busy window */
+  json_t *fb_attendees;    /* outbox request: addresses asked about */
+  char *fb_uid;            /* outbox request's UID, echoed */
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -131,6 +137,8 @@ static void caldav_req_free(struct caldav_req *r)
     ical_graph_result_free(&r->tr);
   caldav_row_clear(&r->row);
   json_decref(r->ops);
+  json_decref(r->fb_attendees);
+  free(r->fb_uid);
   caldav_load_reset(&r->ld);
   webdav_request_free(r->wreq);
   webdav_multistatus_free(r->ms);
@@ -1304,11 +1312,17 @@ static bool caldav_prop(struct caldav_req *r, struct webdav_response *resp,
       webdav_node_add(resp, node, WEBDAV_NS_DAV, "principal", NULL);
     if (kind == CALDAV_KIND_CALENDAR)
       webdav_node_add(resp, node, WEBDAV_NS_CALDAV, "calendar", NULL);
+    if (kind == CALDAV_KIND_OUTBOX)
+      webdav_node_add(resp, node, WEBDAV_NS_CALDAV, "schedule-outbox", NULL);
     return true;
   }
   if (dav && strcmp(p->name, "displayname") == 0) {
-    const char *names[] = { "CalDAV", r->address, "Calendars", "Calendar",
-                            row != NULL ? row->name : "" };
+    const char *names[] = { "CalDAV",
+                            r->address,
+                            "Calendars",
+                            "Calendar",
+                            row != NULL ? row->name : "",
+                            "Outbox" };
 
     webdav_response_prop(resp, p->ns, p->name, 200, value ? names[kind] : NULL);
     return true;
@@ -1326,6 +1340,16 @@ static bool caldav_prop(struct caldav_req *r, struct webdav_response *resp,
     node = webdav_response_prop(resp, p->ns, p->name, 200, NULL);
     if (value)
       caldav_add_href(resp, node, caldav_href_home(r->address));
+    return true;
+  }
+  if (cal && kind == CALDAV_KIND_PRINCIPAL
+      && strcmp(p->name, "schedule-outbox-URL") == 0) {
+    node = webdav_response_prop(resp, p->ns, p->name, 200, NULL);
+    if (value)
+      caldav_add_href(resp, node,
+                      xasprintf(CALDAV_PREFIX
+                                "/calendars/%s/" CALDAV_OUTBOX_NAME "/",
+                                r->address));
     return true;
   }
   if (cal && kind == CALDAV_KIND_PRINCIPAL
@@ -1411,6 +1435,7 @@ static const struct webdav_prop caldav_all_props[] = {
   { WEBDAV_NS_DAV, "owner" },
   { WEBDAV_NS_CALDAV, "calendar-home-set" },
   { WEBDAV_NS_CALDAV, "calendar-user-address-set" },
+  { WEBDAV_NS_CALDAV, "schedule-outbox-URL" },
   { WEBDAV_NS_CALDAV, "supported-calendar-component-set" },
   { WEBDAV_NS_CALDAV, "supported-calendar-data" },
   { WEBDAV_NS_DAV, "supported-report-set" },
@@ -1511,6 +1536,13 @@ static void caldav_propfind(struct caldav_req *r)
         caldav_propfind_one(r, caldav_href_object(r->address, rows[i].name),
                             CALDAV_KIND_OBJECT, &rows[i], NULL);
       break;
+    case CALDAV_KIND_OUTBOX:
+      caldav_propfind_one(r,
+                          xasprintf(CALDAV_PREFIX
+                                    "/calendars/%s/" CALDAV_OUTBOX_NAME "/",
+                                    r->address),
+                          r->kind, NULL, NULL);
+      break;
     case CALDAV_KIND_OBJECT: {
       int i = 0;
 
@@ -1531,6 +1563,9 @@ static void caldav_propfind(struct caldav_req *r)
   free(ctag);
   caldav_multistatus_send(r);
 }
+
+static void caldav_get_schedule(struct caldav_req *r, const json_t *attendees,
+                                time_t start, time_t end, graph_done_cb done);
 
 /* ---- REPORT ------------------------------------------------------------ */
 
@@ -1876,29 +1911,20 @@ static void caldav_report_freebusy(struct caldav_req *r)
   xmlNodePtr range
       = webdav_node_child(r->wreq->root, WEBDAV_NS_CALDAV, "time-range");
   char start[32], end[32];
-  time_t ts, te;
-  json_t *body;
-  char *path;
+  json_t *who;
 
-  if (!caldav_range_time(range, "start", start, sizeof(start), &ts)
-      || !caldav_range_time(range, "end", end, sizeof(end), &te) || te <= ts) {
+  if (!caldav_range_time(range, "start", start, sizeof(start), &r->fb_start)
+      || !caldav_range_time(range, "end", end, sizeof(end), &r->fb_end)
+      || r->fb_end <= r->fb_start) {
     caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-filter",
                  "free-busy-query needs a time-range with start and end in "
                  "UTC");
     return;
   }
-  r->fb_start = ts;
-  r->fb_end = te;
-  start[strlen(start) - 1] = '\0'; /* Graph takes the zone separately */
-  end[strlen(end) - 1] = '\0';
-  body = json_pack("{s:[s], s:{s:s, s:s}, s:{s:s, s:s}, s:i}", "schedules",
-                   r->address, "startTime", "dateTime", start, "timeZone",
-                   "UTC", "endTime", "dateTime", end, "timeZone", "UTC",
-                   "availabilityViewInterval", CALDAV_FREEBUSY_INTERVAL);
-  path = xasprintf("/v1.0/users/%s/calendar/getSchedule", r->address);
-  caldav_graph(r, "POST", path, body, NULL, caldav_freebusy_on_schedule);
-  json_decref(body);
-  free(path);
+  who = json_pack("[s]", r->address);
+  caldav_get_schedule(r, who, r->fb_start, r->fb_end,
+                      caldav_freebusy_on_schedule);
+  json_decref(who);
 }
 
 static void caldav_report(struct caldav_req *r)
@@ -1944,6 +1970,184 @@ static void caldav_report(struct caldav_req *r)
                  "supported REPORTs: calendar-multiget, calendar-query, "
                  "free-busy-query");
   }
+}
+
+/* ---- scheduling outbox: free/busy of several attendees (RFC 6638) ------ */
+
+/* The mailto: address of a calendar-user property, lower-cased into out.
+ * Returns false when the value is not a usable mailto: address. */
+static bool caldav_mailto(icalproperty *p, char *out, size_t size)
+{
+  const char *value = p != NULL ? icalproperty_get_value_as_string(p) : NULL;
+
+  if (value == NULL || strncasecmp(value, "mailto:", 7) != 0)
+    return false;
+  return policy_address_normalize(value + 7, out, size) == 0;
+}
+
+static void caldav_outbox_answer(struct caldav_req *r, json_t *schedules)
+{
+  static const char *const headers[]
+      = { "Content-Type: application/xml; charset=utf-8", NULL };
+  xmlDocPtr doc = xmlNewDoc(BAD_CAST "1.0");
+  xmlNodePtr root = xmlNewNode(NULL, BAD_CAST "schedule-response");
+  xmlNsPtr cal = xmlNewNs(root, BAD_CAST WEBDAV_NS_CALDAV, BAD_CAST "C");
+  xmlNsPtr dav = xmlNewNs(root, BAD_CAST WEBDAV_NS_DAV, BAD_CAST "D");
+  xmlChar *out = NULL;
+  int len = 0;
+  const json_t *who;
+  size_t i;
+
+  xmlSetNs(root, cal);
+  xmlDocSetRootElement(doc, root);
+  json_array_foreach(r->fb_attendees, i, who)
+  {
+    const char *addr = json_string_value(who);
+    struct ical_graph_freebusy_request fb = {
+      .method = "REPLY",
+      .organizer = r->address,
+      .uid = r->fb_uid,
+      .start = r->fb_start,
+      .end = r->fb_end,
+    };
+    xmlNodePtr resp = xmlNewChild(root, cal, BAD_CAST "response", NULL);
+    xmlNodePtr rcpt = xmlNewChild(resp, cal, BAD_CAST "recipient", NULL);
+    const json_t *schedule = NULL;
+    const json_t *x;
+    size_t k;
+    char *href = xasprintf("mailto:%s", addr);
+    char *text = NULL;
+    char err[256];
+    int rc = ICAL_GRAPH_ENOTFOUND;
+
+    xmlNewTextChild(rcpt, dav, BAD_CAST "href", BAD_CAST href);
+    free(href);
+    json_array_foreach(schedules, k, x)
+    {
+      const char *id = json_string_value(json_object_get(x, "scheduleId"));
+
+      if (id != NULL && strcasecmp(id, addr) == 0)
+        schedule = x;
+    }
+    if (schedule != NULL)
+      rc = ical_graph_freebusy_to_ical(schedule, &fb, &text, err, sizeof(err));
+    if (rc == ICAL_GRAPH_OK) {
+      xmlNewTextChild(resp, cal, BAD_CAST "request-status",
+                      BAD_CAST "2.0;Success");
+      xmlNewTextChild(resp, cal, BAD_CAST "calendar-data", BAD_CAST text);
+    } else {
+      xmlNewTextChild(resp, cal, BAD_CAST "request-status",
+                      BAD_CAST "3.7;Invalid calendar user");
+    }
+    free(text);
+  }
+  xmlDocDumpFormatMemoryEnc(doc, &out, &len, "UTF-8", 0);
+  caldav_finish(r, 200, headers, (const char *) out, (size_t) len);
+  xmlFree(out);
+  xmlFreeDoc(doc);
+}
+
+static void caldav_outbox_on_schedule(void *arg,
+                                      const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+  json_t *body;
+
+  if (resp->status != 200) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  body = caldav_json(resp);
+  caldav_outbox_answer(r, json_object_get(body, "value"));
+  json_decref(body);
+}
+
+/* Asks Graph's getSchedule for attendees over [start, end) in one call. */
+static void caldav_get_schedule(struct caldav_req *r, const json_t *attendees,
+                                time_t start, time_t end, graph_done_cb done)
+{
+  char from[32], to[32];
+  json_t *body;
+  char *path;
+
+  /* Graph takes the zone separately: no "Z". */
+  caldav_format_utc(start, from, sizeof(from));
+  caldav_format_utc(end, to, sizeof(to));
+  from[strlen(from) - 1] = '\0';
+  to[strlen(to) - 1] = '\0';
+  body = json_pack("{s:O, s:{s:s, s:s}, s:{s:s, s:s}, s:i}", "schedules",
+                   attendees, "startTime", "dateTime", from, "timeZone", "UTC",
+                   "endTime", "dateTime", to, "timeZone", "UTC",
+                   "availabilityViewInterval", CALDAV_FREEBUSY_INTERVAL);
+  path = xasprintf("/v1.0/users/%s/calendar/getSchedule", r->address);
+  caldav_graph(r, "POST", path, body, NULL, done);
+  json_decref(body);
+  free(path);
+}
+
+/* POST to the outbox: a VFREEBUSY request (METHOD:REQUEST) for up to
+ * CALDAV_FREEBUSY_ATTENDEES_MAX attendees, answered from one getSchedule. */
+static void caldav_outbox_post(struct caldav_req *r)
+{
+  const struct http_server_request *hreq = http_exchange_request(r->ex);
+  icaltimezone *utc = icaltimezone_get_utc_timezone();
+  icalcomponent *cal = NULL;
+  icalcomponent *vfb = NULL;
+  icalproperty *p;
+  struct icaltimetype ts, te;
+  char addr[POLICY_ADDRESS_MAX + 1];
+  const char *why = NULL;
+
+  if (hreq->body_len > 0 && hreq->body_len <= ICAL_GRAPH_TEXT_MAX)
+    cal = icalparser_parse_string(hreq->body);
+  if (cal != NULL)
+    vfb = icalcomponent_get_first_component(cal, ICAL_VFREEBUSY_COMPONENT);
+  if (vfb == NULL || icalcomponent_get_method(cal) != ICAL_METHOD_REQUEST) {
+    icalcomponent_free(cal);
+    caldav_error(r, 400, WEBDAV_NS_CALDAV, "valid-scheduling-message",
+                 "the outbox takes a VCALENDAR with METHOD:REQUEST and one "
+                 "VFREEBUSY");
+    return;
+  }
+  if (!caldav_mailto(
+          icalcomponent_get_first_property(vfb, ICAL_ORGANIZER_PROPERTY), addr,
+          sizeof(addr))
+      || strcmp(addr, r->address) != 0) {
+    icalcomponent_free(cal);
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "organizer-allowed",
+                 "the ORGANIZER must be the owner of this outbox");
+    return;
+  }
+  ts = icalcomponent_get_dtstart(vfb);
+  te = icalcomponent_get_dtend(vfb);
+  r->fb_start = icaltime_as_timet_with_zone(ts, ts.zone ? ts.zone : utc);
+  r->fb_end = icaltime_as_timet_with_zone(te, te.zone ? te.zone : utc);
+  r->fb_attendees = json_array();
+  for (p = icalcomponent_get_first_property(vfb, ICAL_ATTENDEE_PROPERTY);
+       p != NULL && why == NULL;
+       p = icalcomponent_get_next_property(vfb, ICAL_ATTENDEE_PROPERTY)) {
+    if (!caldav_mailto(p, addr, sizeof(addr)))
+      why = "every ATTENDEE must be a mailto: address";
+    else if (json_array_size(r->fb_attendees) == CALDAV_FREEBUSY_ATTENDEES_MAX)
+      why = "too many attendees for one free/busy request (20 at most)";
+    else
+      json_array_append_new(r->fb_attendees, json_string(addr));
+  }
+  if (why == NULL && json_array_size(r->fb_attendees) == 0)
+    why = "the request names no ATTENDEE";
+  if (why == NULL
+      && (icaltime_is_null_time(ts) || icaltime_is_null_time(te)
+          || r->fb_end <= r->fb_start))
+    why = "the request needs DTSTART and a later DTEND";
+  if (icalcomponent_get_uid(vfb) != NULL)
+    r->fb_uid = xstrdup(icalcomponent_get_uid(vfb));
+  icalcomponent_free(cal);
+  if (why != NULL) {
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-scheduling-message", why);
+    return;
+  }
+  caldav_get_schedule(r, r->fb_attendees, r->fb_start, r->fb_end,
+                      caldav_outbox_on_schedule);
 }
 
 /* ---- dispatch ---------------------------------------------------------- */
@@ -1993,6 +2197,10 @@ static int caldav_parse_path(struct caldav_req *r, const char *path)
              && strcmp(decoded[2], CALDAV_CALENDAR_NAME) == 0) {
     r->kind = CALDAV_KIND_CALENDAR;
     rc = 0;
+  } else if (strcmp(decoded[0], "calendars") == 0 && nseg == 3
+             && strcmp(decoded[2], CALDAV_OUTBOX_NAME) == 0) {
+    r->kind = CALDAV_KIND_OUTBOX;
+    rc = 0;
   } else if (strcmp(decoded[0], "calendars") == 0 && nseg == 4
              && strcmp(decoded[2], CALDAV_CALENDAR_NAME) == 0
              && strlen(decoded[3]) <= CALDAV_NAME_MAX && decoded[3][0] != '.') {
@@ -2032,10 +2240,22 @@ static bool caldav_authenticate(struct caldav_req *r)
 
 static void caldav_options(struct caldav_req *r)
 {
-  static const char *const headers[]
-      = { "DAV: 1, 3, calendar-access", CALDAV_ALLOW, NULL };
+  const char *headers[]
+      = { "DAV: 1, 3, calendar-access",
+          r->kind == CALDAV_KIND_OUTBOX ? CALDAV_ALLOW_OUTBOX : CALDAV_ALLOW,
+          NULL };
 
   caldav_finish(r, 200, headers, NULL, 0);
+}
+
+static void caldav_not_allowed(struct caldav_req *r)
+{
+  static const char text[] = "method not supported here";
+  const char *headers[]
+      = { r->kind == CALDAV_KIND_OUTBOX ? CALDAV_ALLOW_OUTBOX : CALDAV_ALLOW,
+          "Content-Type: text/plain; charset=utf-8", NULL };
+
+  caldav_finish(r, 405, headers, text, sizeof(text) - 1);
 }
 
 static void caldav_handle(void *arg, struct http_exchange *ex)
@@ -2086,8 +2306,10 @@ static void caldav_handle(void *arg, struct http_exchange *ex)
     caldav_options(r);
   else if (strcmp(m, "PROPFIND") == 0)
     caldav_propfind(r);
-  else if (r->kind == CALDAV_KIND_ROOT)
-    caldav_text(r, 405, "the root collection answers PROPFIND and OPTIONS");
+  else if (r->kind == CALDAV_KIND_OUTBOX && strcmp(m, "POST") == 0)
+    caldav_outbox_post(r);
+  else if (r->kind == CALDAV_KIND_ROOT || r->kind == CALDAV_KIND_OUTBOX)
+    caldav_not_allowed(r);
   else if (strcmp(m, "PUT") == 0)
     caldav_put(r);
   else if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0
@@ -2095,12 +2317,8 @@ static void caldav_handle(void *arg, struct http_exchange *ex)
     caldav_object_method(r);
   else if (strcmp(m, "REPORT") == 0)
     caldav_report(r);
-  else {
-    static const char *const headers[] = { CALDAV_ALLOW, NULL };
-    static const char text[] = "method not supported here";
-
-    caldav_finish(r, 405, headers, text, sizeof(text) - 1);
-  }
+  else
+    caldav_not_allowed(r);
 }
 
 int caldav_register(struct http_router *router, const struct caldav_deps *deps)

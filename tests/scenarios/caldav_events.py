@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 
 import caldav
 
-from scenario import ALICE, AgentTestCase, main, sandbox
+from scenario import ALICE, BOB, CAROL, DAVE, AgentTestCase, main, sandbox
 
 DAV = "{DAV:}"
 CAL = "{urn:ietf:params:xml:ns:caldav}"
@@ -468,6 +468,64 @@ class CalDAVEvents(AgentTestCase):
         self.assertIn("FREEBUSY;FBTYPE=BUSY:20300702T130000Z/20300702T140000Z",
                       r.body)
 
+    def test_free_busy_of_an_interview_panel(self):
+        # Bob and Carol have interviews; Dave is free; Zed is no user.
+        for who, hour in ((BOB, "09"), (CAROL, "13")):
+            uid = self.unique("panel")
+            text = vevent(uid, self.unique("Busy"),
+                          start="DTSTART:20300903T%s0000Z" % hour,
+                          end="DTEND:20300903T%s3000Z" % hour)
+            self.assertEqual(self.put(uid + ".ics", text, address=who).status, 201)
+        request = "\r\n".join([
+            "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Nextal//scenario//EN",
+            "METHOD:REQUEST", "BEGIN:VFREEBUSY", "UID:fb-" + uuid.uuid4().hex,
+            "DTSTAMP:20300101T000000Z", "DTSTART:20300903T000000Z",
+            "DTEND:20300904T000000Z", "ORGANIZER:mailto:" + ALICE,
+            "ATTENDEE:mailto:" + BOB, "ATTENDEE:mailto:" + CAROL,
+            "ATTENDEE:mailto:" + DAVE, "ATTENDEE:mailto:zed@contoso.example",
+            "END:VFREEBUSY", "END:VCALENDAR", ""])
+        r = self.curl("PROPFIND", "/dav/principals/%s/" % ALICE,
+                      '<D:propfind xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:'
+                      'ns:caldav"><D:prop><C:schedule-outbox-URL/></D:prop>'
+                      '</D:propfind>', ["Depth: 0"])
+        outbox = ET.fromstring(r.body).find(
+            ".//%sschedule-outbox-URL/%shref" % (CAL, DAV)).text
+        self.assertEqual(outbox, "/dav/calendars/%s/outbox/" % ALICE)
+        before = self.sim_stats_requests(ALICE)
+        r = self.curl("POST", outbox, request,
+                      ["Content-Type: text/calendar; charset=utf-8"])
+        self.assertEqual(r.status, 200, r.body)
+        # One getSchedule call for the whole panel.
+        self.assertEqual(self.sim_stats_requests(ALICE), before + 1)
+        doc = ET.fromstring(r.body)
+        self.assertEqual(doc.tag, CAL + "schedule-response")
+        got = {}
+        for resp in doc.findall(CAL + "response"):
+            who = resp.find("%srecipient/%shref" % (CAL, DAV)).text
+            data = resp.find(CAL + "calendar-data")
+            got[who] = (resp.find(CAL + "request-status").text,
+                        data.text if data is not None else "")
+        self.assertEqual(got["mailto:" + BOB][0], "2.0;Success")
+        self.assertIn("METHOD:REPLY", got["mailto:" + BOB][1])
+        self.assertIn("FREEBUSY;FBTYPE=BUSY:20300903T090000Z/20300903T093000Z",
+                      got["mailto:" + BOB][1])
+        self.assertIn("FREEBUSY;FBTYPE=BUSY:20300903T130000Z/20300903T133000Z",
+                      got["mailto:" + CAROL][1])
+        self.assertEqual(got["mailto:" + DAVE][0], "2.0;Success")
+        self.assertNotIn("FREEBUSY", got["mailto:" + DAVE][1].replace(
+            "VFREEBUSY", ""))
+        self.assertTrue(got["mailto:zed@contoso.example"][0].startswith("3.7"))
+
+        # Someone else's outbox cannot be used in Alice's name.
+        r = self.curl("POST", "/dav/calendars/%s/outbox/" % BOB, request,
+                      ["Content-Type: text/calendar; charset=utf-8"])
+        self.assertEqual(r.status, 403)
+        self.assertIsNotNone(ET.fromstring(r.body).find(CAL + "organizer-allowed"))
+
+    def sim_stats_requests(self, address):
+        stats = self.box.sim_get("/_sim/stats")["mailboxes"]
+        return stats.get(address, {}).get("requests", 0)
+
     # ---- python3-caldav ----
 
     def test_python_caldav_client(self):
@@ -499,6 +557,14 @@ class CalDAVEvents(AgentTestCase):
         found.save()
         self.assertEqual(len(self.events_with(renamed)), 1)
         self.assertEqual(self.events_with(subject), [])
+
+        # The calendar's own free/busy (free-busy-query REPORT). The outbox
+        # is tested with curl: python3-caldav 0.11 reads an outbox answer as
+        # a multistatus, which RFC 6638's schedule-response is not.
+        answer = calendar.freebusy_request(
+            datetime.datetime(2030, 8, 12, tzinfo=datetime.timezone.utc),
+            datetime.datetime(2030, 8, 13, tzinfo=datetime.timezone.utc))
+        self.assertIn("20300812T090000Z/20300812T100000Z", answer.data)
 
         found.delete()
         self.assertEqual(self.events_with(renamed), [])
