@@ -5,6 +5,7 @@ Outlook calendar (and what Outlook changes must come back)."""
 
 import datetime
 import json
+import re
 import subprocess
 import urllib.parse
 import urllib.request
@@ -409,6 +410,48 @@ class CalDAVEvents(AgentTestCase):
             "Authorization": "Bearer " + token})
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
+
+    def test_winnipeg_series_across_dst_change(self):
+        uid = self.unique("winnipeg")
+        subject = self.unique("Winnipeg weekly")
+        # Daylight saving time starts in Winnipeg on 10 March 2030.
+        text = vevent(uid, subject,
+                      start="DTSTART;TZID=America/Winnipeg:20300304T100000",
+                      end="DTEND;TZID=America/Winnipeg:20300304T110000",
+                      extra="RRULE:FREQ=WEEKLY;COUNT=2")
+        r = self.put(uid + ".ics", text, "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        [ev] = self.events_with(subject)
+        self.assertEqual(ev["originalStartTimeZone"], "Central Standard Time")
+        view = self.graph_get(
+            "/v1.0/users/%s/events/%s/instances?startDateTime=2030-03-01T00:00:00Z"
+            "&endDateTime=2030-03-20T00:00:00Z" % (ALICE, ev["id"]))["value"]
+        starts = [v["start"]["dateTime"][:16] for v in view]
+        # 10:00 local both weeks: UTC-6, then UTC-5.
+        self.assertEqual(starts, ["2030-03-04T16:00", "2030-03-11T15:00"])
+        r = self.curl("GET", self.obj_path(uid + ".ics"))
+        self.assertRegex(r.body, r"DTSTART;TZID=America/(Winnipeg|Chicago):"
+                                 r"20300304T100000")
+        self.assertIn("RRULE:FREQ=WEEKLY;COUNT=2", r.body)
+        self.assertNotIn("EXDATE", r.body)
+
+    def test_teams_interview(self):
+        uid = self.unique("teams")
+        subject = self.unique("Teams interview")
+        text = vevent(uid, subject, start="DTSTART:20301001T080000Z",
+                      end="DTEND:20301001T090000Z",
+                      extra="X-NEXTAL-ONLINE-MEETING:TEAMS")
+        r = self.put(uid + ".ics", text, "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        [ev] = self.events_with(subject)
+        self.assertTrue(ev["isOnlineMeeting"])
+        self.assertEqual(ev["onlineMeetingProvider"], "teamsForBusiness")
+        join = ev["onlineMeeting"]["joinUrl"]
+        self.assertTrue(join.startswith("https://"))
+        r = self.curl("GET", self.obj_path(uid + ".ics"))
+        body = r.body.replace("\r\n ", "")  # unfold long lines
+        self.assertIn("X-MICROSOFT-SKYPETEAMSMEETINGURL:" + join, body)
+        self.assertRegex(body, r"CONFERENCE;[^:]*VALUE=URI[^:]*:" + re.escape(join))
 
     # ---- REPORTs with curl ----
 
