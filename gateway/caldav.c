@@ -37,6 +37,7 @@
 #define CALDAV_FREEBUSY_INTERVAL 15  /* getSchedule's availabilityView, min */
 #define CALDAV_OCCURRENCES_MAX 1000  /* occurrences of a series compared */
 #define CALDAV_SERIES_YEARS 5        /* horizon of a series without end */
+#define CALDAV_LIST_PAGES_MAX 50     /* /events pages of 100 per PROPFIND */
 #define CALDAV_INSTANCE_PAGES_MAX 20 /* /instances pages of 100 followed */
 #define CALDAV_ALLOW "Allow: OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, REPORT"
 #define CALDAV_ALLOW_OUTBOX "Allow: OPTIONS, POST, PROPFIND"
@@ -113,8 +114,9 @@ struct caldav_req {
   unsigned pages;
   bool want_data, want_etag;
   time_t fb_start, fb_end; /* free/busy window */
-  json_t *fb_attendees;    /* outbox request: addresses asked about */
-  char *fb_uid;            /* outbox request's UID, echoed */
+  json_t *listing;      /* PROPFIND: the calendar's events, id and changeKey */
+  json_t *fb_attendees; /* outbox request: addresses asked about */
+  char *fb_uid;         /* outbox request's UID, echoed */
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -138,6 +140,7 @@ static void caldav_req_free(struct caldav_req *r)
   caldav_row_clear(&r->row);
   json_decref(r->ops);
   json_decref(r->fb_attendees);
+  json_decref(r->listing);
   free(r->fb_uid);
   caldav_load_reset(&r->ld);
   webdav_request_free(r->wreq);
@@ -1479,30 +1482,23 @@ static void caldav_multistatus_send(struct caldav_req *r)
   free(out);
 }
 
-static void caldav_propfind(struct caldav_req *r)
+/* Depth infinity (or none) is served as depth 1: the tree is only three
+ * levels deep and the calendar is its only large collection. */
+static bool caldav_deep(const struct caldav_req *r)
 {
-  const struct http_server_request *hreq = http_exchange_request(r->ex);
   const char *depth = http_exchange_header(r->ex, "Depth");
-  /* Depth infinity (or none) is served as depth 1: the tree is only three
-   * levels deep and the calendar is its only large collection. */
-  bool deep = depth == NULL || strcmp(depth, "0") != 0;
+
+  return depth == NULL || strcmp(depth, "0") != 0;
+}
+
+/* Answers a PROPFIND from the mapping table. */
+static void caldav_propfind_build(struct caldav_req *r)
+{
+  bool deep = caldav_deep(r);
   struct caldav_row *rows = NULL;
   char *ctag = NULL;
   int n = 0;
-  int rc;
 
-  rc = webdav_request_parse(hreq->body, hreq->body_len, &r->wreq);
-  if (rc < 0) {
-    caldav_text(r, 400,
-                rc == -EPERM ? "DOCTYPE is not allowed"
-                             : "the PROPFIND body is not valid XML");
-    return;
-  }
-  if (r->wreq->doc != NULL
-      && !webdav_node_is(r->wreq->root, WEBDAV_NS_DAV, "propfind")) {
-    caldav_text(r, 400, "the body is not a DAV:propfind");
-    return;
-  }
   if (r->kind == CALDAV_KIND_CALENDAR || r->kind == CALDAV_KIND_OBJECT) {
     n = caldav_rows_list(r->deps->store, r->address, &rows);
     if (n < 0) {
@@ -1562,6 +1558,180 @@ static void caldav_propfind(struct caldav_req *r)
   caldav_rows_free(rows, n > 0 ? n : 0);
   free(ctag);
   caldav_multistatus_send(r);
+}
+
+/* ---- refreshing ETags before PROPFIND ---------------------------------- */
+
+/* PROPFIND answers from the mapping table; these steps first bring its
+ * ETags up to date with Graph, so that an edit or a deletion made in
+ * Outlook shows in getetag and getctag as it does in GET. Plain events
+ * take their change key from one listing of the calendar; a series is
+ * loaded on its own, since its ETag covers its exceptions too. */
+
+static void caldav_propfind_build(struct caldav_req *r);
+static void caldav_item_add(struct caldav_req *r, char *href,
+                            struct caldav_row *row, bool found);
+
+/* Whether the request asks for ns:name (allprop counts as asking). */
+static bool caldav_wants(const struct caldav_req *r, const char *ns,
+                         const char *name)
+{
+  if (r->wreq->kind == WEBDAV_PROPFIND_ALLPROP)
+    return true;
+  for (size_t i = 0; i < r->wreq->nprops; i++) {
+    if (strcmp(r->wreq->props[i].ns, ns) == 0
+        && strcmp(r->wreq->props[i].name, name) == 0)
+      return true;
+  }
+  return false;
+}
+
+static void caldav_refresh_next(struct caldav_req *r);
+
+static void caldav_refresh_on_loaded(struct caldav_req *r, bool found)
+{
+  struct caldav_item *item = &r->items[r->next];
+
+  if (!found)
+    caldav_row_delete(r->deps->store, r->address, item->row.name);
+  else if (r->ld.etag != NULL
+           && (item->row.etag == NULL
+               || strcmp(item->row.etag, r->ld.etag) != 0))
+    caldav_row_set_etag(r->deps->store, r->address, item->row.name, r->ld.etag);
+  r->next++;
+  caldav_refresh_next(r);
+}
+
+static void caldav_refresh_next(struct caldav_req *r)
+{
+  if (r->next == r->nitems) {
+    caldav_propfind_build(r);
+    return;
+  }
+  caldav_load(r, r->items[r->next].row.event_id, caldav_refresh_on_loaded);
+}
+
+/* The listing is in: plain events are settled here, series queued. */
+static void caldav_refresh_listed(struct caldav_req *r, bool complete)
+{
+  struct caldav_row *rows;
+  int n = caldav_rows_list(r->deps->store, r->address, &rows);
+
+  for (int i = 0; i < n; i++) {
+    const json_t *hit = NULL;
+    const json_t *x;
+    size_t k;
+    const char *type;
+    const char *ck;
+
+    json_array_foreach(r->listing, k, x)
+    {
+      const char *id = json_string_value(json_object_get(x, "id"));
+
+      if (id != NULL && strcmp(id, rows[i].event_id) == 0) {
+        hit = x;
+        break;
+      }
+    }
+    if (hit == NULL) {
+      /* Absent from a complete listing: deleted in Outlook. */
+      if (complete)
+        caldav_row_delete(r->deps->store, r->address, rows[i].name);
+      continue;
+    }
+    type = json_string_value(json_object_get(hit, "type"));
+    ck = json_string_value(json_object_get(hit, "changeKey"));
+    if (type != NULL && strcmp(type, "seriesMaster") == 0) {
+      caldav_item_add(r, NULL, &rows[i], true);
+    } else if (ck != NULL && ck[0] != '\0') {
+      char *etag = caldav_etag(ck);
+
+      if (rows[i].etag == NULL || strcmp(rows[i].etag, etag) != 0)
+        caldav_row_set_etag(r->deps->store, r->address, rows[i].name, etag);
+      free(etag);
+    }
+  }
+  caldav_rows_free(rows, n > 0 ? n : 0);
+  r->next = 0;
+  caldav_refresh_next(r);
+}
+
+static void caldav_refresh_on_page(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+  json_t *page;
+  const char *next;
+
+  if (resp->status != 200) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  page = caldav_json(resp);
+  json_array_extend(r->listing, json_object_get(page, "value"));
+  next = json_string_value(json_object_get(page, "@odata.nextLink"));
+  if (next != NULL && strstr(next, "/v1.0/") != NULL
+      && ++r->pages < CALDAV_LIST_PAGES_MAX) {
+    caldav_graph(r, "GET", strstr(next, "/v1.0/"), NULL, NULL,
+                 caldav_refresh_on_page);
+    json_decref(page);
+    return;
+  }
+  json_decref(page);
+  caldav_refresh_listed(r, next == NULL);
+}
+
+static void caldav_refresh_object(struct caldav_req *r, bool found)
+{
+  if (!found)
+    caldav_row_delete(r->deps->store, r->address, r->name);
+  else if (r->ld.etag != NULL
+           && (r->row.etag == NULL || strcmp(r->row.etag, r->ld.etag) != 0))
+    caldav_row_set_etag(r->deps->store, r->address, r->name, r->ld.etag);
+  caldav_propfind_build(r);
+}
+
+/* Starts the refresh a PROPFIND needs, or builds the answer at once. */
+static void caldav_propfind_refresh(struct caldav_req *r, bool deep)
+{
+  bool etag = caldav_wants(r, WEBDAV_NS_DAV, "getetag");
+  bool ctag = caldav_wants(r, WEBDAV_NS_CALSERVER, "getctag");
+  char *path;
+
+  if (r->kind == CALDAV_KIND_OBJECT && etag
+      && caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row)
+             == 0) {
+    caldav_load(r, r->row.event_id, caldav_refresh_object);
+    return;
+  }
+  if (r->kind != CALDAV_KIND_CALENDAR || !(ctag || (deep && etag))) {
+    caldav_propfind_build(r);
+    return;
+  }
+  r->listing = json_array();
+  path = xasprintf("/v1.0/users/%s/events?$select=id,changeKey,type&$top=100",
+                   r->address);
+  caldav_graph(r, "GET", path, NULL, NULL, caldav_refresh_on_page);
+  free(path);
+}
+
+static void caldav_propfind(struct caldav_req *r)
+{
+  const struct http_server_request *hreq = http_exchange_request(r->ex);
+  int rc;
+
+  rc = webdav_request_parse(hreq->body, hreq->body_len, &r->wreq);
+  if (rc < 0) {
+    caldav_text(r, 400,
+                rc == -EPERM ? "DOCTYPE is not allowed"
+                             : "the PROPFIND body is not valid XML");
+    return;
+  }
+  if (r->wreq->doc != NULL
+      && !webdav_node_is(r->wreq->root, WEBDAV_NS_DAV, "propfind")) {
+    caldav_text(r, 400, "the body is not a DAV:propfind");
+    return;
+  }
+  caldav_propfind_refresh(r, caldav_deep(r));
 }
 
 static void caldav_get_schedule(struct caldav_req *r, const json_t *attendees,

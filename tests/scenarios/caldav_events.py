@@ -235,6 +235,53 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(r.status, 412)
         self.assertEqual(len(self.events_with(edited)), 1)
 
+    def propfind_etags(self):
+        """getctag of the calendar and getetag of each object, Depth 1."""
+        body = ('<D:propfind xmlns:D="DAV:" xmlns:CS="http://calendarserver.org'
+                '/ns/"><D:prop><D:getetag/><CS:getctag/></D:prop></D:propfind>')
+        r = self.curl("PROPFIND", "/dav/calendars/%s/default/" % ALICE, body,
+                      ["Depth: 1"])
+        self.assertEqual(r.status, 207)
+        doc = ET.fromstring(r.body)
+        ctag = doc.find(".//{http://calendarserver.org/ns/}getctag").text
+        etags = {}
+        for resp in doc.findall(DAV + "response")[1:]:
+            name = resp.find(DAV + "href").text.rsplit("/", 1)[1]
+            etags[urllib.parse.unquote(name)] = resp.find(
+                ".//%sgetetag" % DAV).text
+        return ctag, etags
+
+    def test_propfind_follows_outlook(self):
+        names = []
+        for _ in range(2):
+            uid = self.unique("sync")
+            r = self.put(uid + ".ics", vevent(uid, self.unique("Sync")),
+                         "If-None-Match: *")
+            self.assertEqual(r.status, 201)
+            names.append((uid + ".ics", r.header("ETag")))
+        ctag1, etags1 = self.propfind_etags()
+        for name, etag in names:
+            self.assertEqual(etags1[name], etag)
+        ids = {e["subject"]: e["id"] for e in self.events()}
+        edited_id = ids[self.get_subject(names[0][0])]
+        deleted_id = ids[self.get_subject(names[1][0])]
+        self.sim_patch("/_sim/calendars/%s/events/%s" % (ALICE, edited_id),
+                       {"location": {"displayName": "Room 4"}})
+        self.sim_request("DELETE", "/_sim/calendars/%s/events/%s"
+                         % (ALICE, deleted_id))
+        ctag2, etags2 = self.propfind_etags()
+        self.assertNotEqual(ctag2, ctag1)
+        self.assertNotEqual(etags2[names[0][0]], names[0][1])
+        self.assertNotIn(names[1][0], etags2)
+        # The new ETag is the one GET gives.
+        r = self.curl("GET", self.obj_path(names[0][0]))
+        self.assertEqual(r.header("ETag"), etags2[names[0][0]])
+        self.assertIn("LOCATION:Room 4", r.body)
+
+    def get_subject(self, name):
+        r = self.curl("GET", self.obj_path(name))
+        return re.search(r"^SUMMARY:(.*)\r$", r.body, re.M).group(1)
+
     def sim_patch(self, path, body):
         return self.sim_request("PATCH", path, body)
 
