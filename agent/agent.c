@@ -18,6 +18,7 @@
 #include "http_server.h"
 #include "http_client.h"
 #include "log.h"
+#include "mail_status.h"
 #include "oauth_consent.h"
 #include "policy_gate.h"
 #include "smtp_intake.h"
@@ -42,6 +43,7 @@ struct agent {
   struct smtp_server *smtp;
   struct http_router *router;
   struct caldav_deps caldav; /* the CalDAV handlers' argument */
+  struct mail_status_deps mail_status; /* the status API's argument */
   struct http_server *http_server;
   struct delivery *delivery;
   uv_signal_t sigterm;
@@ -114,6 +116,11 @@ static int agent_open_http(struct agent *agent)
                                         .credential = agent->credential };
   if (caldav_register(agent->router, &agent->caldav) < 0)
     return -EINVAL;
+  agent->mail_status = (struct mail_status_deps){
+    .store = agent->store, .credential = agent->credential
+  };
+  if (mail_status_register(agent->router, &agent->mail_status) < 0)
+    return -EINVAL;
   http_server_limits_defaults(&limits);
   limits.max_body_size = agent->cfg->http_max_body;
   if (config_parse_hostport(agent->cfg->http_listen, &host, &port) < 0)
@@ -138,6 +145,7 @@ static int agent_open_endpoints(struct agent *agent)
   if (smtp_intake_new(agent->loop, cfg->spool_dir, cfg->database,
                       agent_on_queued, agent, &agent->intake) < 0)
     return EX_UNAVAILABLE;
+  smtp_intake_set_dedup_window(agent->intake, cfg->delivery_dedup_window);
   deps.credential = agent->credential;
   deps.gate = agent->gate;
   deps.intake = agent->intake;

@@ -74,6 +74,15 @@ static const struct config_key config_keys[] = {
   CFG("delivery", "max_age", CONFIG_UINT, delivery_max_age, 30 * 86400),
   CFG("delivery", "recovery_delay", CONFIG_UINT, delivery_recovery_delay,
       3600),
+  CFG("delivery", "dedup_window", CONFIG_UINT, delivery_dedup_window,
+      30 * 86400),
+  CFG("delivery", "keep_sent", CONFIG_UINT, delivery_keep_sent, 366 * 86400),
+  CFG("delivery", "keep_failed", CONFIG_UINT, delivery_keep_failed,
+      366 * 86400),
+  CFG("delivery", "max_per_minute", CONFIG_UINT, delivery_max_per_minute,
+      100000),
+  CFG("delivery", "max_recipients_per_day", CONFIG_UINT,
+      delivery_max_rcpts_per_day, 10000000),
 };
 
 #define CONFIG_NKEYS (sizeof(config_keys) / sizeof(*config_keys))
@@ -114,6 +123,13 @@ void config_defaults(struct config *cfg)
   /* Longer than a request may take (60 s), so that a send the previous
    * process started has finished before we look for it. */
   cfg->delivery_recovery_delay = 90;
+  cfg->delivery_dedup_window = 86400;
+  cfg->delivery_keep_sent = 7 * 86400;
+  cfg->delivery_keep_failed = 30 * 86400;
+  /* Exchange Online: 30 messages a minute and 10,000 recipients a day per
+   * mailbox (graph-api.md 4.4); pacing keeps below them, not at them. */
+  cfg->delivery_max_per_minute = 30;
+  cfg->delivery_max_rcpts_per_day = 10000;
 }
 
 void config_free(struct config *cfg)

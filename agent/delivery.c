@@ -12,6 +12,7 @@
 #include "log.h"
 #include "mime_to_graph.h"
 #include "queue.h"
+#include "send_pacer.h"
 #include "spool.h"
 #include "xalloc.h"
 
@@ -21,6 +22,7 @@
 #define DELIVERY_HELD_RECHECK_MS 5000 /* held mail: links change outside */
 #define DELIVERY_BACKOFF_BASE_MS 1000
 #define DELIVERY_BACKOFF_MAX_MS (5 * 60 * 1000)
+#define DELIVERY_CLEANUP_MS (60 * 1000) /* expired records removed */
 
 struct delivery_job {
   uv_work_t work; /* translation on the thread pool */
@@ -35,6 +37,7 @@ struct delivery_job {
   int attempts; /* before this one */
   int64_t created_at;
   int verify; /* recovery: look the message up in Sent Items first */
+  int64_t paced_at; /* when the pacer counted this send, 0 if not */
   char *message_id;
   /* Set by the worker. */
   char *body;
@@ -55,6 +58,10 @@ struct delivery {
   int64_t max_age_ms;
   int64_t recovery_delay_ms;
   int64_t held_checked_at; /* last look at held mail, ms */
+  struct send_pacer *pacer; /* Exchange's per-mailbox sending rates */
+  int64_t keep_sent_ms;
+  int64_t keep_failed_ms;
+  int64_t cleaned_at; /* last removal of expired records, ms */
   int stopping;
   unsigned grace_ms;
   void (*stopped_cb)(void *arg);
@@ -133,6 +140,57 @@ static void delivery_job_finish(struct delivery_job *job)
     delivery_schedule(d, 0);
 }
 
+/* ---- pacing and expiry ------------------------------------------------ */
+
+/* Exchange counts what a mailbox sends per minute and recipients per day
+ * (graph-api.md 4.4). A send that would go over waits, not fails: its row
+ * is deferred to when it fits, so that it also stops taking the scan's
+ * attention from other mailboxes' rows. Returns 1 when the row waits. */
+static int delivery_pace(struct delivery *d, const struct queue_entry *e)
+{
+  int64_t now = store_now_ms();
+  int64_t wait = send_pacer_wait(d->pacer, e->sender, e->nrcpts, now);
+
+  if (wait <= 0)
+    return 0;
+  queue_defer(d->store, e->rowid, now + wait);
+  log_debug("%s queue paced sender=%s rcpts=%zu wait_ms=%lld", e->queue_id,
+            e->sender, e->nrcpts, (long long) wait);
+  return 1;
+}
+
+static void delivery_pace_start(struct delivery_job *job)
+{
+  job->paced_at = store_now_ms();
+  send_pacer_start(job->d->pacer, job->sender, job->nrcpts, job->paced_at);
+}
+
+/* Graph refused the send without taking it (429, 503): the retry must not
+ * wait for a slot the refusal used. */
+static void delivery_pace_refund(struct delivery_job *job)
+{
+  if (job->paced_at == 0)
+    return;
+  send_pacer_refund(job->d->pacer, job->sender, job->nrcpts, job->paced_at);
+  job->paced_at = 0;
+}
+
+/* Removes records past their keep time (and any body they still have),
+ * at most once every DELIVERY_CLEANUP_MS. */
+static void delivery_cleanup(struct delivery *d, int64_t now)
+{
+  int n;
+
+  if (d->cleaned_at != 0 && now - d->cleaned_at < DELIVERY_CLEANUP_MS)
+    return;
+  d->cleaned_at = now;
+  n = queue_purge(d->store, now - d->keep_sent_ms, now - d->keep_failed_ms);
+  if (n > 0)
+    log_info("- queue expired records=%d", n);
+  else if (n < 0)
+    log_error("- queue expire_failed");
+}
+
 /* ---- outcomes ------------------------------------------------------- */
 
 static int64_t delivery_backoff_ms(int attempts)
@@ -165,6 +223,17 @@ static void delivery_failed(struct delivery_job *job, const char *code,
            job->sender, code, text);
 }
 
+/* Graph refused the message itself: sending the same bytes again cannot
+ * succeed, so its body goes now; the record stays for keep_failed. Mail
+ * that failed for other reasons (gave up, user unlinked) keeps its body
+ * until then, for nextal-policy retry. */
+static void delivery_refused(struct delivery_job *job, const char *code,
+                             const char *text)
+{
+  delivery_failed(job, code, text);
+  spool_remove(job->spool_path);
+}
+
 /* A transient failure: retry after Retry-After or the backoff, whichever
  * is later, unless the message has run out of attempts or time. */
 static void delivery_retry(struct delivery_job *job, double retry_after,
@@ -174,6 +243,7 @@ static void delivery_retry(struct delivery_job *job, double retry_after,
   int64_t now = store_now_ms();
   int64_t wait = delivery_backoff_ms(job->attempts + 1);
 
+  delivery_pace_refund(job);
   if (retry_after >= 0 && (int64_t) (retry_after * 1000) > wait)
     wait = (int64_t) (retry_after * 1000.0 + 0.5);
   if ((unsigned) job->attempts + 1 >= d->max_attempts ||
@@ -241,7 +311,7 @@ static void delivery_on_sent(void *arg, const struct graph_response *resp)
     char *why = xasprintf("Graph answered %ld: %s", resp->status,
                           resp->error_message);
 
-    delivery_failed(job, resp->error_code, why);
+    delivery_refused(job, resp->error_code, why);
     free(why);
   }
   delivery_job_finish(job);
@@ -327,7 +397,11 @@ static void delivery_after_translate(uv_work_t *work, int status)
 
 static void delivery_start_send(struct delivery_job *job)
 {
-  queue_mark_sending(job->d->store, job->rowid);
+  /* An operator may have dropped the row since the scan read it. */
+  if (queue_mark_sending(job->d->store, job->rowid) < 0) {
+    delivery_job_finish(job);
+    return;
+  }
   uv_queue_work(job->d->loop, &job->work, delivery_translate,
                 delivery_after_translate);
 }
@@ -402,6 +476,7 @@ static int delivery_visit(void *arg, const struct queue_entry *e)
 {
   struct delivery *d = arg;
   struct policy_decision dec;
+  struct delivery_job *job;
 
   if (d->njobs >= DELIVERY_MAX_JOBS)
     return 1;
@@ -415,6 +490,8 @@ static int delivery_visit(void *arg, const struct queue_entry *e)
       queue_mark_retry(d->store, e->rowid, store_now_ms(), NULL, NULL);
     return 0;
   }
+  if (delivery_pace(d, e))
+    return 0;
   policy_gate_check(d->gate, POLICY_REQUEST_DELIVERY, e->sender, &dec);
   if (dec.reason != POLICY_ALLOW) {
     queue_mark_held(d->store, e->rowid, dec.code, dec.sentence);
@@ -422,7 +499,9 @@ static int delivery_visit(void *arg, const struct queue_entry *e)
              dec.code);
     return 0;
   }
-  delivery_start_send(delivery_job_new(d, e));
+  job = delivery_job_new(d, e);
+  delivery_pace_start(job);
+  delivery_start_send(job);
   return 0;
 }
 
@@ -433,6 +512,7 @@ static void delivery_scan(struct delivery *d)
 
   if (d->stopping)
     return;
+  delivery_cleanup(d, now);
   /* A user re-linked with the CLI or over HTTP changes no policy, so held
    * mail is also looked at now and then. */
   if (now - d->held_checked_at >= DELIVERY_HELD_RECHECK_MS) {
@@ -518,6 +598,10 @@ int delivery_new(uv_loop_t *loop, struct store *store,
   d->max_attempts = cfg->delivery_max_attempts;
   d->max_age_ms = (int64_t) cfg->delivery_max_age * 1000;
   d->recovery_delay_ms = (int64_t) cfg->delivery_recovery_delay * 1000;
+  d->pacer = send_pacer_new(cfg->delivery_max_per_minute,
+                            cfg->delivery_max_rcpts_per_day);
+  d->keep_sent_ms = (int64_t) cfg->delivery_keep_sent * 1000;
+  d->keep_failed_ms = (int64_t) cfg->delivery_keep_failed * 1000;
   uv_timer_init(loop, &d->timer);
   d->timer.data = d;
   delivery_recover(d);
@@ -532,6 +616,7 @@ static void delivery_on_timer_closed(uv_handle_t *handle)
   void (*cb)(void *) = d->stopped_cb;
   void *arg = d->stopped_arg;
 
+  send_pacer_free(d->pacer);
   free(d);
   if (cb != NULL)
     cb(arg);

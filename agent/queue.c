@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "xalloc.h"
@@ -73,10 +74,12 @@ static char *queue_rcpts_json(const char *const *rcpts, size_t n)
   return text;
 }
 
-int queue_insert(struct store *store, const char *queue_id,
-                 const char *sender, const char *const *rcpts, size_t nrcpts,
-                 const char *message_id, uint64_t size,
-                 const char *spool_path)
+/* Inserts one queued row without a transaction of its own. */
+static int queue_insert_row(struct store *store, const char *queue_id,
+                            const char *sender, const char *const *rcpts,
+                            size_t nrcpts, const char *message_id,
+                            uint64_t size, const char *spool_path,
+                            const char *digest)
 {
   sqlite3_stmt *st = NULL;
   int64_t now = store_now_ms();
@@ -86,8 +89,8 @@ int queue_insert(struct store *store, const char *queue_id,
   rc = queue_prepare(store,
                      "INSERT INTO messages (queue_id, sender, recipients, "
                      "message_id, size, spool_path, state, next_attempt_at, "
-                     "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, "
-                     "'queued', ?, ?, ?)",
+                     "created_at, updated_at, envelope_digest) VALUES "
+                     "(?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
                      &st);
   if (rc == 0) {
     sqlite3_bind_text(st, 1, queue_id, -1, SQLITE_STATIC);
@@ -99,10 +102,215 @@ int queue_insert(struct store *store, const char *queue_id,
     sqlite3_bind_int64(st, 7, now);
     sqlite3_bind_int64(st, 8, now);
     sqlite3_bind_int64(st, 9, now);
+    sqlite3_bind_text(st, 10, digest, -1, SQLITE_STATIC);
     rc = queue_run(store, st);
   }
   free(rcpt_text);
   return rc < 0 ? rc : 0;
+}
+
+int queue_insert(struct store *store, const char *queue_id,
+                 const char *sender, const char *const *rcpts, size_t nrcpts,
+                 const char *message_id, uint64_t size,
+                 const char *spool_path)
+{
+  return queue_insert_row(store, queue_id, sender, rcpts, nrcpts, message_id,
+                          size, spool_path, NULL);
+}
+
+static int queue_cmp_str(const void *a, const void *b)
+{
+  return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+int queue_envelope_digest(const char *message_id, const char *sender,
+                          const char *const *rcpts, size_t nrcpts,
+                          char out[QUEUE_DIGEST_SIZE])
+{
+  static const char hex[] = "0123456789abcdef";
+  unsigned char md[32];
+  char **sorted;
+  char *text;
+  size_t len;
+
+  if (message_id == NULL || message_id[0] == '\0')
+    return -ENOENT;
+  /* Addresses hold no line breaks (intake refuses them), so joining with
+   * newlines is unambiguous. */
+  sorted = xcalloc(nrcpts + 1, sizeof(char *));
+  for (size_t i = 0; i < nrcpts; i++) {
+    sorted[i] = xstrdup(rcpts[i]);
+    for (char *c = sorted[i]; *c != '\0'; c++) {
+      if (*c >= 'A' && *c <= 'Z')
+        *c = (char) (*c - 'A' + 'a');
+    }
+  }
+  qsort(sorted, nrcpts, sizeof(char *), queue_cmp_str);
+  text = xasprintf("%s\n%s", message_id, sender);
+  for (size_t i = 0; i < nrcpts; i++) {
+    char *next = xasprintf("%s\n%s", text, sorted[i]);
+
+    free(text);
+    free(sorted[i]);
+    text = next;
+  }
+  free(sorted);
+  len = strlen(text);
+  if (gnutls_hash_fast(GNUTLS_DIG_SHA256, text, len, md) < 0)
+    abort(); /* SHA-256 is always there; failing here is a broken library */
+  free(text);
+  for (size_t i = 0; i < sizeof(md); i++) {
+    out[2 * i] = hex[md[i] >> 4];
+    out[2 * i + 1] = hex[md[i] & 0xf];
+  }
+  out[2 * sizeof(md)] = '\0';
+  return 0;
+}
+
+/* The queue id of the newest row with digest created after since_ms;
+ * 1 when found, 0 when not, or -EIO. */
+static int queue_find_digest(struct store *store, const char *digest,
+                             int64_t since_ms, char queue_id[QUEUE_ID_SIZE])
+{
+  sqlite3_stmt *st = NULL;
+  int rc;
+
+  if (queue_prepare(store,
+                    "SELECT queue_id FROM messages WHERE envelope_digest = ? "
+                    "AND created_at >= ? ORDER BY id DESC LIMIT 1",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, since_ms);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    snprintf(queue_id, QUEUE_ID_SIZE, "%s", sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  if (rc == SQLITE_ROW)
+    return 1;
+  return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+int queue_insert_once(struct store *store, const char *queue_id,
+                      const char *sender, const char *const *rcpts,
+                      size_t nrcpts, const char *message_id, uint64_t size,
+                      const char *spool_path, const char *digest,
+                      int64_t window_ms, char original[QUEUE_ID_SIZE])
+{
+  int rc;
+
+  if (store_begin(store) < 0)
+    return -EIO;
+  rc = 0;
+  if (digest != NULL && window_ms > 0)
+    rc = queue_find_digest(store, digest, store_now_ms() - window_ms,
+                           original);
+  if (rc == 0)
+    rc = queue_insert_row(store, queue_id, sender, rcpts, nrcpts, message_id,
+                          size, spool_path, digest);
+  if (rc < 0 || store_commit(store) < 0) {
+    store_rollback(store);
+    return -EIO;
+  }
+  return rc;
+}
+
+int queue_defer(struct store *store, int64_t rowid, int64_t at)
+{
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET next_attempt_at = ? "
+                    "WHERE id = ? AND state = 'queued'",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, at);
+  sqlite3_bind_int64(st, 2, rowid);
+  return queue_run(store, st) == 1 ? 0 : -ENOENT;
+}
+
+/* The WHERE clause shared by the purge's two statements. */
+#define QUEUE_PURGE_WHERE                                                      \
+  "WHERE (state = 'sent' AND sent_at < ?1) "                                   \
+  "OR (state = 'failed' AND updated_at < ?2)"
+
+int queue_purge(struct store *store, int64_t sent_before_ms,
+                int64_t failed_before_ms)
+{
+  sqlite3_stmt *st = NULL;
+  int rc;
+
+  /* Bodies first: a crash in between leaves rows without files, which
+   * the next purge deletes, never files without rows. */
+  if (queue_prepare(store,
+                    "SELECT spool_path FROM messages " QUEUE_PURGE_WHERE,
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, sent_before_ms);
+  sqlite3_bind_int64(st, 2, failed_before_ms);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *path = (const char *) sqlite3_column_text(st, 0);
+
+    if (path != NULL && unlink(path) < 0 && errno != ENOENT)
+      log_warn("- queue purge_unlink_failed path=%s error=\"%s\"", path,
+               strerror(errno));
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE ||
+      queue_prepare(store, "DELETE FROM messages " QUEUE_PURGE_WHERE, &st) <
+          0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, sent_before_ms);
+  sqlite3_bind_int64(st, 2, failed_before_ms);
+  return queue_run(store, st);
+}
+
+int queue_retry(struct store *store, int64_t rowid)
+{
+  sqlite3_stmt *st = NULL;
+  int64_t now = store_now_ms();
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = 'queued', attempts = 0, "
+                    "verify_first = 0, next_attempt_at = ?1, "
+                    "updated_at = ?1 "
+                    "WHERE id = ?2 AND state IN ('failed', 'held')",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, now);
+  sqlite3_bind_int64(st, 2, rowid);
+  switch (queue_run(store, st)) {
+    case 1:
+      return 0;
+    case 0:
+      return -EAGAIN;
+    default:
+      return -EIO;
+  }
+}
+
+int queue_drop(struct store *store, int64_t rowid, const char *reason)
+{
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = 'failed', "
+                    "error_code = 'dropped', error_text = ?1, "
+                    "updated_at = ?2 "
+                    "WHERE id = ?3 AND state IN ('queued', 'held')",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, reason, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, store_now_ms());
+  sqlite3_bind_int64(st, 3, rowid);
+  switch (queue_run(store, st)) {
+    case 1:
+      return 0;
+    case 0:
+      return -EAGAIN;
+    default:
+      return -EIO;
+  }
 }
 
 int queue_recover(struct store *store, int64_t delay_ms)
@@ -308,7 +516,17 @@ static int queue_set_state(struct store *store, int64_t rowid,
 
 int queue_mark_sending(struct store *store, int64_t rowid)
 {
-  return queue_set_state(store, rowid, "sending", NULL, NULL, 0, 1, -1);
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = 'sending', "
+                    "attempts = attempts + 1, updated_at = ? "
+                    "WHERE id = ? AND state = 'queued'",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, store_now_ms());
+  sqlite3_bind_int64(st, 2, rowid);
+  return queue_run(store, st) == 1 ? 0 : -ENOENT;
 }
 
 int queue_mark_sent(struct store *store, int64_t rowid)
@@ -409,6 +627,29 @@ int queue_list(struct store *store, const char *state,
                     &st) < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    v = xrealloc(v, sizeof(*v) * (n + 1));
+    queue_entry_load(&v[n++], st);
+  }
+  sqlite3_finalize(st);
+  *out = v;
+  return (int) n;
+}
+
+int queue_find_all(struct store *store, const char *message_id,
+                   struct queue_entry **out, size_t max)
+{
+  sqlite3_stmt *st = NULL;
+  struct queue_entry *v = NULL;
+  size_t n = 0;
+
+  if (queue_prepare(store,
+                    "SELECT " QUEUE_COLUMNS " FROM messages "
+                    "WHERE message_id = ? ORDER BY id DESC LIMIT ?",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
   while (sqlite3_step(st) == SQLITE_ROW) {
     v = xrealloc(v, sizeof(*v) * (n + 1));

@@ -84,6 +84,10 @@ static const char *const store_migrations[] = {
   ");"
   "CREATE INDEX caldav_objects_uid ON caldav_objects (address, uid);"
   "CREATE INDEX caldav_objects_event ON caldav_objects (address, event_id);",
+  /* 4: a digest of Message-ID and envelope recognises a resubmission of
+   * the same message (see queue_insert_once). */
+  "ALTER TABLE messages ADD COLUMN envelope_digest TEXT;"
+  "CREATE INDEX messages_envelope ON messages (envelope_digest, created_at);",
 };
 
 #define STORE_NMIGRATIONS                                                      \

@@ -22,6 +22,7 @@ struct smtp_intake {
   pthread_mutex_t lock;
   smtp_intake_queued_cb queued;
   void *queued_arg;
+  int64_t dedup_window_ms; /* 0: every submission is queued */
 };
 
 struct smtp_intake_msg {
@@ -72,6 +73,12 @@ int smtp_intake_new(uv_loop_t *loop, const char *spool_dir,
   pthread_mutex_init(&intake->lock, NULL);
   *out = intake;
   return 0;
+}
+
+void smtp_intake_set_dedup_window(struct smtp_intake *intake,
+                                  unsigned seconds)
+{
+  intake->dedup_window_ms = (int64_t) seconds * 1000;
 }
 
 void smtp_intake_free(struct smtp_intake *intake)
@@ -202,16 +209,28 @@ static int smtp_intake_validate(struct smtp_intake_msg *msg,
   return 0;
 }
 
+/* Records the message, unless it is a resubmission of one recorded
+ * within the window (same Message-ID and envelope): then its queue id is
+ * copied to original and 1 returned. 0 when queued, or -EIO. */
 static int smtp_intake_insert(struct smtp_intake_msg *msg,
-                              const char *message_id)
+                              const char *message_id,
+                              char original[QUEUE_ID_SIZE])
 {
   struct smtp_intake *intake = msg->intake;
+  char digest[QUEUE_DIGEST_SIZE];
+  int have_digest;
   int rc;
 
+  have_digest = queue_envelope_digest(message_id, msg->sender,
+                                      (const char *const *) msg->rcpts,
+                                      msg->nrcpts, digest)
+                == 0;
   pthread_mutex_lock(&intake->lock);
-  rc = queue_insert(intake->store, msg->queue_id, msg->sender,
-                    (const char *const *) msg->rcpts, msg->nrcpts,
-                    message_id, msg->file->size, msg->file->path);
+  rc = queue_insert_once(intake->store, msg->queue_id, msg->sender,
+                         (const char *const *) msg->rcpts, msg->nrcpts,
+                         message_id, msg->file->size, msg->file->path,
+                         have_digest ? digest : NULL, intake->dedup_window_ms,
+                         original);
   pthread_mutex_unlock(&intake->lock);
   return rc;
 }
@@ -220,6 +239,7 @@ static int smtp_intake_insert(struct smtp_intake_msg *msg,
 static void smtp_intake_work(uv_work_t *work)
 {
   struct smtp_intake_msg *msg = work->data;
+  char original[QUEUE_ID_SIZE];
   char *message_id = NULL;
   int rc;
 
@@ -238,12 +258,20 @@ static void smtp_intake_work(uv_work_t *work)
     spool_remove(msg->file->path);
     return;
   }
-  rc = smtp_intake_insert(msg, message_id);
+  rc = smtp_intake_insert(msg, message_id, original);
   free(message_id);
   if (rc < 0) {
     spool_remove(msg->file->path);
     smtp_intake_answer(msg, 451, "4.3.0",
                        "Cannot record the message in the queue; try again");
+    return;
+  }
+  if (rc == 1) {
+    /* The client did not see our first 250 and sent the message again:
+     * answer as we did then, and keep one copy. */
+    spool_remove(msg->file->path);
+    log_info("%s smtp resubmission original=%s", msg->queue_id, original);
+    smtp_intake_answer(msg, 250, "2.0.0", original);
     return;
   }
   smtp_intake_answer(msg, 250, "2.0.0", msg->queue_id);

@@ -56,6 +56,11 @@ struct config {
   unsigned delivery_max_age; /* seconds before a transient failure is final */
   unsigned delivery_recovery_delay; /* seconds before an unknown outcome is
                                      * looked up in Sent Items */
+  unsigned delivery_dedup_window; /* seconds a resubmission is recognised */
+  unsigned delivery_keep_sent; /* seconds a sent message stays queryable */
+  unsigned delivery_keep_failed; /* seconds a failure stays queryable */
+  unsigned delivery_max_per_minute; /* sends a mailbox starts per minute */
+  unsigned delivery_max_rcpts_per_day; /* recipients per mailbox, 24 h */
 };
 
 /* Loads path into cfg (which it initialises with defaults first). On error

@@ -42,6 +42,53 @@ int queue_insert(struct store *store, const char *queue_id,
                  const char *message_id, uint64_t size,
                  const char *spool_path);
 
+#define QUEUE_DIGEST_SIZE 65 /* SHA-256 in hex plus NUL */
+
+/* The digest that recognises a resubmission: SHA-256 over the Message-ID,
+ * the sender and the recipients (sorted, ASCII letters folded to lower
+ * case), in hex. Returns 0, or -ENOENT when message_id is NULL or empty:
+ * a message without one cannot be recognised. */
+int queue_envelope_digest(const char *message_id, const char *sender,
+                          const char *const *rcpts, size_t nrcpts,
+                          char out[QUEUE_DIGEST_SIZE]);
+
+/* Inserts like queue_insert, recording digest (may be NULL), unless a row
+ * with the same digest was created in the last window_ms: then nothing is
+ * inserted and that row's queue id is copied to original. The look-up and
+ * the insert share one write transaction, so two identical submissions
+ * racing each other yield one row. Returns 0 when inserted, 1 for a
+ * resubmission, or -EIO. */
+int queue_insert_once(struct store *store, const char *queue_id,
+                      const char *sender, const char *const *rcpts,
+                      size_t nrcpts, const char *message_id, uint64_t size,
+                      const char *spool_path, const char *digest,
+                      int64_t window_ms, char original[QUEUE_ID_SIZE]);
+
+/* Moves a queued row's next attempt to at without counting an attempt
+ * (pacing). Returns 0, or -ENOENT when the row is no longer queued. */
+int queue_defer(struct store *store, int64_t rowid, int64_t at);
+
+/* Deletes sent rows sent before sent_before_ms and failed rows failed
+ * before failed_before_ms, removing any spool file they still have.
+ * Returns the number of rows deleted, or -EIO. */
+int queue_purge(struct store *store, int64_t sent_before_ms,
+                int64_t failed_before_ms);
+
+/* The operator's retry: a failed or held row is queued again now with a
+ * fresh attempt count. Returns 0, or -EAGAIN when the row is in neither
+ * state (any more). */
+int queue_retry(struct store *store, int64_t rowid);
+
+/* The operator's drop: a queued or held row fails with code "dropped" and
+ * reason as its text. The caller removes the spool file. Returns 0, or
+ * -EAGAIN when the row is in neither state (any more). */
+int queue_drop(struct store *store, int64_t rowid, const char *reason);
+
+/* Loads every row with this Message-ID, newest first, up to max; the
+ * caller frees *out with queue_entries_free. Returns the count or -EIO. */
+int queue_find_all(struct store *store, const char *message_id,
+                   struct queue_entry **out, size_t max);
+
 /* Rows left in sending by a crash go back to queued, to be looked up in
  * Sent Items no earlier than now + delay_ms; returns how many. */
 int queue_recover(struct store *store, int64_t delay_ms);
@@ -65,6 +112,8 @@ int queue_held_senders(struct store *store, char ***out);
 int queue_find(struct store *store, const char *queue_id,
                const char *message_id, struct queue_entry *out);
 
+/* Moves a queued row to sending; -ENOENT when it is no longer queued (an
+ * operator dropped it meanwhile), and then it must not be sent. */
 int queue_mark_sending(struct store *store, int64_t rowid);
 int queue_mark_sent(struct store *store, int64_t rowid);
 int queue_mark_retry(struct store *store, int64_t rowid,

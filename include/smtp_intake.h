@@ -31,6 +31,14 @@ int smtp_intake_new(uv_loop_t *loop, const char *spool_dir,
 
 void smtp_intake_free(struct smtp_intake *intake);
 
+/* Recognise resubmissions for this long: a message with the same
+ * Message-ID and envelope (sender and recipients) as one committed in the
+ * last seconds is answered 250 with that message's queue id and not queued
+ * again. 0 (the default) queues every submission. Set before the first
+ * message. */
+void smtp_intake_set_dedup_window(struct smtp_intake *intake,
+                                  unsigned seconds);
+
 /* Starts a message with a fresh queue id. */
 int smtp_intake_begin(struct smtp_intake *intake,
                       struct smtp_intake_msg **out);

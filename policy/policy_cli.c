@@ -26,11 +26,13 @@
 #include "policy.h"
 #include "policy_edit.h"
 #include "queue.h"
+#include "spool.h"
 #include "store.h"
 #include "xalloc.h"
 
 #define CLI_DEFAULT_CONFIG "/etc/nextal-agent/agent.ini"
 #define CLI_HELD_MAX 1000 /* messages `held` lists at most */
+#define CLI_REASON_MAX 1000 /* bytes of a drop reason */
 #define CLI_ACTOR_MAX 64
 
 struct cli {
@@ -867,6 +869,126 @@ static int cli_held(struct cli *cli, int argc, char **argv)
   return rc;
 }
 
+/* retry and drop */
+
+/* Loads the message an operator named; reports an unknown id itself. */
+static int cli_message_find(struct cli *cli, const char *queue_id,
+                            struct queue_entry *e)
+{
+  int rc = cli_open(cli);
+
+  if (rc != EX_OK)
+    return rc;
+  rc = queue_find(cli->store, queue_id, NULL, e);
+  if (rc == -ENOENT) {
+    cli_error("no message has queue id %s", queue_id);
+    return EX_NOINPUT;
+  }
+  if (rc < 0) {
+    cli_error("cannot read %s", cli->cfg.database);
+    return EX_IOERR;
+  }
+  return EX_OK;
+}
+
+/* Applies change (queue_retry or queue_drop) and its audit record in one
+ * transaction. The agent may have moved the row meanwhile: EX_TEMPFAIL. */
+static int cli_message_change(struct cli *cli, const struct queue_entry *e,
+                              const char *reason, const char *action,
+                              const char *detail)
+{
+  int rc;
+
+  if (store_begin(cli->store) < 0) {
+    cli_error("cannot lock %s", cli->cfg.database);
+    return EX_IOERR;
+  }
+  rc = reason ? queue_drop(cli->store, e->rowid, reason)
+              : queue_retry(cli->store, e->rowid);
+  if (rc == 0 && audit_record(cli->store, cli->actor, action, detail) < 0)
+    rc = -EIO;
+  if (rc < 0 || store_commit(cli->store) < 0) {
+    store_rollback(cli->store);
+    if (rc == -EAGAIN) {
+      cli_error("%s changed state meanwhile; look again with held",
+                e->queue_id);
+      return EX_TEMPFAIL;
+    }
+    cli_error("cannot update %s", cli->cfg.database);
+    return EX_IOERR;
+  }
+  return EX_OK;
+}
+
+static int cli_retry(struct cli *cli, int argc, char **argv)
+{
+  struct queue_entry e;
+  char *detail;
+  int rc;
+
+  if (argc != 1) {
+    cli_error("retry takes one queue id");
+    return EX_USAGE;
+  }
+  if ((rc = cli_message_find(cli, argv[0], &e)) != EX_OK)
+    return rc;
+  if (strcmp(e.state, "failed") != 0 && strcmp(e.state, "held") != 0) {
+    cli_error("%s is %s; only failed or held mail can be retried",
+              e.queue_id, e.state);
+    queue_entry_free(&e);
+    return EX_DATAERR;
+  }
+  if (access(e.spool_path, R_OK) < 0) {
+    cli_error("%s cannot be sent again: its body was removed when Graph "
+              "refused it (%s); Nextal must submit it again",
+              e.queue_id, e.error_code ? e.error_code : "-");
+    queue_entry_free(&e);
+    return EX_NOINPUT;
+  }
+  detail = xasprintf("%s from %s: %s (%s) -> queued", e.queue_id, e.sender,
+                     e.state, e.error_code ? e.error_code : "-");
+  rc = cli_message_change(cli, &e, NULL, "mail_retry", detail);
+  if (rc == EX_OK)
+    printf("%s\n", detail);
+  free(detail);
+  queue_entry_free(&e);
+  return rc;
+}
+
+static int cli_drop(struct cli *cli, const char *queue_id, const char *reason)
+{
+  struct queue_entry e;
+  char *detail;
+  int rc;
+
+  if ((rc = cli_message_find(cli, queue_id, &e)) != EX_OK)
+    return rc;
+  if (strcmp(e.state, "sending") == 0) {
+    cli_error("%s is being sent right now; try again in a minute",
+              e.queue_id);
+    queue_entry_free(&e);
+    return EX_TEMPFAIL;
+  }
+  if (strcmp(e.state, "queued") != 0 && strcmp(e.state, "held") != 0) {
+    cli_error("%s is %s already; only queued or held mail can be dropped",
+              e.queue_id, e.state);
+    queue_entry_free(&e);
+    return EX_DATAERR;
+  }
+  detail = xasprintf("%s from %s: %s -> failed (dropped: %s)", e.queue_id,
+                     e.sender, e.state, reason);
+  rc = cli_message_change(cli, &e, reason, "mail_drop", detail);
+  if (rc == EX_OK) {
+    /* After the commit: a crash in between leaves a body that the
+     * record's expiry removes, never a queued row without its body. */
+    spool_remove(e.spool_path);
+    printf("%s\n", detail);
+  }
+  free(detail);
+  queue_entry_free(&e);
+  return rc;
+}
+
 static int cli_link(struct cli *cli, int argc, char **argv)
 {
   char norm[POLICY_ADDRESS_MAX];
@@ -908,6 +1030,7 @@ static int cli_link(struct cli *cli, int argc, char **argv)
 
 static int cli_disable_run(struct cli *cli, int argc, char **argv);
 static int cli_audit_run(struct cli *cli, int argc, char **argv);
+static int cli_drop_run(struct cli *cli, int argc, char **argv);
 
 static const struct cli_command cli_commands[] = {
   { "status", cli_status, "[--json]",
@@ -947,6 +1070,15 @@ static const struct cli_command cli_commands[] = {
   { "consent-link", cli_consent_link, "[--json]",
     "Prints the tenant-wide admin consent URL to send to the tenant's IT." },
   { "held", cli_held, "[--json]", "Lists held and failed mail." },
+  { "retry", cli_retry, "QUEUEID",
+    "Queues a failed or held message again, now, with a fresh count of\n"
+    "attempts (held mail is held again if the policy still refuses its\n"
+    "sender). Exits 66 (EX_NOINPUT) for an unknown id or a message whose\n"
+    "body is gone, 65 (EX_DATAERR) for one in another state." },
+  { "drop", cli_drop_run, "--reason TEXT QUEUEID",
+    "Gives up on a queued or held message: it fails with code dropped and\n"
+    "the reason, which Nextal sees in its status, and its body is removed.\n"
+    "Exits 75 (EX_TEMPFAIL) while it is being sent." },
   { "link", cli_link, "ADDRESS",
     "Application mode only: checks that the policy lets ADDRESS link and\n"
     "that Microsoft 365 has the mailbox, then records the link." },
@@ -976,6 +1108,46 @@ static int cli_audit_run(struct cli *cli, int argc, char **argv)
     return EX_USAGE;
   }
   return cli_audit_list(cli, since);
+}
+
+/* drop has its own option, --reason. */
+static int cli_drop_run(struct cli *cli, int argc, char **argv)
+{
+  static const struct option opts[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "reason", required_argument, NULL, 'r' },
+    { NULL, 0, NULL, 0 },
+  };
+  const struct cli_command *cmd = NULL;
+  const char *reason = NULL;
+  int c;
+
+  for (size_t i = 0; cmd == NULL; i++) {
+    if (cli_commands[i].run == cli_drop_run)
+      cmd = &cli_commands[i];
+  }
+  optind = 0; /* GNU getopt: start over, argv[0] is the command */
+  while ((c = getopt_long(argc, argv, "+hr:", opts, NULL)) != -1) {
+    if (c == 'h') {
+      printf("usage: nextal-policy [--config FILE] %s %s\n\n%s\n", cmd->name,
+             cmd->usage, cmd->help);
+      return EX_OK;
+    }
+    if (c != 'r') {
+      fprintf(stderr, "usage: nextal-policy %s %s\n", cmd->name, cmd->usage);
+      return EX_USAGE;
+    }
+    reason = optarg;
+  }
+  if (argc - optind != 1 || reason == NULL || reason[0] == '\0') {
+    cli_error("drop takes --reason TEXT and one queue id");
+    return EX_USAGE;
+  }
+  if (strlen(reason) > CLI_REASON_MAX) {
+    cli_error("the reason is longer than %d bytes", CLI_REASON_MAX);
+    return EX_USAGE;
+  }
+  return cli_drop(cli, argv[optind], reason);
 }
 
 static void cli_usage(FILE *f)
@@ -1008,7 +1180,8 @@ static int cli_dispatch(struct cli *cli, int argc, char **argv)
 
     if (strcmp(argv[0], cmd->name) != 0)
       continue;
-    if (cmd->run == cli_disable_run || cmd->run == cli_audit_run)
+    if (cmd->run == cli_disable_run || cmd->run == cli_audit_run ||
+        cmd->run == cli_drop_run)
       return cmd->run(cli, argc, argv);
     rc = cli_options(cli, cmd, argc, argv, NULL, NULL);
     if (rc >= 0)

@@ -12,13 +12,16 @@ Error shapes:
 * 500 generalException [G-ERRS]
 * 504 with a generic body [G-ERRS] (503/504 listed as retryable)
 * "drop": the connection is closed without an answer
+* "400": a permanent refusal, by default 400 ErrorInvalidRecipients as Graph
+  sends for an unresolvable recipient (graph-api.md 5); "status", "code" and
+  "message" in the rule replace it
 """
 
 import random
 
 from simcore import drop_reply, graph_error, new_guid
 
-FAULT_KINDS = ("429", "503", "500", "504", "drop")
+FAULT_KINDS = ("429", "503", "500", "504", "drop", "400")
 
 
 class FaultRule:
@@ -35,6 +38,12 @@ class FaultRule:
         self.retry_after = spec.get("retry_after")
         self.after = bool(spec.get("after", False))
         self.client_id = spec.get("client_id")
+        self.status = int(spec.get("status", 400))
+        self.code = spec.get("code") or "ErrorInvalidRecipients"
+        self.message = spec.get("message") or (
+            "At least one recipient isn't valid., Recipient "
+            "'candidate@example.net' isn't resolved. All recipients must be "
+            "resolved before a message can be submitted.")
         self.id = new_guid()
         self.fired = 0
 
@@ -91,6 +100,8 @@ def fault_reply(rule, request_id):
     if rule.fault == "500":
         return graph_error(500, "generalException", "An unspecified error has occurred.",
                            request_id)
+    if rule.fault == "400":
+        return graph_error(rule.status, rule.code, rule.message, request_id)
     if rule.fault == "504":
         headers = [("Retry-After", ra)] if ra else None
         return graph_error(504, "UnknownError", "Gateway Timeout", request_id, headers)

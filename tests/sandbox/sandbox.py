@@ -77,7 +77,8 @@ class Sandbox:
     """A running simulator + agent pair in a private directory."""
 
     def __init__(self, build_dir=None, workdir=None, link_mode="application",
-                 latency_ms=0, users=DEMO_USERS, policy=None, agent_args=()):
+                 latency_ms=0, users=DEMO_USERS, policy=None, agent_args=(),
+                 extra_config=""):
         self.build_dir = build_dir or os.environ.get(
             "NEXTAL_BUILD_DIR", os.path.join(REPO, "build"))
         self.agent_bin = find_binary(self.build_dir, "nextal-agent")
@@ -89,6 +90,10 @@ class Sandbox:
         self.users = list(users)
         self.policy_text = policy
         self.agent_args = list(agent_args)
+        # INI text appended to the agent's configuration, e.g.
+        # "[delivery]\nmax_per_minute = 5": a repeated section adds keys
+        # and a repeated key overrides the generated one.
+        self.extra_config = extra_config
         self.sim = None
         self.agent = None
         self.smtp_port = free_port()
@@ -162,7 +167,7 @@ class Sandbox:
             "max_in_flight_per_mailbox = 4",
             "recovery_delay = 5",
             "",
-        ])
+        ]) + (self.extra_config or "")
 
     def default_policy(self):
         return ("# Nextal Office 365 integration policy (sandbox)\n"

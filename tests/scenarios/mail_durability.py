@@ -1,0 +1,293 @@
+#!/usr/bin/python3
+"""What Nextal can rely on after a 250: the reply names a queue id that the
+status API (HTTP Basic, service credential) answers for, by queue id and by
+Message-ID, through sent and through Graph's permanent refusal; a message
+resubmitted because the client lost our 250 is sent once; two transactions
+that share a Message-ID but not the envelope are both sent; the operator's
+retry and drop act on failed and queued mail and leave an audit record."""
+
+import base64
+import json
+import re
+import signal
+import smtplib
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+from scenario import ALICE, BOB, CAROL, DAVE, AgentTestCase, main
+import sandbox
+from sandbox import wait_for
+
+
+def message(sender, rcpts, tag, msgid=None):
+    return ("From: %s\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s>\r\n"
+            "\r\nbody of %s\r\n" % (sender, ", ".join(rcpts), tag,
+                                    msgid or tag + "@nextal.test", tag)).encode()
+
+
+def queue_id_of(reply):
+    found = re.search(rb"queued as (\S+)", reply)
+    assert found, reply
+    return found.group(1).decode()
+
+
+class MailDurability(AgentTestCase):
+    sandbox_options = {"extra_config": "[delivery]\ndedup_window = 3600\n"
+                                       "max_attempts = 2\n"}
+
+    # ---- helpers ----
+
+    def submit(self, sender, rcpts, data):
+        """One SMTP transaction; returns the queue id named by the 250."""
+        with smtplib.SMTP("127.0.0.1", self.box.smtp_port, timeout=30) as c:
+            c.login(sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+            c.mail(sender)
+            for r in rcpts:
+                self.assertEqual(c.rcpt(r)[0], 250)
+            code, reply = c.data(data)
+            self.assertEqual(code, 250, reply)
+            return queue_id_of(reply)
+
+    def status(self, path, auth=(sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)):
+        """GET on the agent's HTTP listener; returns (status, JSON, headers)."""
+        headers = {}
+        if auth:
+            token = base64.b64encode(("%s:%s" % auth).encode()).decode()
+            headers["Authorization"] = "Basic " + token
+        req = urllib.request.Request(
+            "http://127.0.0.1:%d%s" % (self.box.http_port, path), headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.load(r), r.headers
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null"), e.headers
+
+    def by_queue_id(self, queue_id):
+        return self.status("/v1/messages/" + queue_id)
+
+    def by_message_id(self, msgid):
+        return self.status("/v1/messages?message_id=" + urllib.parse.quote(msgid))
+
+    def wait_state(self, queue_id, state, timeout=30):
+        def reached():
+            code, body, _ = self.by_queue_id(queue_id)
+            return body if code == 200 and body["state"] == state else None
+        return wait_for(reached, timeout, "%s to be %s" % (queue_id, state))
+
+    def sent_with_subject(self, address, tag):
+        return [r for r in self.box.sent(address) if r["resource"]["subject"] == tag]
+
+    # ---- the status API ----
+
+    def test_250_names_a_queue_id_the_status_api_reports_sent(self):
+        tag = "status-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(ALICE, ["cand@example.net"],
+                               message(ALICE, ["cand@example.net"], tag))
+        body = self.wait_state(queue_id, "sent")
+        self.assertEqual(body["queue_id"], queue_id)
+        self.assertEqual(body["message_id"], "<%s@nextal.test>" % tag)
+        self.assertEqual(body["sender"], ALICE)
+        self.assertEqual(body["recipients"], ["cand@example.net"])
+        self.assertIsNotNone(body["sent_at"])
+        self.assertEqual(body["attempts"], 1)
+        self.assertIsNone(body["error"])
+        self.assertEqual(len(self.sent_with_subject(ALICE, tag)), 1)
+        # The same record by Message-ID, with or without angle brackets.
+        for form in ("<%s@nextal.test>" % tag, "%s@nextal.test" % tag):
+            code, got, _ = self.by_message_id(form)
+            self.assertEqual(code, 200)
+            self.assertEqual(got["queue_id"], queue_id)
+            self.assertEqual(got["state"], "sent")
+
+    def test_status_needs_the_service_credential(self):
+        code, body, headers = self.status("/v1/messages/ANY", auth=None)
+        self.assertEqual(code, 401)
+        self.assertIn("Basic", headers["WWW-Authenticate"])
+        code, _, _ = self.status("/v1/messages/ANY", auth=("nextal", "wrong"))
+        self.assertEqual(code, 401)
+
+    def test_unknown_messages_are_404_in_json(self):
+        code, body, _ = self.by_queue_id("0000000000NOSUCHID")
+        self.assertEqual(code, 404)
+        self.assertEqual(body["error"]["code"], "not_found")
+        code, body, _ = self.by_message_id("<never-sent@nextal.test>")
+        self.assertEqual(code, 404)
+        code, body, _ = self.status("/v1/messages")
+        self.assertEqual(code, 400)
+
+    def test_permanent_graph_failure_is_queryable_with_graphs_code(self):
+        self.box.sim_post("/_sim/faults", {"fault": "400", "mailbox": DAVE,
+                                           "operation": "sendMail", "count": 1})
+        tag = "refused-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(DAVE, ["cand@example.net"],
+                               message(DAVE, ["cand@example.net"], tag))
+        body = self.wait_state(queue_id, "failed")
+        self.assertEqual(body["error"]["code"], "ErrorInvalidRecipients")
+        self.assertIn("isn't resolved", body["error"]["reason"])
+        self.assertIsNone(body["sent_at"])
+        self.assertEqual(self.sent_with_subject(DAVE, tag), [])
+        # The body went with the refusal; the record stays.
+        spool = self.db().execute("SELECT spool_path FROM messages WHERE queue_id = ?",
+                                  (queue_id,)).fetchone()[0]
+        self.assertFalse(__import__("os").path.exists(spool))
+        code, body, _ = self.by_message_id("<%s@nextal.test>" % tag)
+        self.assertEqual((code, body["state"]), (200, "failed"))
+        # Refused mail cannot be retried: its body is gone.
+        out = self.box.policy_cli("retry", queue_id, check=False)
+        self.assertEqual(out.returncode, 66, out.stderr)
+
+    # ---- resubmissions ----
+
+    def test_resubmission_after_a_lost_250_is_sent_once(self):
+        tag = "lost250-" + uuid.uuid4().hex[:8]
+        data = message(BOB, ["cand@example.net"], tag)
+        # A client that sends the whole message and goes away before it can
+        # read our answer.
+        s = socket.create_connection(("127.0.0.1", self.box.smtp_port), timeout=10)
+        f = s.makefile("rb")
+        f.readline()
+        token = base64.b64encode(b"\0%s\0%s" % (sandbox.SERVICE_USER.encode(),
+                                                 sandbox.SERVICE_PASSWORD.encode()))
+        s.sendall(b"EHLO lost.test\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        for line in (b"AUTH PLAIN " + token, b"MAIL FROM:<%s>" % BOB.encode(),
+                     b"RCPT TO:<cand@example.net>", b"DATA"):
+            s.sendall(line + b"\r\n")
+            f.readline()
+        s.sendall(data + b".\r\n")
+        s.close()
+        first = wait_for(lambda: self.db().execute(
+            "SELECT queue_id FROM messages WHERE message_id = ?",
+            (tag + "@nextal.test",)).fetchone(), 20, "the first copy's row")[0]
+        # Nextal never saw the 250, so it sends the message again.
+        again = self.submit(BOB, ["cand@example.net"], data)
+        self.assertEqual(again, first, "the retry must get the original queue id")
+        self.wait_state(first, "sent")
+        time.sleep(2.0)  # a second copy would have gone by now
+        self.assertEqual(len(self.sent_with_subject(BOB, tag)), 1)
+        rows = self.db().execute("SELECT COUNT(*) FROM messages WHERE message_id = ?",
+                                 (tag + "@nextal.test",)).fetchone()[0]
+        self.assertEqual(rows, 1)
+
+    def test_two_identical_submissions_at_once_are_one_message(self):
+        tag = "race-" + uuid.uuid4().hex[:8]
+        data = message(CAROL, ["a@example.net", "b@example.net"], tag)
+        ids = []
+
+        def one(rcpts):
+            ids.append(self.submit(CAROL, rcpts, data))
+        threads = [threading.Thread(target=one, args=(r,)) for r in
+                   (["a@example.net", "b@example.net"],
+                    ["b@example.net", "a@example.net"],  # same envelope, other order
+                    ["a@example.net", "b@example.net"])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(len(set(ids)), 1, ids)
+        self.wait_state(ids[0], "sent")
+        time.sleep(1.0)
+        self.assertEqual(len(self.sent_with_subject(CAROL, tag)), 1)
+
+    def test_same_message_id_other_envelope_is_sent_again(self):
+        tag = "shared-" + uuid.uuid4().hex[:8]
+        msgid = tag + "@nextal.test"
+        first = self.submit(ALICE, ["one@example.net"],
+                            message(ALICE, ["one@example.net"], tag, msgid))
+        second = self.submit(ALICE, ["two@example.net"],
+                             message(ALICE, ["two@example.net"], tag, msgid))
+        self.assertNotEqual(first, second)
+        self.wait_state(first, "sent")
+        self.wait_state(second, "sent")
+        got = self.sent_with_subject(ALICE, tag)
+        self.assertEqual(sorted(r["recipients"][0]["address"] for r in got),
+                         ["one@example.net", "two@example.net"])
+        code, body, _ = self.by_message_id("<%s>" % msgid)
+        self.assertEqual(body["queue_id"], second)
+        self.assertEqual(body["same_message_id"], [first])
+
+    # ---- the operator's retry and drop ----
+
+    def test_retry_sends_failed_mail_again_and_is_audited(self):
+        # Transient failures until the agent gives up: max_attempts = 2.
+        self.box.sim_post("/_sim/faults", {"fault": "503", "mailbox": CAROL,
+                                           "operation": "sendMail", "count": 2,
+                                           "retry_after": "0.1"})
+        tag = "retry-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(CAROL, ["cand@example.net"],
+                               message(CAROL, ["cand@example.net"], tag))
+        body = self.wait_state(queue_id, "failed")
+        self.assertEqual(body["error"]["code"], "serviceNotAvailable")
+        held = self.box.policy_cli("held").stdout
+        self.assertIn(queue_id, held)
+        out = self.box.policy_cli("retry", queue_id)
+        self.assertIn("-> queued", out.stdout)
+        body = self.wait_state(queue_id, "sent")
+        self.assertEqual(len(self.sent_with_subject(CAROL, tag)), 1)
+        audit = self.box.policy_cli("audit").stdout
+        self.assertRegex(audit, r"mail_retry.*%s" % queue_id)
+        # Sent mail is not retried.
+        out = self.box.policy_cli("retry", queue_id, check=False)
+        self.assertEqual(out.returncode, 65)
+        out = self.box.policy_cli("retry", "NOSUCHQUEUEID", check=False)
+        self.assertEqual(out.returncode, 66)
+
+    def test_drop_fails_queued_mail_with_the_reason(self):
+        # Hold Bob's sends back so that the message is still queued.
+        self.box.sim_post("/_sim/faults", {"fault": "429", "mailbox": BOB,
+                                           "operation": "sendMail",
+                                           "probability": 1.0, "retry_after": "60"})
+        tag = "drop-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(BOB, ["cand@example.net"],
+                               message(BOB, ["cand@example.net"], tag))
+        self.wait_state(queue_id, "queued")
+        wait_for(lambda: self.by_queue_id(queue_id)[1]["attempts"] >= 1, 20,
+                 "a throttled attempt")
+        out = self.box.policy_cli("drop", queue_id, check=False)
+        self.assertEqual(out.returncode, 64)  # --reason is required
+        self.assertIn("--reason", self.box.policy_cli("drop", "--help").stdout)
+        out = self.box.policy_cli("drop", "--reason", "candidate withdrew", queue_id)
+        self.assertIn("dropped", out.stdout)
+        self.box.sim_post("/_sim/faults", {"clear": True})
+        code, body, _ = self.by_queue_id(queue_id)
+        self.assertEqual(body["state"], "failed")
+        self.assertEqual(body["error"], {"code": "dropped",
+                                         "reason": "candidate withdrew"})
+        spool = self.db().execute("SELECT spool_path FROM messages WHERE queue_id = ?",
+                                  (queue_id,)).fetchone()[0]
+        self.assertFalse(__import__("os").path.exists(spool))
+        time.sleep(2.0)
+        self.assertEqual(self.sent_with_subject(BOB, tag), [])
+        self.assertRegex(self.box.policy_cli("audit").stdout,
+                         r"mail_drop.*%s.*candidate withdrew" % queue_id)
+        out = self.box.policy_cli("drop", "--reason", "again", queue_id, check=False)
+        self.assertEqual(out.returncode, 65)
+
+
+class MailRecordExpiry(AgentTestCase):
+    """keep_sent: a sent record is removed once its time is up."""
+    sandbox_options = {"extra_config": "[delivery]\nkeep_sent = 1\n"}
+
+    def test_sent_records_expire(self):
+        tag = "expire-" + uuid.uuid4().hex[:8]
+        with smtplib.SMTP("127.0.0.1", self.box.smtp_port, timeout=30) as c:
+            c.login(sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+            c.sendmail(ALICE, ["cand@example.net"],
+                       message(ALICE, ["cand@example.net"], tag))
+        self.box.wait_sent(ALICE, 1)
+        time.sleep(1.5)
+        # The clean-up runs when the agent starts and every minute after.
+        self.box.restart_agent()
+        wait_for(lambda: self.db().execute(
+            "SELECT COUNT(*) FROM messages WHERE message_id = ?",
+            (tag + "@nextal.test",)).fetchone()[0] == 0, 20, "the record to expire")
+
+
+if __name__ == "__main__":
+    main()
