@@ -17,6 +17,7 @@
 #include "http_router.h"
 #include "http_server.h"
 #include "http_client.h"
+#include "links.h"
 #include "log.h"
 #include "mail_status.h"
 #include "oauth_consent.h"
@@ -25,6 +26,8 @@
 #include "smtp_server.h"
 #include "store.h"
 #include "token_cache.h"
+#include "token_crypt.h"
+#include "user_link.h"
 #include "xalloc.h"
 
 #define AGENT_STOP_GRACE_MS 10000 /* for Graph sends in progress */
@@ -36,6 +39,7 @@ struct agent {
   struct store *store;
   struct credential *credential;
   struct http_client *http;
+  struct token_crypt *crypt;
   struct token_cache *tokens;
   struct graph_client *graph;
   struct policy_gate *gate;
@@ -43,6 +47,7 @@ struct agent {
   struct smtp_server *smtp;
   struct http_router *router;
   struct caldav_deps caldav; /* the CalDAV handlers' argument */
+  struct user_link_deps user_link; /* the linking handlers' argument */
   struct mail_status_deps mail_status; /* the status API's argument */
   struct http_server *http_server;
   struct delivery *delivery;
@@ -69,6 +74,23 @@ static void agent_on_policy_change(void *arg)
     delivery_policy_changed(agent->delivery);
 }
 
+/* Loads (or on first start creates) the key that encrypts refresh tokens;
+ * refuses to go on with a loose or lost key. */
+static int agent_open_key(struct agent *agent)
+{
+  char err[1024];
+  int64_t tokens = 0;
+
+  if (links_token_count(agent->store, &tokens) < 0
+      || token_crypt_open(agent->cfg->key_file, tokens > 0, &agent->crypt, err,
+                          sizeof(err))
+             < 0) {
+    log_error("- agent key_file_refused error=\"%s\"", err);
+    return -EPERM;
+  }
+  return 0;
+}
+
 /* Opens everything that does not listen yet; logs what failed. */
 static int agent_open_core(struct agent *agent)
 {
@@ -85,9 +107,11 @@ static int agent_open_core(struct agent *agent)
               "hash from nextal-agent --hash-password\"");
     return EX_CONFIG;
   }
+  if (agent_open_key(agent) < 0)
+    return EX_CONFIG;
   if (http_client_new(agent->loop, &agent->http) < 0 ||
       token_cache_new(agent->loop, agent->http, cfg, agent->store,
-                      &agent->tokens) < 0 ||
+                      agent->crypt, &agent->tokens) < 0 ||
       graph_client_new(agent->loop, agent->http, agent->tokens,
                        cfg->graph_base_url, cfg->delivery_max_in_flight,
                        &agent->graph) < 0)
@@ -115,6 +139,17 @@ static int agent_open_http(struct agent *agent)
                                         .gate = agent->gate,
                                         .credential = agent->credential };
   if (caldav_register(agent->router, &agent->caldav) < 0)
+    return -EINVAL;
+  agent->user_link = (struct user_link_deps){ .cfg = agent->cfg,
+                                              .store = agent->store,
+                                              .http = agent->http,
+                                              .crypt = agent->crypt,
+                                              .tokens = agent->tokens,
+                                              .graph = agent->graph,
+                                              .gate = agent->gate,
+                                              .credential
+                                              = agent->credential };
+  if (user_link_register(agent->router, &agent->user_link) < 0)
     return -EINVAL;
   agent->mail_status = (struct mail_status_deps){
     .store = agent->store, .credential = agent->credential
@@ -289,6 +324,7 @@ static void agent_free(struct agent *agent)
   if (agent->tokens != NULL)
     token_cache_free(agent->tokens);
   credential_free(agent->credential);
+  token_crypt_free(agent->crypt);
   store_close(agent->store);
 }
 

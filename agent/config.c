@@ -46,6 +46,7 @@ static const struct config_key config_keys[] = {
   CFG("agent", "policy_file", CONFIG_PATH, policy_file, 0),
   CFG("agent", "log_level", CONFIG_STRING, log_level, 0),
   CFG("agent", "trace", CONFIG_STRING, trace, 0),
+  CFG("agent", "key_file", CONFIG_PATH, key_file, 0),
   CFG("smtp", "listen", CONFIG_STRING, smtp_listen, 0),
   CFG("smtp", "hostname", CONFIG_STRING, smtp_hostname, 0),
   CFG("smtp", "max_message_size", CONFIG_U64, smtp_max_message_size,
@@ -302,6 +303,9 @@ static int config_validate(struct config *cfg, const char *path, char *err,
     return -EINVAL;
   }
   free(host);
+  /* The token key lives next to the database unless placed elsewhere. */
+  if (cfg->key_file == NULL)
+    cfg->key_file = xasprintf("%s.key", cfg->database);
   return 0;
 }
 

@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "log.h"
+#include "queue.h"
 #include "xalloc.h"
 
 static const char *const links_state_names[] = {
@@ -237,14 +239,19 @@ int links_list(struct store *store, struct link_entry **out, size_t *n)
   return 0;
 }
 
+void links_entry_clear(struct link_entry *e)
+{
+  free(e->address);
+  free(e->reason);
+  free(e->graph_id);
+  free(e->display_name);
+  memset(e, 0, sizeof(*e));
+}
+
 void links_entries_free(struct link_entry *v, size_t n)
 {
-  for (size_t i = 0; i < n; i++) {
-    free(v[i].address);
-    free(v[i].reason);
-    free(v[i].graph_id);
-    free(v[i].display_name);
-  }
+  for (size_t i = 0; i < n; i++)
+    links_entry_clear(&v[i]);
   free(v);
 }
 
@@ -346,4 +353,105 @@ int tenant_consent_record(struct store *store, bool granted, const char *tenant,
   if (rc < 0)
     return rc;
   return rc == 1 ? 0 : -EIO;
+}
+
+int links_token_count(struct store *store, int64_t *n)
+{
+  sqlite3_stmt *st = links_prepare(
+      store, "SELECT count(*) FROM users WHERE refresh_token IS NOT NULL");
+  int rc = -EIO;
+
+  if (st == NULL)
+    return -EIO;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    *n = sqlite3_column_int64(st, 0);
+    rc = 0;
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Deletes what else is kept per user: CalDAV's resource mappings and
+ * sign-ins in progress. Returns 0 or -EIO. */
+static int links_forget(struct store *store, const char *address)
+{
+  static const char *const sql[] = {
+    "DELETE FROM caldav_objects WHERE address=?",
+    "DELETE FROM link_pending WHERE address=?",
+  };
+
+  for (size_t i = 0; i < sizeof(sql) / sizeof(*sql); i++) {
+    sqlite3_stmt *st = links_prepare(store, sql[i]);
+
+    if (st == NULL)
+      return -EIO;
+    links_bind_text(st, 1, address);
+    if (links_run(store, st) < 0)
+      return -EIO;
+  }
+  return 0;
+}
+
+int links_unlink(struct store *store, const char *actor, const char *address,
+                 char **detail)
+{
+  int removed, failed;
+
+  *detail = NULL;
+  /* Row, tokens, mappings and mail go together or not at all. */
+  if (store_begin(store) < 0)
+    return -EIO;
+  removed = links_remove(store, address);
+  failed = queue_fail_sender(store, address, "user_unlinked",
+                             "The user was unlinked by an administrator");
+  if ((removed < 0 && removed != -ENOENT) || failed < 0
+      || links_forget(store, address) < 0)
+    goto fail;
+  if (removed == -ENOENT && failed == 0) {
+    store_rollback(store);
+    return -ENOENT;
+  }
+  *detail = xasprintf("%s: link %s, tokens wiped, %d queued or held messages "
+                      "failed (user_unlinked)",
+                      address, removed == 0 ? "removed" : "absent", failed);
+  if (audit_record(store, actor, "unlink", *detail) < 0
+      || store_commit(store) < 0)
+    goto fail;
+  return 0;
+
+fail:
+  store_rollback(store);
+  free(*detail);
+  *detail = NULL;
+  return -EIO;
+}
+
+int links_entry_get(struct store *store, const char *address,
+                    struct link_entry *out)
+{
+  sqlite3_stmt *st = links_prepare(
+      store, "SELECT address, state, reason, graph_id, display_name,"
+             " refresh_token IS NOT NULL, linked_at, updated_at FROM users"
+             " WHERE address=?");
+  int step;
+
+  memset(out, 0, sizeof(*out));
+  if (st == NULL)
+    return -EIO;
+  links_bind_text(st, 1, address);
+  step = sqlite3_step(st);
+  if (step == SQLITE_ROW) {
+    out->address = links_column_dup(st, 0);
+    out->state = links_state_parse(sqlite3_column_text(st, 1));
+    out->reason = links_column_dup(st, 2);
+    out->graph_id = links_column_dup(st, 3);
+    out->display_name = links_column_dup(st, 4);
+    out->has_token = sqlite3_column_int(st, 5) != 0;
+    out->linked_at = sqlite3_column_int64(st, 6);
+    out->updated_at = sqlite3_column_int64(st, 7);
+  }
+  sqlite3_finalize(st);
+  if (step == SQLITE_ROW)
+    return 0;
+  return step == SQLITE_DONE ? -ENOENT : -EIO;
 }

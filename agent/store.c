@@ -88,6 +88,15 @@ static const char *const store_migrations[] = {
    * the same message (see queue_insert_once). */
   "ALTER TABLE messages ADD COLUMN envelope_digest TEXT;"
   "CREATE INDEX messages_envelope ON messages (envelope_digest, created_at);",
+  /* 5: delegated sign-ins in progress: the OAuth state names the user the
+   * start link was for and holds the PKCE verifier until the callback. */
+  "CREATE TABLE link_pending ("
+  "  state TEXT PRIMARY KEY,"
+  "  address TEXT NOT NULL,"
+  "  verifier TEXT NOT NULL,"
+  "  expires_at INTEGER NOT NULL," /* ms since epoch */
+  "  created_at INTEGER NOT NULL"
+  ");",
 };
 
 #define STORE_NMIGRATIONS                                                      \

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "links.h"
 #include "log.h"
 #include "xalloc.h"
 
@@ -59,6 +60,7 @@ struct token_cache {
   struct http_client *http;
   const struct config *cfg;
   struct store *store;
+  struct token_crypt *crypt; /* NULL in application mode */
   struct token_entry *entries;
   unsigned refreshing; /* entries with a request out */
   bool freeing;        /* token_cache_free ran; free after the last refresh */
@@ -77,8 +79,8 @@ static bool token_cache_delegated(const struct token_cache *cache)
   return cache->cfg->link_mode != CONFIG_LINK_APPLICATION;
 }
 
-/* Reads the stored refresh token of key. Issue 4 stores it encrypted; this
- * and token_store_write are the only places that will have to change. */
+/* Reads and decrypts the stored refresh token of key; NULL when there is
+ * none or it cannot be decrypted (logged: the key file was replaced). */
 static char *token_store_read(struct token_cache *cache, const char *key)
 {
   sqlite3_stmt *st = NULL;
@@ -99,8 +101,10 @@ static char *token_store_read(struct token_cache *cache, const char *key)
     const void *blob = sqlite3_column_blob(st, 0);
     int len = sqlite3_column_bytes(st, 0);
 
-    if (blob && len > 0)
-      token = xstrndup(blob, (size_t) len);
+    if (blob && len > 0
+        && token_crypt_unseal(cache->crypt, key, blob, (size_t) len, &token)
+               < 0)
+      log_error("%s token decrypt_failed (was the key file replaced?)", key);
   }
 
 out:
@@ -108,20 +112,28 @@ out:
   return token;
 }
 
-/* Stores the rotated refresh token of key; returns 0 or -EIO. */
+/* Encrypts and stores the rotated refresh token of key; returns 0 or a
+ * negative errno. */
 static int token_store_write(struct token_cache *cache, const char *key,
                              const char *token)
 {
   sqlite3_stmt *st = NULL;
-  int rc = -EIO;
+  void *blob = NULL;
+  size_t len = 0;
+  int rc
+      = token_crypt_seal(cache->crypt, key, token, strlen(token), &blob, &len);
 
+  if (rc < 0)
+    return rc;
+  rc = -EIO;
   if (sqlite3_prepare_v2(cache->store->db,
                          "UPDATE users SET refresh_token = ?1,"
-                         " updated_at = ?2 WHERE address = ?3",
+                         " updated_at = ?2 WHERE address = ?3"
+                         " AND state = 'linked'",
                          -1, &st, NULL)
       != SQLITE_OK)
     goto out;
-  sqlite3_bind_blob(st, 1, token, (int) strlen(token), SQLITE_STATIC);
+  sqlite3_bind_blob(st, 1, blob, (int) len, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, store_now_ms());
   sqlite3_bind_text(st, 3, key, -1, SQLITE_STATIC);
   if (sqlite3_step(st) == SQLITE_DONE)
@@ -132,7 +144,20 @@ out:
     log_error("%s token store_write_failed error=\"%s\"", key,
               sqlite3_errmsg(cache->store->db));
   sqlite3_finalize(st);
+  free(blob);
   return rc;
+}
+
+/* The grant of key is gone: the user must link again, whoever asked for
+ * the token (delivery, CalDAV), and the reason is kept for the status. */
+static void token_store_mark_relink(struct token_cache *cache, const char *key,
+                                    const char *error, const char *desc)
+{
+  char *reason = xasprintf("%s: %s", error, desc ? desc : "");
+
+  if (links_mark_relink(cache->store, key, reason) == 0)
+    log_warn("%s token grant_gone: the user must link again", key);
+  free(reason);
 }
 
 static void token_entry_free(struct token_entry *entry)
@@ -296,6 +321,9 @@ static void token_entry_on_http(void *arg, const struct http_response *resp)
   res.permanent = token_cache_error_permanent(
       resp->status, res.error, json_object_get(root, "error_codes"),
       res.description);
+  if (res.permanent && token_cache_delegated(entry->cache))
+    token_store_mark_relink(entry->cache, entry->key, res.error,
+                            res.description);
 
 out:
   if (!res.token) {
@@ -352,7 +380,7 @@ static char *token_entry_form(struct token_entry *entry)
   if (refresh) {
     token_form_add(&form, "grant_type", "refresh_token");
     token_form_add(&form, "refresh_token", refresh);
-    token_form_add(&form, "scope", TOKEN_CACHE_SCOPE " offline_access");
+    token_form_add(&form, "scope", TOKEN_CACHE_USER_SCOPES " offline_access");
   } else {
     token_form_add(&form, "grant_type", "client_credentials");
     token_form_add(&form, "scope", TOKEN_CACHE_SCOPE);
@@ -432,17 +460,18 @@ static struct token_entry *token_cache_entry(struct token_cache *cache,
 
 int token_cache_new(uv_loop_t *loop, struct http_client *http,
                     const struct config *cfg, struct store *store,
-                    struct token_cache **out)
+                    struct token_crypt *crypt, struct token_cache **out)
 {
   struct token_cache *cache;
 
-  if (cfg->link_mode != CONFIG_LINK_APPLICATION && !store)
+  if (cfg->link_mode != CONFIG_LINK_APPLICATION && (!store || !crypt))
     return -EINVAL;
   cache = xcalloc(1, sizeof(*cache));
   cache->loop = loop;
   cache->http = http;
   cache->cfg = cfg;
   cache->store = store;
+  cache->crypt = crypt;
   *out = cache;
   return 0;
 }

@@ -20,6 +20,7 @@ struct config {
   char *policy_file;
   char *log_level;
   char *trace; /* comma list of trace categories */
+  char *key_file; /* encrypts refresh tokens; default "<database>.key" */
 
   /* [smtp] */
   char *smtp_listen; /* host:port */

@@ -51,6 +51,18 @@ int links_mark_all_relink(struct store *store, const char *reason);
 /* Deletes the row of address, token included. Returns 0, -ENOENT or -EIO. */
 int links_remove(struct store *store, const char *address);
 
+/* Offboards address (normalised) in one transaction: its row and token
+ * removed, CalDAV mappings and sign-ins in progress deleted, its queued
+ * and held mail failed with user_unlinked, and an audit record by actor.
+ * *detail receives the audit sentence (caller frees). Returns 0, -ENOENT
+ * when the user was neither linked nor had mail (nothing changed), or
+ * -EIO. Shared by `nextal-policy unlink` and DELETE /v1/links/ADDRESS. */
+int links_unlink(struct store *store, const char *actor, const char *address,
+                 char **detail);
+
+/* Counts the rows holding a refresh token into *n; 0 or -EIO. */
+int links_token_count(struct store *store, int64_t *n);
+
 /* Counts linked users and users needing a re-link; 0 or -EIO. */
 int links_count(struct store *store, int64_t *linked, int64_t *needs_relink);
 
@@ -59,6 +71,15 @@ int links_count(struct store *store, int64_t *linked, int64_t *needs_relink);
 int links_list(struct store *store, struct link_entry **out, size_t *n);
 
 void links_entries_free(struct link_entry *v, size_t n);
+
+/* Frees the strings of one entry and zeroes it. */
+void links_entry_clear(struct link_entry *e);
+
+/* Loads the row of address into *out, whose strings the caller releases
+ * with links_entry_clear. Returns 0, -ENOENT when there is no row (out is
+ * then zeroed), or -EIO. */
+int links_entry_get(struct store *store, const char *address,
+                    struct link_entry *out);
 
 /* Stores an opaque (already encrypted) refresh token for address, which
  * must have a row; NULL blob clears it. Returns 0, -ENOENT or -EIO. */

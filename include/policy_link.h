@@ -19,4 +19,9 @@
 int policy_link_application(const struct config *cfg, struct store *store,
                             const char *address, char *msg, size_t msglen);
 
+/* Asks the token endpoint for a client-credentials token, proving that the
+ * client id and secret work. Returns 0, or -EIO with msg saying why not
+ * (unreachable, or the endpoint's refusal). Blocking: for the CLI only. */
+int policy_link_token_check(const struct config *cfg, char *msg, size_t msglen);
+
 #endif

@@ -12,21 +12,32 @@
 #include "config.h"
 #include "http_client.h"
 #include "store.h"
+#include "token_crypt.h"
+
+/* What a delegated link grants: sending mail, drafts and reading Sent
+ * Items (large mail, recovery), calendars (graph-api.md 2.4, 3). The
+ * sign-in asks for these and every refresh asks for them again. */
+#define TOKEN_CACHE_USER_SCOPES                                                \
+  "https://graph.microsoft.com/Mail.Send "                                     \
+  "https://graph.microsoft.com/Mail.ReadWrite "                                \
+  "https://graph.microsoft.com/Calendars.ReadWrite"
 
 struct token_cache;
 
 /* token is NULL on failure; then error is the OAuth "error" value (or
  * "network") and description the error_description, and permanent says
  * whether the grant is gone (the user must link again). */
-typedef void (*token_cache_cb)(void *arg, const char *token,
-                               const char *error, const char *description,
-                               bool permanent);
+typedef void (*token_cache_cb)(void *arg, const char *token, const char *error,
+                               const char *description, bool permanent);
 
-/* Creates a cache that borrows loop, http, cfg and store (store may be NULL
- * in application mode). Returns 0 or -EINVAL. */
+/* Creates a cache that borrows loop, http, cfg, store and crypt (store
+ * and crypt may be NULL in application mode; in delegated mode refresh
+ * tokens are stored encrypted with crypt). A grant found gone on refresh
+ * marks the user "needs re-link" with the reason (links_mark_relink).
+ * Returns 0 or -EINVAL. */
 int token_cache_new(uv_loop_t *loop, struct http_client *http,
                     const struct config *cfg, struct store *store,
-                    struct token_cache **out);
+                    struct token_crypt *crypt, struct token_cache **out);
 
 /* Gets a token for mailbox (ignored in application mode). cb runs on the
  * loop, possibly before this returns: when the token is cached, or when

@@ -20,6 +20,7 @@
 
 #include "audit.h"
 #include "config.h"
+#include "link_url.h"
 #include "links.h"
 #include "policy_link.h"
 #include "log.h"
@@ -203,18 +204,37 @@ static void cli_policy_state_get(struct cli *cli, struct cli_policy_state *ps)
   sqlite3_finalize(st);
 }
 
+/* Whether the integration is active: admin consent recorded and a token
+ * obtainable; otherwise which of the two is missing. */
+static const char *cli_status_active(enum tenant_consent_state consent,
+                                     bool token_ok)
+{
+  bool consented = consent == TENANT_CONSENT_GRANTED;
+
+  if (consented && token_ok)
+    return "yes";
+  if (!consented && !token_ok)
+    return "no: admin consent is not recorded and no token can be obtained";
+  if (!token_ok)
+    return "no: no token can be obtained";
+  return "no: admin consent is not recorded (nextal-policy consent-link)";
+}
+
 static int cli_status(struct cli *cli, int argc, char **argv)
 {
   struct policy *policy = NULL;
   struct cli_policy_state ps;
   struct tenant_consent consent;
-  char err[512] = "", when[32];
+  char err[512] = "", when[32], token_msg[512];
   int64_t linked = 0, relink = 0, held = 0, queued = 0, failed = 0;
+  bool token_ok, active;
   int rc = cli_open(cli);
 
   if (rc != EX_OK)
     return rc;
   policy_load(cli->cfg.policy_file, &policy, err, sizeof(err));
+  token_ok
+      = policy_link_token_check(&cli->cfg, token_msg, sizeof(token_msg)) == 0;
   cli_policy_state_get(cli, &ps);
   if (tenant_consent_get(cli->store, &consent) < 0
       || links_count(cli->store, &linked, &relink) < 0
@@ -225,6 +245,7 @@ static int cli_status(struct cli *cli, int argc, char **argv)
     policy_free(policy);
     return EX_IOERR;
   }
+  active = token_ok && consent.state == TENANT_CONSENT_GRANTED;
 
   if (cli->json) {
     json_t *o = json_pack(
@@ -245,6 +266,15 @@ static int cli_status(struct cli *cli, int argc, char **argv)
         ps.error[0] ? ps.error : NULL, "file_error", err[0] ? err : NULL,
         "messages", "held", (json_int_t) held, "queued", (json_int_t) queued,
         "failed", (json_int_t) failed);
+    json_object_set_new(
+        o, "token",
+        json_pack("{s:b, s:s}", "ok", token_ok, "detail", token_msg));
+    json_object_set_new(o, "active", json_boolean(active));
+    json_object_set_new(
+        o, "link_mode",
+        json_string(cli->cfg.link_mode == CONFIG_LINK_APPLICATION
+                        ? "application"
+                        : "delegated"));
     policy_free(policy);
     return cli_json_print(o);
   }
@@ -264,6 +294,9 @@ static int cli_status(struct cli *cli, int argc, char **argv)
   printf("admin consent: %s%s%s%s%s\n",
          tenant_consent_state_name(consent.state), consent.at ? " at " : "",
          consent.at ? when : "", consent.error[0] ? ": " : "", consent.error);
+  printf("token:         %s: %s\n", token_ok ? "ok" : "NOT OBTAINED",
+         token_msg);
+  printf("active:        %s\n", cli_status_active(consent.state, token_ok));
   if (ps.error[0] != '\0') {
     cli_time_format(ps.error_at, when, sizeof(when));
     printf("policy error:  the agent rejected the file at %s: %s\n"
@@ -654,7 +687,7 @@ static int cli_unlink(struct cli *cli, int argc, char **argv)
 {
   char norm[POLICY_ADDRESS_MAX];
   char *detail = NULL;
-  int removed, failed, rc;
+  int rc;
 
   if (argc != 1) {
     cli_error("unlink takes one address");
@@ -667,29 +700,12 @@ static int cli_unlink(struct cli *cli, int argc, char **argv)
   if ((rc = cli_open(cli)) != EX_OK)
     return rc;
 
-  /* Row, tokens and mail go together or not at all. */
-  if (store_begin(cli->store) < 0)
-    return EX_IOERR;
-  removed = links_remove(cli->store, norm);
-  failed = queue_fail_sender(cli->store, norm, "user_unlinked",
-                             "The user was unlinked by an administrator");
-  if ((removed < 0 && removed != -ENOENT) || failed < 0) {
-    store_rollback(cli->store);
-    cli_error("cannot update %s", cli->cfg.database);
-    return EX_IOERR;
-  }
-  if (removed == -ENOENT && failed == 0) {
-    store_rollback(cli->store);
+  rc = links_unlink(cli->store, cli->actor, norm, &detail);
+  if (rc == -ENOENT) {
     cli_error("%s is not linked and has no queued mail; nothing changed", norm);
     return EX_NOUSER;
   }
-  detail = xasprintf("%s: link %s, tokens wiped, %d queued or held messages "
-                     "failed (user_unlinked)",
-                     norm, removed == 0 ? "removed" : "absent", failed);
-  if (audit_record(cli->store, cli->actor, "unlink", detail) < 0
-      || store_commit(cli->store) < 0) {
-    store_rollback(cli->store);
-    free(detail);
+  if (rc < 0) {
     cli_error("cannot update %s", cli->cfg.database);
     return EX_IOERR;
   }
@@ -1026,6 +1042,39 @@ static int cli_link(struct cli *cli, int argc, char **argv)
   return rc;
 }
 
+static int cli_link_url(struct cli *cli, int argc, char **argv)
+{
+  char norm[POLICY_ADDRESS_MAX];
+  char *url = NULL;
+  int64_t exp = 0;
+  int rc;
+
+  if (argc != 1) {
+    cli_error("link-url takes one address");
+    return EX_USAGE;
+  }
+  if (policy_address_normalize(argv[0], norm, sizeof(norm)) < 0) {
+    cli_error("\"%s\" is not a mail address", argv[0]);
+    return EX_DATAERR;
+  }
+  if ((rc = cli_open(cli)) != EX_OK)
+    return rc;
+  rc = link_url_build(&cli->cfg, norm, (int64_t) time(NULL), &url, &exp);
+  if (rc == -ENOKEY) {
+    cli_error("[microsoft] link_secret is not set in %s", cli->config_path);
+    return EX_CONFIG;
+  }
+  if (rc < 0)
+    return EX_SOFTWARE;
+  if (cli->json)
+    rc = cli_json_print(json_pack("{s:s, s:s, s:I}", "address", norm, "url",
+                                  url, "expires_at", (json_int_t) exp));
+  else
+    printf("%s\n", url);
+  free(url);
+  return rc;
+}
+
 /* Dispatch. The option-taking commands are wrapped here. */
 
 static int cli_disable_run(struct cli *cli, int argc, char **argv);
@@ -1079,6 +1128,9 @@ static const struct cli_command cli_commands[] = {
     "Gives up on a queued or held message: it fails with code dropped and\n"
     "the reason, which Nextal sees in its status, and its body is removed.\n"
     "Exits 75 (EX_TEMPFAIL) while it is being sent." },
+  { "link-url", cli_link_url, "[--json] ADDRESS",
+    "Prints a start link for ADDRESS, valid for ten minutes: opening it\n"
+    "links the mailbox (delegated mode: after signing in as ADDRESS)." },
   { "link", cli_link, "ADDRESS",
     "Application mode only: checks that the policy lets ADDRESS link and\n"
     "that Microsoft 365 has the mailbox, then records the link." },

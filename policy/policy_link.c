@@ -104,6 +104,18 @@ static char *policy_link_token(const struct config *cfg, char *msg,
   return out;
 }
 
+int policy_link_token_check(const struct config *cfg, char *msg, size_t msglen)
+{
+  char *token = policy_link_token(cfg, msg, msglen);
+
+  if (token == NULL)
+    return -EIO;
+  explicit_bzero(token, strlen(token));
+  free(token);
+  snprintf(msg, msglen, "the client-credentials grant returned a token");
+  return 0;
+}
+
 static int policy_link_decide(const struct config *cfg, struct store *store,
                               const char *address, char *msg, size_t msglen)
 {

@@ -214,7 +214,8 @@ static int setup_with_graph_url(void **state, const char *graph_url)
   fx->cfg.client_secret = xstrdup("secret");
   fx->cfg.link_mode = CONFIG_LINK_APPLICATION;
   assert_int_equal(
-      token_cache_new(&fx->loop, fx->http, &fx->cfg, NULL, &fx->tokens), 0);
+      token_cache_new(&fx->loop, fx->http, &fx->cfg, NULL, NULL, &fx->tokens),
+      0);
   assert_int_equal(graph_client_new(&fx->loop, fx->http, fx->tokens,
                                     graph_url ? graph_url : url,
                                     TEST_MAX_IN_FLIGHT, &fx->graph),

@@ -1,19 +1,25 @@
 /* SPDX-License-Identifier: MIT */
 /* token_cache against an in-process token endpoint stub: client
- * credentials, caching, shared refreshes, error mapping and the delegated
- * refresh-token grant with rotation. */
+ * credentials, caching, shared refreshes, error mapping, the delegated
+ * refresh-token grant with rotation (stored encrypted) and the re-link
+ * mark when the grant is gone; token_crypt's key file rules. */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "config.h"
 #include "http_client.h"
+#include "links.h"
 #include "store.h"
 #include "token_cache.h"
+#include "token_crypt.h"
 #include "xalloc.h"
 
 #include "http_stub.c"
@@ -36,6 +42,8 @@ struct fixture {
   struct store *store;
   char dir[64];
   char db[128];
+  char key[128];
+  struct token_crypt *crypt;
   struct token_cache *tokens;
   enum endpoint_mode mode;
   unsigned issued;      /* access tokens handed out */
@@ -129,9 +137,12 @@ static int setup_mode(void **state, enum config_link_mode mode)
   assert_non_null(mkdtemp(fx->dir));
   snprintf(fx->db, sizeof(fx->db), "%s/agent.db", fx->dir);
   assert_int_equal(store_open(fx->db, &fx->store, err, sizeof(err)), 0);
+  snprintf(fx->key, sizeof(fx->key), "%s/agent.db.key", fx->dir);
   assert_int_equal(
-      token_cache_new(&fx->loop, fx->http, &fx->cfg, fx->store, &fx->tokens),
-      0);
+      token_crypt_open(fx->key, false, &fx->crypt, err, sizeof(err)), 0);
+  assert_int_equal(token_cache_new(&fx->loop, fx->http, &fx->cfg, fx->store,
+                                   fx->crypt, &fx->tokens),
+                   0);
   *state = fx;
   return 0;
 }
@@ -160,7 +171,9 @@ static int teardown(void **state)
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
   store_close(fx->store);
+  token_crypt_free(fx->crypt);
   config_free(&fx->cfg);
+  unlink(fx->key);
   unlink(fx->db);
   snprintf(path, sizeof(path), "%s-wal", fx->db);
   unlink(path);
@@ -307,6 +320,8 @@ static void test_network_error_is_transient(void **state)
   assert_false(r.permanent);
 }
 
+/* The stored blob of address, decrypted; NULL when there is none. The
+ * blob itself must never hold the token in clear. */
 static char *stored_refresh_token(struct fixture *fx, const char *address)
 {
   sqlite3_stmt *st;
@@ -318,10 +333,31 @@ static char *stored_refresh_token(struct fixture *fx, const char *address)
                                       -1, &st, NULL),
                    SQLITE_OK);
   sqlite3_bind_text(st, 1, address, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) == SQLITE_ROW)
-    token = strndup(sqlite3_column_blob(st, 0), sqlite3_column_bytes(st, 0));
+  if (sqlite3_step(st) == SQLITE_ROW
+      && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+    const void *blob = sqlite3_column_blob(st, 0);
+    size_t len = (size_t) sqlite3_column_bytes(st, 0);
+
+    assert_null(memmem(blob, len, "rt-", 3));
+    assert_int_equal(token_crypt_unseal(fx->crypt, address, blob, len, &token),
+                     0);
+  }
   sqlite3_finalize(st);
   return token;
+}
+
+static void seed_user(struct fixture *fx, const char *address,
+                      const char *refresh)
+{
+  void *blob;
+  size_t len;
+
+  assert_int_equal(links_set_linked(fx->store, address, NULL, NULL), 0);
+  assert_int_equal(token_crypt_seal(fx->crypt, address, refresh,
+                                    strlen(refresh), &blob, &len),
+                   0);
+  assert_int_equal(links_token_set(fx->store, address, blob, len), 0);
+  free(blob);
 }
 
 static void test_delegated_refresh_rotates_token(void **state)
@@ -332,12 +368,7 @@ static void test_delegated_refresh_rotates_token(void **state)
   struct result unknown = { 0 };
   char *stored;
 
-  assert_int_equal(
-      store_exec(fx->store,
-                 "INSERT INTO users (address, state, refresh_token,"
-                 " linked_at, updated_at) VALUES ('a@example.com', 'linked',"
-                 " CAST('rt-1' AS BLOB), 0, 0)"),
-      0);
+  seed_user(fx, "a@example.com", "rt-1");
   get(fx, "A@Example.com", &r);
   run_until(fx, 1);
   assert_string_equal(r.token, "tok-1");
@@ -359,6 +390,81 @@ static void test_delegated_refresh_rotates_token(void **state)
   assert_int_equal(fx->stub.requests, 1);
 }
 
+static void test_delegated_grant_gone_marks_relink(void **state)
+{
+  struct fixture *fx = *state;
+  struct result r = { 0 };
+  enum policy_link_state link;
+  char reason[256];
+  char *stored;
+
+  seed_user(fx, "a@example.com", "rt-1");
+  fx->mode = ENDPOINT_INVALID_GRANT;
+  get(fx, "a@example.com", &r);
+  run_until(fx, 1);
+  assert_true(r.permanent);
+  assert_int_equal(
+      links_get(fx->store, "a@example.com", &link, reason, sizeof(reason)), 0);
+  assert_int_equal(link, POLICY_LINK_NEEDS_RELINK);
+  assert_non_null(strstr(reason, "AADSTS50057"));
+  stored = stored_refresh_token(fx, "a@example.com");
+  assert_null(stored);
+}
+
+/* A token sealed for one address does not open for another, and a
+ * plaintext blob is refused. */
+static void test_crypt_binds_address(void **state)
+{
+  struct fixture *fx = *state;
+  char *text = NULL;
+  void *blob;
+  size_t len;
+
+  assert_int_equal(
+      token_crypt_seal(fx->crypt, "a@example.com", "rt-9", 4, &blob, &len), 0);
+  assert_int_equal(
+      token_crypt_unseal(fx->crypt, "b@example.com", blob, len, &text),
+      -EBADMSG);
+  assert_int_equal(token_crypt_unseal(fx->crypt, "a@example.com",
+                                      "plain-refresh-token-text", 24, &text),
+                   -EBADMSG);
+  assert_int_equal(
+      token_crypt_unseal(fx->crypt, "a@example.com", blob, len, &text), 0);
+  assert_string_equal(text, "rt-9");
+  free(text);
+  free(blob);
+}
+
+static void test_crypt_key_file_rules(void **state)
+{
+  struct fixture *fx = *state;
+  struct token_crypt *crypt = NULL;
+  char path[160];
+  char err[512];
+  struct stat st;
+
+  /* The fixture created its key owner-only. */
+  assert_int_equal(stat(fx->key, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+
+  /* Missing while tokens exist: refused, nothing created. */
+  snprintf(path, sizeof(path), "%s/missing.key", fx->dir);
+  assert_int_equal(token_crypt_open(path, true, &crypt, err, sizeof(err)),
+                   -ENOENT);
+  assert_non_null(strstr(err, "missing"));
+  assert_int_equal(access(path, F_OK), -1);
+
+  /* Readable by others: refused. */
+  assert_int_equal(chmod(fx->key, 0644), 0);
+  assert_int_equal(token_crypt_open(fx->key, true, &crypt, err, sizeof(err)),
+                   -EPERM);
+  assert_non_null(strstr(err, "644"));
+  assert_int_equal(chmod(fx->key, 0600), 0);
+  assert_int_equal(token_crypt_open(fx->key, true, &crypt, err, sizeof(err)),
+                   0);
+  token_crypt_free(crypt);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -376,6 +482,12 @@ int main(void)
                                     teardown),
     cmocka_unit_test_setup_teardown(test_delegated_refresh_rotates_token,
                                     setup_delegated, teardown),
+    cmocka_unit_test_setup_teardown(test_delegated_grant_gone_marks_relink,
+                                    setup_delegated, teardown),
+    cmocka_unit_test_setup_teardown(test_crypt_binds_address, setup_delegated,
+                                    teardown),
+    cmocka_unit_test_setup_teardown(test_crypt_key_file_rules, setup_delegated,
+                                    teardown),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,125 @@
+#!/usr/bin/python3
+"""Delegated linking as a person does it: the start link Nextal hands out,
+followed by a browser (curl -L) through Microsoft's sign-in and back to
+the agent, which then sends that user's mail. Forged, expired and
+over-long start links link nothing; signing in as someone else links
+nothing; refresh tokens rotate and are stored only encrypted."""
+
+import glob
+import smtplib
+import time
+
+from link_flow import SIM_REFRESH_PREFIX, LinkingTestCase, message
+from scenario import ALICE, BOB, CAROL, DAVE, main
+
+
+class LinkingDelegated(LinkingTestCase):
+
+    def test_full_link_then_mail_is_sent_as_the_user(self):
+        self.assertEqual(self.link_state(ALICE)["state"], "not_linked")
+        with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
+            self.send(ALICE, ["x@example.net"], message(ALICE, "too-early"))
+        self.assertIn(b"user_not_linked", refused.exception.smtp_error)
+
+        self.link_by_sign_in(ALICE)
+        state = self.link_state(ALICE)
+        self.assertEqual(state["state"], "linked")
+        self.assertRegex(state["linked_at"], r"^\d{4}-\d\d-\d\dT")
+        self.assertNotClear(self.stored_token(ALICE))
+
+        before = self.sent_count(ALICE)
+        self.send(ALICE, ["x@example.net"], message(ALICE, "linked-mail"))
+        got = self.wait_one_more(ALICE, before)
+        self.assertEqual(got[0]["resource"]["subject"], "linked-mail")
+
+        # No file of the database holds a refresh token in clear.
+        for path in glob.glob(self.box.path("agent.db*")):
+            if path.endswith(".key"):
+                continue
+            with open(path, "rb") as f:
+                self.assertNotIn(SIM_REFRESH_PREFIX, f.read(), path)
+        audit = self.box.policy_cli("audit").stdout
+        self.assertIn("%s: linked by the user's own sign-in" % ALICE, audit)
+
+    def test_forged_expired_and_too_long_links_are_refused(self):
+        now = int(time.time())
+        good = self.signed_url(CAROL, now + 300)
+        forged = good[:-1] + ("0" if good[-1] != "0" else "1")
+        other_secret = self.signed_url(CAROL, now + 300, secret="guessed")
+        someone_else = self.signed_url(DAVE, now + 300).replace(
+            "dave%40", "carol%40")
+        cases = [
+            (forged, "signature does not match"),
+            (other_secret, "signature does not match"),
+            (someone_else, "signature does not match"),
+            (self.signed_url(CAROL, now - 5), "has expired"),
+            (self.signed_url(CAROL, now + 3600), "valid for too long"),
+        ]
+        for url, reason in cases:
+            status, _, page = self.browse(url)
+            self.assertEqual(status, 403, url)
+            self.assertIn(reason, page)
+            self.assertIn("Nothing was linked", page)
+        status, _, page = self.browse(
+            "http://127.0.0.1:%d/link/start?user=%s" % (self.box.http_port, CAROL))
+        self.assertEqual(status, 400)
+        self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+
+    def test_signing_in_as_someone_else_links_nothing(self):
+        self.box.sim_post("/_sim/signin", {"as": BOB, "once": True})
+        status, final, page = self.browse(self.start_url(CAROL))
+        self.assertEqual(status, 403)
+        self.assertIn("/oauth/callback", final)
+        self.assertIn("signed in as %s, but this link is for %s" % (BOB, CAROL),
+                      page)
+        self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+        self.assertEqual(self.link_state(BOB)["state"], "not_linked")
+        self.assertIsNone(self.stored_token(CAROL))
+        self.assertIsNone(self.stored_token(BOB))
+        # The state was used up: replaying the callback does nothing.
+        status, _, _ = self.browse(final)
+        self.assertEqual(status, 400)
+        self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+
+    def test_declined_sign_in_is_explained(self):
+        self.box.sim_post("/_sim/signin", {"decline": 1})
+        status, _, page = self.browse(self.start_url(CAROL))
+        self.assertEqual(status, 403)
+        self.assertIn("access_denied", page)
+        self.assertIn("Nothing was linked", page)
+        self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+
+    def test_refresh_token_rotates_and_stays_encrypted(self):
+        self.link_by_sign_in(DAVE)
+        first = bytes(self.stored_token(DAVE))
+
+        # The first send refreshes (the sign-in's access token is not kept).
+        before = self.sent_count(DAVE)
+        self.send(DAVE, ["x@example.net"], message(DAVE, "rotate-1"))
+        self.wait_one_more(DAVE, before)
+        second = bytes(self.stored_token(DAVE))
+        self.assertNotEqual(first, second)
+
+        # Graph forgets the access token: the agent refreshes again.
+        self.box.sim_post("/_sim/tokens", {"expire_access_tokens": True,
+                                           "user": DAVE})
+        self.send(DAVE, ["x@example.net"], message(DAVE, "rotate-2"))
+        self.wait_one_more(DAVE, before + 1)
+        third = bytes(self.stored_token(DAVE))
+        self.assertNotEqual(second, third)
+        for blob in (first, second, third):
+            self.assertNotClear(blob)
+        self.assertEqual(self.link_state(DAVE)["state"], "linked")
+
+    def test_start_url_over_http_needs_the_service_credential(self):
+        status, _ = self.api("POST", CAROL, "/start-url", auth=False)
+        self.assertEqual(status, 401)
+        status, body = self.api("POST", CAROL, "/start-url")
+        self.assertEqual(status, 200, body)
+        self.assertIn("/link/start?user=carol%40contoso.example&exp=",
+                      body["url"])
+        self.assertLessEqual(body["expires_at"], int(time.time()) + 900)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""When Microsoft says a user's grant is gone (account disabled 50057,
+tokens revoked 50173, refresh token expired by inactivity 700082, consent
+revoked 65001), the user is marked "needs re-link" with the reason: their
+next SMTP MAIL is refused with link_expired, Nextal's link API shows why,
+the mail that met the error is held, and signing in again releases it.
+Unlinking one user over HTTP leaves another sending."""
+
+import smtplib
+import threading
+import time
+
+from link_flow import LinkingTestCase, message
+from scenario import ALICE, BOB, CAROL, main
+from sandbox import wait_for
+
+
+class LinkingGrantGone(LinkingTestCase):
+
+    def break_grant(self, user, action, undo, code):
+        """Links user, breaks the grant with action, proves link_expired,
+        then undoes it and links again."""
+        self.link_by_sign_in(user)
+        before = self.sent_count(user)
+        self.send(user, ["x@example.net"], message(user, "before-%d" % code))
+        self.wait_one_more(user, before)
+
+        action()
+        # Access tokens outlive a revocation; expiring them forces the
+        # refresh that discovers the grant is gone.
+        self.box.sim_post("/_sim/tokens", {"expire_access_tokens": True,
+                                           "user": user})
+        self.send(user, ["x@example.net"], message(user, "meets-%d" % code))
+        state = self.wait_state(user, "needs_relink")
+        self.assertIn("AADSTS%d" % code, state["reason"])
+        self.assertIsNone(self.stored_token(user))
+
+        with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
+            self.send(user, ["x@example.net"], message(user, "after-%d" % code))
+        self.assertEqual(refused.exception.smtp_code, 550)
+        self.assertIn(b"link_expired", refused.exception.smtp_error)
+        held = self.db().execute(
+            "SELECT error_code FROM messages WHERE sender = ? AND state = 'held'",
+            (user,)).fetchall()
+        self.assertEqual(held, [("link_expired",)])
+
+        undo()
+        self.link_by_sign_in(user)
+        self.assertEqual(self.link_state(user)["state"], "linked")
+        # Held mail is released once the user is linked again.
+        got = self.wait_one_more(user, before + 1, timeout=30)
+        self.assertEqual(got[0]["resource"]["subject"], "meets-%d" % code)
+
+    def user_flags(self, user, **flags):
+        return lambda: self.box.sim_post("/_sim/users/" + user, flags)
+
+    def test_user_disabled_50057(self):
+        self.break_grant(ALICE, self.user_flags(ALICE, disabled=True),
+                         self.user_flags(ALICE, disabled=False), 50057)
+
+    def test_tokens_revoked_50173(self):
+        self.break_grant(ALICE, self.user_flags(ALICE, revoke_tokens=True),
+                         lambda: None, 50173)
+
+    def test_inactivity_700082(self):
+        self.break_grant(ALICE,
+                         self.user_flags(ALICE, expire_refresh_tokens=True),
+                         lambda: None, 700082)
+
+    def test_consent_revoked_65001(self):
+        def revoke():
+            self.box.sim_post("/_sim/consent", {"granted": False})
+
+        def restore():
+            self.box.sim_post("/_sim/consent", {"granted": True})
+        self.break_grant(ALICE, revoke, restore, 65001)
+
+    def test_unlinking_one_user_leaves_another_sending(self):
+        self.link_by_sign_in(BOB)
+        self.link_by_sign_in(CAROL)
+        # Carol's mail waits in the queue (Graph is busy for her).
+        self.box.sim_post("/_sim/faults", {"fault": "503", "mailbox": CAROL,
+                                           "operation": "sendMail",
+                                           "probability": 1.0,
+                                           "retry_after": "60"})
+        self.send(CAROL, ["x@example.net"], message(CAROL, "carol-queued"))
+        wait_for(lambda: self.db().execute(
+            "SELECT 1 FROM messages WHERE sender = ? AND state = 'queued'"
+            " AND attempts > 0", (CAROL,)).fetchone(), 15, "a retry queued")
+        before_bob = self.sent_count(BOB)
+        stop = threading.Event()
+        sent = []
+
+        def bob_sends():
+            i = 0
+            while not stop.is_set() and i < 20:
+                self.send(BOB, ["x@example.net"], message(BOB, "bob-%d" % i))
+                sent.append(i)
+                i += 1
+                time.sleep(0.05)
+        worker = threading.Thread(target=bob_sends)
+        worker.start()
+        try:
+            status, _ = self.api("DELETE", CAROL, auth=False)
+            self.assertEqual(status, 401)
+            status, body = self.api("DELETE", CAROL)
+            self.assertEqual(status, 200, body)
+            self.assertIn("1 queued or held messages failed", body["detail"])
+        finally:
+            stop.set()
+            worker.join()
+            self.box.sim_post("/_sim/faults", {"clear": True})
+
+        self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+        self.assertIsNone(self.stored_token(CAROL))
+        with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
+            self.send(CAROL, ["x@example.net"], message(CAROL, "carol-after"))
+        self.assertIn(b"user_not_linked", refused.exception.smtp_error)
+        rows = self.db().execute(
+            "SELECT state, error_code FROM messages WHERE sender = ?",
+            (CAROL,)).fetchall()
+        self.assertEqual(rows, [("failed", "user_unlinked")])
+
+        self.box.wait_sent(BOB, before_bob + len(sent))
+        self.assertEqual(self.link_state(BOB)["state"], "linked")
+        self.assertIn("%s: link removed, tokens wiped" % CAROL,
+                      self.box.policy_cli("audit").stdout)
+        status, _ = self.api("DELETE", CAROL)
+        self.assertEqual(status, 404)
+
+
+if __name__ == "__main__":
+    main()
