@@ -113,6 +113,8 @@ struct caldav_req {
   size_t next;
   unsigned pages;
   bool want_data, want_etag;
+  bool expand; /* calendar-data asks for <C:expand> */
+  time_t expand_start, expand_end;
   time_t fb_start, fb_end; /* free/busy window */
   json_t *listing;      /* PROPFIND: the calendar's events, id and changeKey */
   json_t *fb_attendees; /* outbox request: addresses asked about */
@@ -1737,6 +1739,153 @@ static void caldav_propfind(struct caldav_req *r)
 static void caldav_get_schedule(struct caldav_req *r, const json_t *attendees,
                                 time_t start, time_t end, graph_done_cb done);
 
+/* ---- expand (RFC 4791 9.6.5) ------------------------------------------- */
+
+struct caldav_expansion {
+  icalcomponent *master;
+  icalcomponent *out; /* the new VCALENDAR */
+  icalcomponent **overrides;
+  size_t noverrides;
+  time_t *override_ids; /* RECURRENCE-ID of each override, UTC */
+  size_t count;
+};
+
+static time_t caldav_prop_timet(icalcomponent *vev, icalproperty_kind kind)
+{
+  icaltimezone *utc = icaltimezone_get_utc_timezone();
+  icalproperty *p = icalcomponent_get_first_property(vev, kind);
+  struct icaltimetype t;
+  icalparameter *tzid;
+  icaltimezone *zone = NULL;
+
+  if (p == NULL)
+    return 0;
+  if (kind == ICAL_RECURRENCEID_PROPERTY)
+    t = icalproperty_get_recurrenceid(p);
+  else if (kind == ICAL_DTEND_PROPERTY)
+    t = icalproperty_get_dtend(p);
+  else
+    t = icalproperty_get_dtstart(p);
+  tzid = icalproperty_get_first_parameter(p, ICAL_TZID_PARAMETER);
+  if (tzid != NULL)
+    zone = icalcomponent_get_timezone(icalcomponent_get_parent(vev),
+                                      icalparameter_get_tzid(tzid));
+  if (zone == NULL)
+    zone = t.zone != NULL ? (icaltimezone *) t.zone : utc;
+  return icaltime_as_timet_with_zone(t, zone);
+}
+
+/* Replaces the time properties of an instance with UTC values. */
+static void caldav_instance_times(icalcomponent *vev, time_t start, time_t end,
+                                  time_t original, bool date)
+{
+  icaltimezone *utc = icaltimezone_get_utc_timezone();
+  icalproperty_kind kinds[]
+      = { ICAL_DTSTART_PROPERTY,  ICAL_DTEND_PROPERTY,
+          ICAL_DURATION_PROPERTY, ICAL_RECURRENCEID_PROPERTY,
+          ICAL_RRULE_PROPERTY,    ICAL_RDATE_PROPERTY,
+          ICAL_EXDATE_PROPERTY };
+  icalproperty *p;
+
+  for (size_t i = 0; i < sizeof(kinds) / sizeof(*kinds); i++) {
+    while ((p = icalcomponent_get_first_property(vev, kinds[i])) != NULL) {
+      icalcomponent_remove_property(vev, p);
+      icalproperty_free(p);
+    }
+  }
+  icalcomponent_add_property(
+      vev, icalproperty_new_dtstart(
+               icaltime_from_timet_with_zone(start, date, utc)));
+  icalcomponent_add_property(
+      vev,
+      icalproperty_new_dtend(icaltime_from_timet_with_zone(end, date, utc)));
+  icalcomponent_add_property(
+      vev, icalproperty_new_recurrenceid(
+               icaltime_from_timet_with_zone(original, date, utc)));
+}
+
+static void caldav_expand_one(icalcomponent *comp, struct icaltime_span *span,
+                              void *data)
+{
+  struct caldav_expansion *x = data;
+  icalcomponent *inst;
+
+  if (x->count == CALDAV_OCCURRENCES_MAX)
+    return;
+  for (size_t i = 0; i < x->noverrides; i++) {
+    if (x->override_ids[i] == span->start)
+      return; /* the override stands for it */
+  }
+  inst = icalcomponent_new_clone(x->master);
+  caldav_instance_times(inst, span->start, span->end, span->start,
+                        icalcomponent_get_dtstart(x->master).is_date);
+  icalcomponent_add_component(x->out, inst);
+  x->count++;
+}
+
+/* The instances of a recurring object that overlap [from, to), each as a
+ * VEVENT with RECURRENCE-ID and UTC times, without VTIMEZONEs. Returns a
+ * new string (free()), or NULL when text is not a series: it is sent as
+ * it is then. */
+static char *caldav_expand(const char *text, time_t from, time_t to)
+{
+  icaltimezone *utc = icaltimezone_get_utc_timezone();
+  icalcomponent *cal = icalparser_parse_string(text);
+  struct caldav_expansion x = { 0 };
+  icalcomponent *c;
+  char *out = NULL;
+
+  for (c = cal ? icalcomponent_get_first_component(cal, ICAL_VEVENT_COMPONENT)
+               : NULL;
+       c != NULL;
+       c = icalcomponent_get_next_component(cal, ICAL_VEVENT_COMPONENT)) {
+    if (icalcomponent_get_first_property(c, ICAL_RECURRENCEID_PROPERTY)
+        == NULL) {
+      x.master = c;
+      continue;
+    }
+    x.overrides
+        = xrealloc(x.overrides, (x.noverrides + 1) * sizeof(*x.overrides));
+    x.override_ids = xrealloc(x.override_ids,
+                              (x.noverrides + 1) * sizeof(*x.override_ids));
+    x.overrides[x.noverrides] = c;
+    x.override_ids[x.noverrides++]
+        = caldav_prop_timet(c, ICAL_RECURRENCEID_PROPERTY);
+  }
+  if (x.master == NULL
+      || icalcomponent_get_first_property(x.master, ICAL_RRULE_PROPERTY)
+             == NULL)
+    goto out;
+  x.out = icalcomponent_new(ICAL_VCALENDAR_COMPONENT);
+  icalcomponent_add_property(x.out, icalproperty_new_version("2.0"));
+  icalcomponent_add_property(
+      x.out, icalproperty_new_prodid("-//Nextal//nextal-agent//EN"));
+  icalcomponent_foreach_recurrence(
+      x.master, icaltime_from_timet_with_zone(from, 0, utc),
+      icaltime_from_timet_with_zone(to, 0, utc), caldav_expand_one, &x);
+  for (size_t i = 0; i < x.noverrides; i++) {
+    time_t start = caldav_prop_timet(x.overrides[i], ICAL_DTSTART_PROPERTY);
+    time_t end = caldav_prop_timet(x.overrides[i], ICAL_DTEND_PROPERTY);
+    icalcomponent *inst;
+
+    if (end < start)
+      end = start;
+    if (start >= to || end <= from)
+      continue;
+    inst = icalcomponent_new_clone(x.overrides[i]);
+    caldav_instance_times(inst, start, end, x.override_ids[i],
+                          icalcomponent_get_dtstart(x.overrides[i]).is_date);
+    icalcomponent_add_component(x.out, inst);
+  }
+  out = icalcomponent_as_ical_string_r(x.out);
+  icalcomponent_free(x.out);
+out:
+  free(x.overrides);
+  free(x.override_ids);
+  icalcomponent_free(cal);
+  return out;
+}
+
 /* ---- REPORT ------------------------------------------------------------ */
 
 /* Adds the object of row (href) to the work list of a REPORT. */
@@ -1776,6 +1925,14 @@ static void caldav_report_on_loaded(struct caldav_req *r, bool found)
   }
   if (r->want_data)
     text = caldav_load_ical(r, item->row.uid, err, sizeof(err));
+  if (text != NULL && r->expand) {
+    char *instances = caldav_expand(text, r->expand_start, r->expand_end);
+
+    if (instances != NULL) {
+      free(text);
+      text = instances;
+    }
+  }
   wr = webdav_multistatus_add(r->ms, item->href);
   if (etag != NULL
       && (item->row.etag == NULL || strcmp(etag, item->row.etag) != 0))
@@ -2097,6 +2254,33 @@ static void caldav_report_freebusy(struct caldav_req *r)
   json_decref(who);
 }
 
+/* Reads <C:calendar-data><C:expand start end/></C:calendar-data> into r.
+ * Returns 0, or -EINVAL after answering a malformed one. */
+static int caldav_report_expand(struct caldav_req *r)
+{
+  xmlNodePtr prop = webdav_node_child(r->wreq->root, WEBDAV_NS_DAV, "prop");
+  xmlNodePtr data = prop != NULL ? webdav_node_child(prop, WEBDAV_NS_CALDAV,
+                                                     "calendar-data")
+                                 : NULL;
+  xmlNodePtr expand = data != NULL
+                          ? webdav_node_child(data, WEBDAV_NS_CALDAV, "expand")
+                          : NULL;
+  char start[32], end[32];
+
+  if (expand == NULL)
+    return 0;
+  if (!caldav_range_time(expand, "start", start, sizeof(start),
+                         &r->expand_start)
+      || !caldav_range_time(expand, "end", end, sizeof(end), &r->expand_end)
+      || r->expand_end <= r->expand_start) {
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-filter",
+                 "expand needs a start and a later end in UTC");
+    return -EINVAL;
+  }
+  r->expand = true;
+  return 0;
+}
+
 static void caldav_report(struct caldav_req *r)
 {
   const struct http_server_request *hreq = http_exchange_request(r->ex);
@@ -2125,6 +2309,9 @@ static void caldav_report(struct caldav_req *r)
         && strcmp(p->name, "calendar-data") == 0)
       r->want_data = true;
   }
+  rc = caldav_report_expand(r);
+  if (rc < 0)
+    return;
   if (strcmp(r->wreq->root_ns, WEBDAV_NS_CALDAV) == 0
       && strcmp(r->wreq->root_name, "calendar-multiget") == 0) {
     r->ms = webdav_multistatus_new();

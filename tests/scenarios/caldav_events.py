@@ -418,6 +418,28 @@ class CalDAVEvents(AgentTestCase):
         self.assertIn("SUMMARY:" + moved_subject, r.body)
         self.assertIn("DTSTART;TZID=Europe/Berlin:20300121T140000", r.body)
 
+        # Expanded by the server: the three remaining instances in UTC.
+        query = ('<C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:'
+                 'xml:ns:caldav"><D:prop><C:calendar-data><C:expand '
+                 'start="20300101T000000Z" end="20300201T000000Z"/>'
+                 '</C:calendar-data></D:prop><C:filter><C:comp-filter '
+                 'name="VCALENDAR"><C:comp-filter name="VEVENT"><C:time-range '
+                 'start="20300101T000000Z" end="20300201T000000Z"/>'
+                 '</C:comp-filter></C:comp-filter></C:filter></C:calendar-query>')
+        r = self.curl("REPORT", "/dav/calendars/%s/default/" % ALICE, query,
+                      ["Depth: 1"])
+        self.assertEqual(r.status, 207)
+        datas = [x.text for x in ET.fromstring(r.body).iter(CAL + "calendar-data")
+                 if "UID:" + uid in x.text]
+        self.assertEqual(len(datas), 1)
+        data = datas[0]
+        self.assertNotIn("RRULE", data)
+        self.assertNotIn("VTIMEZONE", data)
+        self.assertEqual(sorted(re.findall(r"^DTSTART:(\S+)", data, re.M)),
+                         ["20300107T090000Z", "20300121T130000Z",
+                          "20300128T090000Z"])
+        self.assertIn("RECURRENCE-ID:20300121T090000Z", data)
+
         # Outlook moves the last occurrence and deletes the first one: the
         # series' ETag changes and the next GET shows both.
         [last] = self.graph_get(
