@@ -39,8 +39,6 @@
 #define CALDAV_SERIES_YEARS 5        /* horizon of a series without end */
 #define CALDAV_LIST_PAGES_MAX 50     /* /events pages of 100 per PROPFIND */
 #define CALDAV_INSTANCE_PAGES_MAX 20 /* /instances pages of 100 followed */
-#define CALDAV_ALLOW "Allow: OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, REPORT"
-#define CALDAV_ALLOW_OUTBOX "Allow: OPTIONS, POST, PROPFIND"
 #define CALDAV_PREFER_IMMUTABLE "Prefer: IdType=\"ImmutableId\""
 #define CALDAV_CONTENT_TYPE_ICAL "text/calendar; charset=utf-8"
 
@@ -172,6 +170,30 @@ static void caldav_text(struct caldav_req *r, int status, const char *text)
       = { "Content-Type: text/plain; charset=utf-8", NULL };
 
   caldav_finish(r, status, headers, text, strlen(text));
+}
+
+/* The Allow header of a resource kind: only what is implemented there. */
+static const char *caldav_allow(enum caldav_kind kind)
+{
+  switch (kind) {
+    case CALDAV_KIND_CALENDAR:
+      return "Allow: OPTIONS, PROPFIND, REPORT";
+    case CALDAV_KIND_OBJECT:
+      return "Allow: OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND";
+    case CALDAV_KIND_OUTBOX:
+      return "Allow: OPTIONS, POST, PROPFIND";
+    default:
+      return "Allow: OPTIONS, PROPFIND";
+  }
+}
+
+static void caldav_not_allowed(struct caldav_req *r)
+{
+  static const char text[] = "method not supported here";
+  const char *headers[] = { caldav_allow(r->kind),
+                            "Content-Type: text/plain; charset=utf-8", NULL };
+
+  caldav_finish(r, 405, headers, text, sizeof(text) - 1);
 }
 
 /* Answers with a DAV error body: <D:error> holding the precondition
@@ -1130,7 +1152,7 @@ static void caldav_put(struct caldav_req *r)
   int rc;
 
   if (r->kind != CALDAV_KIND_OBJECT) {
-    caldav_text(r, 405, "PUT writes calendar objects only");
+    caldav_not_allowed(r);
     return;
   }
   if (ctype != NULL && strncasecmp(ctype, "text/calendar", 13) != 0) {
@@ -1266,10 +1288,7 @@ static void caldav_object_method(struct caldav_req *r)
   int rc;
 
   if (r->kind != CALDAV_KIND_OBJECT) {
-    if (is_delete)
-      caldav_text(r, 403, "collections cannot be deleted here");
-    else
-      caldav_text(r, 405, "collections are read with PROPFIND");
+    caldav_not_allowed(r);
     return;
   }
   rc = caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row);
@@ -2598,21 +2617,9 @@ static bool caldav_authenticate(struct caldav_req *r)
 static void caldav_options(struct caldav_req *r)
 {
   const char *headers[]
-      = { "DAV: 1, 3, calendar-access",
-          r->kind == CALDAV_KIND_OUTBOX ? CALDAV_ALLOW_OUTBOX : CALDAV_ALLOW,
-          NULL };
+      = { "DAV: 1, 3, calendar-access", caldav_allow(r->kind), NULL };
 
   caldav_finish(r, 200, headers, NULL, 0);
-}
-
-static void caldav_not_allowed(struct caldav_req *r)
-{
-  static const char text[] = "method not supported here";
-  const char *headers[]
-      = { r->kind == CALDAV_KIND_OUTBOX ? CALDAV_ALLOW_OUTBOX : CALDAV_ALLOW,
-          "Content-Type: text/plain; charset=utf-8", NULL };
-
-  caldav_finish(r, 405, headers, text, sizeof(text) - 1);
 }
 
 static void caldav_handle(void *arg, struct http_exchange *ex)

@@ -102,8 +102,12 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.header("DAV"), "1, 3, calendar-access")
         allow = {m.strip() for m in r.header("Allow").split(",")}
+        self.assertEqual(allow, {"OPTIONS", "PROPFIND", "REPORT"})
+        # Each resource lists only the methods it implements.
+        r = self.curl("OPTIONS", self.obj_path("any.ics"))
+        allow = {m.strip() for m in r.header("Allow").split(",")}
         self.assertEqual(allow, {"OPTIONS", "GET", "HEAD", "PUT", "DELETE",
-                                 "PROPFIND", "REPORT"})
+                                 "PROPFIND"})
         r = self.curl("GET", "/.well-known/caldav")
         self.assertEqual(r.status, 301)
         self.assertEqual(r.header("Location"), "/dav/")
