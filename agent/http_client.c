@@ -461,6 +461,12 @@ static void http_transfer_set_options(struct http_transfer *t,
   curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, http_transfer_on_write);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
+  /* libcurl sends a request again, unasked, when a reused connection dies
+   * before any answer came; a POST could then run twice (a sendMail Graph
+   * took, whose reply was lost, would go out again). A POST takes a fresh
+   * connection, which curl never resends on. */
+  if (strcmp(req->method, "POST") == 0)
+    curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
 }
 
 int http_client_send(struct http_client *client, const struct http_request *req,

@@ -2,14 +2,12 @@
 /* token_cache against an in-process token endpoint stub: client
  * credentials, caching, shared refreshes, error mapping, the delegated
  * refresh-token grant with rotation (stored encrypted) and the re-link
- * mark when the grant is gone; token_crypt's key file rules. */
-#include <fcntl.h>
+ * mark when the grant is gone. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -411,60 +409,6 @@ static void test_delegated_grant_gone_marks_relink(void **state)
   assert_null(stored);
 }
 
-/* A token sealed for one address does not open for another, and a
- * plaintext blob is refused. */
-static void test_crypt_binds_address(void **state)
-{
-  struct fixture *fx = *state;
-  char *text = NULL;
-  void *blob;
-  size_t len;
-
-  assert_int_equal(
-      token_crypt_seal(fx->crypt, "a@example.com", "rt-9", 4, &blob, &len), 0);
-  assert_int_equal(
-      token_crypt_unseal(fx->crypt, "b@example.com", blob, len, &text),
-      -EBADMSG);
-  assert_int_equal(token_crypt_unseal(fx->crypt, "a@example.com",
-                                      "plain-refresh-token-text", 24, &text),
-                   -EBADMSG);
-  assert_int_equal(
-      token_crypt_unseal(fx->crypt, "a@example.com", blob, len, &text), 0);
-  assert_string_equal(text, "rt-9");
-  free(text);
-  free(blob);
-}
-
-static void test_crypt_key_file_rules(void **state)
-{
-  struct fixture *fx = *state;
-  struct token_crypt *crypt = NULL;
-  char path[160];
-  char err[512];
-  struct stat st;
-
-  /* The fixture created its key owner-only. */
-  assert_int_equal(stat(fx->key, &st), 0);
-  assert_int_equal(st.st_mode & 0777, 0600);
-
-  /* Missing while tokens exist: refused, nothing created. */
-  snprintf(path, sizeof(path), "%s/missing.key", fx->dir);
-  assert_int_equal(token_crypt_open(path, true, &crypt, err, sizeof(err)),
-                   -ENOENT);
-  assert_non_null(strstr(err, "missing"));
-  assert_int_equal(access(path, F_OK), -1);
-
-  /* Readable by others: refused. */
-  assert_int_equal(chmod(fx->key, 0644), 0);
-  assert_int_equal(token_crypt_open(fx->key, true, &crypt, err, sizeof(err)),
-                   -EPERM);
-  assert_non_null(strstr(err, "644"));
-  assert_int_equal(chmod(fx->key, 0600), 0);
-  assert_int_equal(token_crypt_open(fx->key, true, &crypt, err, sizeof(err)),
-                   0);
-  token_crypt_free(crypt);
-}
-
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -484,10 +428,6 @@ int main(void)
                                     setup_delegated, teardown),
     cmocka_unit_test_setup_teardown(test_delegated_grant_gone_marks_relink,
                                     setup_delegated, teardown),
-    cmocka_unit_test_setup_teardown(test_crypt_binds_address, setup_delegated,
-                                    teardown),
-    cmocka_unit_test_setup_teardown(test_crypt_key_file_rules, setup_delegated,
-                                    teardown),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
