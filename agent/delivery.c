@@ -10,6 +10,7 @@
 
 #include "links.h"
 #include "log.h"
+#include "mail_upload.h"
 #include "mime_to_graph.h"
 #include "queue.h"
 #include "send_pacer.h"
@@ -40,9 +41,15 @@ struct delivery_job {
   int64_t paced_at; /* when the pacer counted this send, 0 if not */
   char *message_id;
   /* Set by the worker. */
-  char *body;
+  char *body; /* sendMail body: JSON, or base64 MIME (content_type) */
+  const char *content_type;
   int translate_rc;
+  int local_error; /* the failure was ours (disk), not the message's */
   char translate_error[256];
+  enum mime_graph_form form;
+  char *draft_json; /* large form: the draft, and its decoded files */
+  struct mail_upload_file *files;
+  size_t nfiles;
 };
 
 struct delivery {
@@ -133,6 +140,8 @@ static void delivery_job_finish(struct delivery_job *job)
   free(job->spool_path);
   free(job->message_id);
   free(job->body);
+  free(job->draft_json);
+  mail_upload_files_free(job->files, job->nfiles);
   free(job);
   if (d->stopping)
     delivery_maybe_stopped(d);
@@ -319,7 +328,40 @@ static void delivery_on_sent(void *arg, const struct graph_response *resp)
 
 /* ---- translation and sending ------------------------------------------ */
 
-/* Worker thread: the spooled message becomes the sendMail body. */
+/* Worker thread, after the form is chosen: the request body for the
+ * sendMail forms, or the draft and the decoded attachment files for the
+ * large form (docs/mail-forms.md). */
+static int delivery_translate_form(struct delivery_job *job,
+                                   const struct mime_graph_result *res)
+{
+  size_t len;
+  int rc = 0;
+
+  job->form = res->form;
+  switch (res->form) {
+    case MIME_GRAPH_FORM_JSON:
+      job->body = json_dumps(res->request, JSON_COMPACT);
+      job->content_type = "application/json";
+      break;
+    case MIME_GRAPH_FORM_MIME:
+      rc = mime_graph_mime_body(job->spool_path, res, &job->body, &len);
+      job->content_type = "text/plain";
+      if (rc < 0)
+        snprintf(job->translate_error, sizeof(job->translate_error),
+                 "spooled message unreadable: %s", strerror(-rc));
+      break;
+    case MIME_GRAPH_FORM_LARGE:
+      job->draft_json = json_dumps(res->request, JSON_COMPACT);
+      rc = mail_upload_prepare(job->spool_path, job->queue_id, res, &job->files,
+                               &job->nfiles, job->translate_error,
+                               sizeof(job->translate_error));
+      break;
+  }
+  job->local_error = rc < 0;
+  return rc;
+}
+
+/* Worker thread: the spooled message becomes what Graph is sent. */
 static void delivery_translate(uv_work_t *work)
 {
   struct delivery_job *job = work->data;
@@ -329,24 +371,34 @@ static void delivery_translate(uv_work_t *work)
     .nrcpts = job->nrcpts,
   };
   struct mime_graph_result res;
-  const char *data = NULL;
-  size_t len = 0;
 
-  memset(&res, 0, sizeof(res));
-  job->translate_rc = spool_map(job->spool_path, &data, &len);
-  if (job->translate_rc < 0) {
+  job->translate_rc = mime_to_graph_file(job->spool_path, &env, &res);
+  if (job->translate_rc == MIME_GRAPH_OK) {
+    job->translate_rc = delivery_translate_form(job, &res);
+  } else if (job->translate_rc < MIME_GRAPH_ERECIPIENT) {
+    job->local_error = 1; /* an errno: the file, not the message */
     snprintf(job->translate_error, sizeof(job->translate_error),
              "spooled message unreadable: %s", strerror(-job->translate_rc));
-    return;
-  }
-  job->translate_rc = mime_to_graph(data, len, &env, &res);
-  spool_unmap(data, len);
-  if (job->translate_rc == MIME_GRAPH_OK)
-    job->body = json_dumps(res.request, JSON_COMPACT);
-  else
+  } else {
     snprintf(job->translate_error, sizeof(job->translate_error), "%s",
              res.error);
+  }
   mime_graph_result_free(&res);
+}
+
+/* The end of a large message's upload. A step before the send that lost
+ * its answer is not ambiguous (nothing was sent; the draft resumes), so
+ * it is retried rather than looked up in Sent Items. */
+static void delivery_on_uploaded(void *arg, const struct graph_response *resp,
+                                 bool at_send)
+{
+  struct graph_response copy = *resp;
+
+  if (!at_send && copy.status == 0 && strcmp(copy.error_code, "network") == 0)
+    snprintf(copy.error_code, sizeof(copy.error_code), "upload_network");
+  if (!at_send && copy.status == 504)
+    copy.status = 503;
+  delivery_on_sent(arg, &copy);
 }
 
 static int delivery_recheck(struct delivery_job *job)
@@ -373,7 +425,13 @@ static void delivery_after_translate(uv_work_t *work, int status)
     delivery_job_finish(job);
     return;
   }
-  if (job->translate_rc != 0 || job->body == NULL) {
+  if (job->local_error) {
+    delivery_retry(job, -1, "local_file", job->translate_error);
+    delivery_job_finish(job);
+    return;
+  }
+  if (job->translate_rc != 0
+      || (job->body == NULL && job->form != MIME_GRAPH_FORM_LARGE)) {
     delivery_failed(job, "translation", job->translate_error);
     delivery_job_finish(job);
     return;
@@ -384,11 +442,31 @@ static void delivery_after_translate(uv_work_t *work, int status)
     delivery_job_finish(job);
     return;
   }
+  log_debug("%s queue form=%s sender=%s", job->queue_id,
+            job->form == MIME_GRAPH_FORM_LARGE  ? "large"
+            : job->form == MIME_GRAPH_FORM_MIME ? "mime"
+                                                : "json",
+            job->sender);
+  if (job->form == MIME_GRAPH_FORM_LARGE) {
+    struct mail_upload_spec spec = {
+      .graph = d->graph,
+      .store = d->store,
+      .rowid = job->rowid,
+      .queue_id = job->queue_id,
+      .mailbox = job->sender,
+      .draft_json = job->draft_json,
+      .files = job->files,
+      .nfiles = job->nfiles,
+    };
+
+    mail_upload_start(&spec, delivery_on_uploaded, job);
+    return;
+  }
   path = xasprintf("/v1.0/users/%s/sendMail", job->sender);
   req.mailbox = job->sender;
   req.method = "POST";
   req.path = path;
-  req.content_type = "application/json";
+  req.content_type = job->content_type;
   req.body = job->body;
   req.body_len = strlen(job->body);
   graph_client_send(d->graph, &req, delivery_on_sent, job);

@@ -40,6 +40,9 @@ struct graph_call {
   char *content_type;
   char *body;
   size_t body_len;
+  char *upload_url; /* absolute, pre-authenticated: no token, not logged */
+  char *body_file;
+  uint64_t body_offset;
   char *headers[GRAPH_CLIENT_MAX_HEADERS];
   size_t nheaders;
   graph_done_cb done;
@@ -148,6 +151,10 @@ static void graph_call_free(struct graph_call *call)
   free(call->path);
   free(call->content_type);
   free(call->body);
+  if (call->upload_url)
+    explicit_bzero(call->upload_url, strlen(call->upload_url));
+  free(call->upload_url);
+  free(call->body_file);
   for (size_t i = 0; i < call->nheaders; i++)
     free(call->headers[i]);
   free(call);
@@ -242,7 +249,7 @@ static void graph_call_on_http(void *arg, const struct http_response *hresp)
 
   /* An expired or revoked token: fetch a new one and try once more. The
    * token cache is gone once the client is closing, so no retry then. */
-  if (hresp->status == 401
+  if (hresp->status == 401 && !call->upload_url
       && strcmp(resp.error_code, "InvalidAuthenticationToken") == 0
       && !call->retried && !client->closing) {
     graph_call_trace(call, hresp->status);
@@ -254,17 +261,20 @@ static void graph_call_on_http(void *arg, const struct http_response *hresp)
   graph_call_complete(call, &resp);
 }
 
-/* Sends the call with its token; http_client_send copies the headers and
- * body, so they are freed here (the token wiped first). */
+/* Sends the call with its token (NULL for an upload URL, which must go
+ * without one); http_client_send copies the headers and body, so they are
+ * freed here (the token wiped first). */
 static void graph_call_send(struct graph_call *call, const char *token)
 {
   struct graph_client *client = call->client;
-  char *auth = xasprintf("Authorization: Bearer %s", token);
+  char *auth = token ? xasprintf("Authorization: Bearer %s", token) : NULL;
   char *ctype = call->content_type
                     ? xasprintf("Content-Type: %s", call->content_type)
                     : NULL;
   char *rid = xasprintf("client-request-id: %s", call->request_id);
-  char *url = xasprintf("%s%s", client->base_url, call->path);
+  char *url = call->upload_url
+                  ? xstrdup(call->upload_url)
+                  : xasprintf("%s%s", client->base_url, call->path);
   const char *headers[GRAPH_CLIENT_MAX_HEADERS + 8];
   size_t n = 0;
   struct http_request req = {
@@ -274,10 +284,13 @@ static void graph_call_send(struct graph_call *call, const char *token)
     .body = call->body,
     .body_len = call->body_len,
     .timeout_ms = GRAPH_CLIENT_TIMEOUT_MS,
+    .body_file = call->body_file,
+    .body_offset = call->body_offset,
   };
   int rc;
 
-  headers[n++] = auth;
+  if (auth)
+    headers[n++] = auth;
   headers[n++] = "Accept: application/json";
   headers[n++] = rid;
   headers[n++] = "Prefer: IdType=\"ImmutableId\"";
@@ -289,13 +302,17 @@ static void graph_call_send(struct graph_call *call, const char *token)
 
   call->started = uv_now(client->loop);
   rc = http_client_send(client->http, &req, graph_call_on_http, call);
-  explicit_bzero(auth, strlen(auth));
+  if (auth)
+    explicit_bzero(auth, strlen(auth));
+  explicit_bzero(url, strlen(url));
   free(auth);
   free(ctype);
   free(rid);
   free(url);
-  if (rc < 0)
+  if (rc == -ECANCELED)
     graph_call_fail(call, "network", "the HTTP client is shutting down", false);
+  else if (rc < 0)
+    graph_call_fail(call, "local_file", strerror(-rc), false);
 }
 
 static void graph_call_on_token(void *arg, const char *token, const char *error,
@@ -322,7 +339,10 @@ static void graph_call_dispatch(struct graph_call *call)
   call->box->in_flight++;
   client->active++;
   call->started = uv_now(client->loop);
-  token_cache_get(client->tokens, call->mailbox, graph_call_on_token, call);
+  if (call->upload_url)
+    graph_call_send(call, NULL);
+  else
+    token_cache_get(client->tokens, call->mailbox, graph_call_on_token, call);
 }
 
 /* Fails the calls rejected by graph_client_send. */
@@ -441,7 +461,13 @@ static struct graph_call *graph_call_new(struct graph_client *client,
   call->client = client;
   call->mailbox = xstrdup(req->mailbox);
   call->method = xstrdup(req->method);
-  call->path = xstrdup(req->path);
+  /* The upload URL holds a credential: logs show a placeholder. */
+  call->path = xstrdup(req->upload_url ? "(upload session)" : req->path);
+  call->upload_url = req->upload_url ? xstrdup(req->upload_url) : NULL;
+  call->body_file = req->body_file ? xstrdup(req->body_file) : NULL;
+  call->body_offset = req->body_offset;
+  if (req->body_file)
+    call->body_len = req->body_len;
   call->content_type = req->content_type ? xstrdup(req->content_type) : NULL;
   if (req->body) {
     call->body = xmalloc(req->body_len + 1);
@@ -466,7 +492,8 @@ void graph_client_send(struct graph_client *client,
   struct graph_call *call;
   struct graph_mailbox *box;
 
-  assert(!client->closing && req->mailbox && req->method && req->path);
+  assert(!client->closing && req->mailbox && req->method
+         && (req->path || req->upload_url));
   call = graph_call_new(client, req, done, arg);
   box = graph_mailbox_get(client, req->mailbox);
   call->box = box;

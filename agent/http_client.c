@@ -8,12 +8,14 @@
 #include <assert.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "xalloc.h"
@@ -37,6 +39,9 @@ struct http_transfer {
   CURL *easy;
   struct curl_slist *headers;
   char *request_body; /* our copy, alive until the transfer ends */
+  int body_fd;        /* request body read from a file, or -1 */
+  uint64_t body_offset; /* next file offset to send */
+  uint64_t body_left;   /* bytes of the file still to send */
   char *body;         /* response body, NUL-terminated */
   size_t body_len;
   size_t body_cap;
@@ -308,6 +313,8 @@ static void http_transfer_unlink(struct http_transfer *t)
 
 static void http_transfer_free(struct http_transfer *t)
 {
+  if (t->body_fd >= 0)
+    close(t->body_fd);
   curl_easy_cleanup(t->easy);
   curl_slist_free_all(t->headers);
   free(t->request_body);
@@ -406,6 +413,52 @@ out:
   return rc;
 }
 
+/* CURLOPT_READFUNCTION for a body sent from a file: reads the next piece
+ * with pread, so curl's upload buffer is all the memory it takes. A file
+ * that shrank under us aborts the transfer. */
+static size_t http_transfer_on_read(char *buf, size_t size, size_t nitems,
+                                    void *userp)
+{
+  struct http_transfer *t = userp;
+  size_t want = size * nitems;
+  ssize_t n;
+
+  if (want > t->body_left)
+    want = (size_t) t->body_left;
+  if (want == 0)
+    return 0;
+  do
+    n = pread(t->body_fd, buf, want, (off_t) t->body_offset);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0)
+    return CURL_READFUNC_ABORT;
+  t->body_offset += (uint64_t) n;
+  t->body_left -= (uint64_t) n;
+  return (size_t) n;
+}
+
+/* Streams the body from req->body_file; returns 0 or a negative errno. */
+static int http_transfer_set_file_body(struct http_transfer *t,
+                                       const struct http_request *req)
+{
+  CURL *easy = t->easy;
+
+  t->body_fd = open(req->body_file, O_RDONLY | O_CLOEXEC);
+  if (t->body_fd < 0)
+    return -errno;
+  t->body_offset = req->body_offset;
+  t->body_left = req->body_len;
+  curl_easy_setopt(easy, CURLOPT_UPLOAD, 1L);
+  curl_easy_setopt(easy, CURLOPT_READFUNCTION, http_transfer_on_read);
+  curl_easy_setopt(easy, CURLOPT_READDATA, t);
+  curl_easy_setopt(easy, CURLOPT_INFILESIZE_LARGE,
+                   (curl_off_t) req->body_len);
+  t->headers = curl_slist_append(t->headers, "Expect:");
+  if (strcmp(req->method, "PUT") != 0)
+    curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, req->method);
+  return 0;
+}
+
 /* Sets the method and body; curl's defaults would turn a body into a POST
  * and add "Expect: 100-continue", which costs a round trip. */
 static void http_transfer_set_method(struct http_transfer *t,
@@ -487,8 +540,18 @@ int http_client_send(struct http_client *client, const struct http_request *req,
     free(t);
     return -ENOMEM;
   }
+  t->body_fd = -1;
   http_transfer_set_options(t, req);
-  http_transfer_set_method(t, req);
+  if (req->body_file) {
+    int rc = http_transfer_set_file_body(t, req);
+
+    if (rc < 0) {
+      http_transfer_free(t);
+      return rc;
+    }
+  } else {
+    http_transfer_set_method(t, req);
+  }
   for (size_t i = 0; req->headers && req->headers[i]; i++)
     t->headers = curl_slist_append(t->headers, req->headers[i]);
   if (t->headers)

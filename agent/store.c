@@ -97,6 +97,9 @@ static const char *const store_migrations[] = {
   "  expires_at INTEGER NOT NULL," /* ms since epoch */
   "  created_at INTEGER NOT NULL"
   ");",
+  /* 6: large mail goes out as a draft; its id lets a retry resume the
+   * same draft rather than make another (see mail_upload.c). */
+  "ALTER TABLE messages ADD COLUMN draft_id TEXT;",
 };
 
 #define STORE_NMIGRATIONS                                                      \

@@ -4,18 +4,23 @@
 #include "mime_to_graph.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <gnutls/gnutls.h>
 #include <libetpan/libetpan.h>
 #include <libxml/uri.h>
 
 #include "log.h"
+#include "spool.h"
 #include "xalloc.h"
 
 /* Deepest multipart nesting we follow; real mail stays under 5 levels. */
@@ -24,6 +29,30 @@
 #define MIME_GRAPH_XHEADERS_MAX 32
 /* Continuation pieces of one RFC 2231 parameter (filename*0*, ...). */
 #define MIME_GRAPH_RFC2231_PIECES_MAX 32
+/* Attachments of one message; more is not what Nextal sends. */
+#define MIME_GRAPH_PARTS_MAX 256
+/* Read size when streaming the spool file. */
+#define MIME_GRAPH_IO_CHUNK (64 * 1024)
+
+/* A kept span of the skeleton: len bytes at skel in the skeleton are the
+ * bytes at file in the spool file. */
+struct mime_graph_piece {
+  uint64_t skel;
+  uint64_t file;
+  uint64_t len;
+};
+
+/* The skeleton of a large message: the file with the middle lines of
+ * every run of "plain" lines left out (see mime_graph_skel_build), small
+ * enough for libetpan to parse whole, with the map back to the file. */
+struct mime_graph_skel {
+  char *data;
+  size_t len;
+  struct mime_graph_piece *pieces;
+  size_t npieces;
+  size_t cap;
+  int fd; /* the spool file, for bytes the skeleton left out */
+};
 
 /* What a leaf part is, as far as the translation cares. */
 enum mime_graph_kind {
@@ -41,8 +70,15 @@ struct mime_graph_ctx {
   json_t *msg;         /* the "message" object being filled */
   json_t *attachments; /* fileAttachment objects, added at the end */
   bool *named;         /* per envelope recipient: a To or Cc header names it */
+  bool *in_bcc;        /* per envelope recipient: the Bcc header names it */
   bool has_body;       /* the body part has been chosen */
   size_t budget;       /* bytes of content added so far, for an early ETOOBIG */
+  bool header_extra;   /* a header names a receiver the envelope lacks */
+  bool from_other;     /* From or Sender is not the linked user */
+  /* Large form: parts are described, not encoded; bodies are read from
+   * skel->fd through the skeleton's map. NULL otherwise. */
+  const struct mime_graph_skel *skel;
+  uint64_t large_total; /* estimated decoded bytes, large form */
 };
 
 /* Finds the value of a MIME parameter by name in one kind of list. */
@@ -105,7 +141,11 @@ static void mime_graph_unlabelled_convert(const char *data, size_t len,
   int rc;
 
   if (mime_graph_utf8_valid(data, len)) {
-    *out = xstrndup(data, len);
+    /* Copied by length: the text may hold NUL bytes, which the caller
+     * refuses; a string copy would stop at the first one. */
+    *out = xmalloc(len + 1);
+    memcpy(*out, data, len);
+    (*out)[len] = '\0';
     *outlen = len;
     return;
   }
@@ -224,6 +264,7 @@ static void mime_graph_mailbox_add(struct mime_graph_ctx *ctx, const char *key,
   char esc[128];
 
   if (!rcpt) {
+    ctx->header_extra = true;
     log_debug("- mime rcpt_dropped header=%s addr=\"%s\"", key,
               log_escape(esc, sizeof esc, mb->mb_addr_spec,
                          strlen(mb->mb_addr_spec)));
@@ -295,12 +336,14 @@ static void mime_graph_from_apply(struct mime_graph_ctx *ctx,
 {
   struct mailimf_mailbox *mb;
 
-  if (!from || !from->frm_mb_list || json_object_get(ctx->msg, "replyTo"))
-    return;
-  mb = clist_begin(from->frm_mb_list->mb_list)
+  mb = from && from->frm_mb_list && clist_begin(from->frm_mb_list->mb_list)
            ? clist_content(clist_begin(from->frm_mb_list->mb_list))
            : NULL;
-  if (mb && strcasecmp(mb->mb_addr_spec, ctx->env->sender) != 0)
+  if (!mb || strcasecmp(mb->mb_addr_spec, ctx->env->sender) != 0)
+    ctx->from_other = true;
+  if (!mb || json_object_get(ctx->msg, "replyTo"))
+    return;
+  if (strcasecmp(mb->mb_addr_spec, ctx->env->sender) != 0)
     mime_graph_reply_to_add(ctx, mb);
 }
 
@@ -395,12 +438,60 @@ static void mime_graph_message_id_set(struct mime_graph_ctx *ctx,
   ctx->res->message_id = xstrdup(id);
 }
 
-/* Dispatches one header field. Bcc is ignored: the envelope alone
- * decides who receives the message. In-Reply-To and References are
- * dropped: Graph's JSON message has no property for them and
+/* A Bcc header address: the JSON form ignores it (the envelope alone
+ * decides who receives the message), but the MIME form sends the header
+ * as written, so it must name envelope recipients only. */
+static void mime_graph_bcc_header_add(struct mime_graph_ctx *ctx,
+                                      struct mailimf_mailbox *mb)
+{
+  bool found = false;
+
+  for (size_t i = 0; i < ctx->env->nrcpts; i++) {
+    if (strcasecmp(ctx->env->rcpts[i], mb->mb_addr_spec) == 0) {
+      ctx->in_bcc[i] = true;
+      found = true;
+    }
+  }
+  if (!found)
+    ctx->header_extra = true;
+}
+
+static void mime_graph_bcc_header_walk(struct mime_graph_ctx *ctx,
+                                       struct mailimf_bcc *bcc)
+{
+  if (!bcc || !bcc->bcc_addr_list)
+    return;
+  for (clistiter *it = clist_begin(bcc->bcc_addr_list->ad_list); it;
+       it = clist_next(it)) {
+    struct mailimf_address *addr = clist_content(it);
+    struct mailimf_mailbox_list *group;
+
+    if (addr->ad_type == MAILIMF_ADDRESS_MAILBOX) {
+      mime_graph_bcc_header_add(ctx, addr->ad_data.ad_mailbox);
+      continue;
+    }
+    group = addr->ad_data.ad_group->grp_mb_list;
+    for (clistiter *m = group ? clist_begin(group->mb_list) : NULL; m;
+         m = clist_next(m))
+      mime_graph_bcc_header_add(ctx, clist_content(m));
+  }
+}
+
+/* A Sender field other than the linked user would make the MIME form
+ * send on behalf of someone, which Graph refuses (graph-api.md 2.5). */
+static void mime_graph_sender_check(struct mime_graph_ctx *ctx,
+                                    struct mailimf_sender *sender)
+{
+  if (sender && sender->snd_mb
+      && strcasecmp(sender->snd_mb->mb_addr_spec, ctx->env->sender) != 0)
+    ctx->from_other = true;
+}
+
+/* Dispatches one header field. In-Reply-To and References cannot go in
+ * the JSON form: Graph's JSON message has no property for them and
  * internetMessageHeaders rejects names without x- (graph-api.md 2.2;
  * github.com/elie222/inbox-zero/pull/1246 reached the same conclusion).
- * Threading needs createReply or a MIME send, a later issue. */
+ * They mark the message for the MIME form instead, which keeps them. */
 static void mime_graph_field_add(struct mime_graph_ctx *ctx,
                                  struct mailimf_field *field)
 {
@@ -424,6 +515,16 @@ static void mime_graph_field_add(struct mime_graph_ctx *ctx,
       break;
     case MAILIMF_FIELD_MESSAGE_ID:
       mime_graph_message_id_set(ctx, field->fld_data.fld_message_id->mid_value);
+      break;
+    case MAILIMF_FIELD_IN_REPLY_TO:
+    case MAILIMF_FIELD_REFERENCES:
+      ctx->res->wants_mime = true;
+      break;
+    case MAILIMF_FIELD_BCC:
+      mime_graph_bcc_header_walk(ctx, field->fld_data.fld_bcc);
+      break;
+    case MAILIMF_FIELD_SENDER:
+      mime_graph_sender_check(ctx, field->fld_data.fld_sender);
       break;
     case MAILIMF_FIELD_OPTIONAL_FIELD:
       mime_graph_optional_add(ctx, field->fld_data.fld_optional_field);
@@ -514,25 +615,101 @@ static char *mime_graph_content_type(const struct mailmime_content *ct)
   return xasprintf("%s/%s", mime_graph_major_name(ct->ct_type), ct->ct_subtype);
 }
 
+/* Where skeleton offset off lies in the file. An end offset (end set)
+ * belongs to the piece it closes, a start offset to the piece it opens;
+ * part bodies never start or end inside a left-out run, because the
+ * first and last line of every run are kept. */
+static uint64_t mime_graph_skel_map(const struct mime_graph_skel *sk,
+                                    uint64_t off, bool end)
+{
+  for (size_t i = 0; i < sk->npieces; i++) {
+    const struct mime_graph_piece *p = &sk->pieces[i];
+
+    if (end ? off > p->skel && off <= p->skel + p->len
+            : off >= p->skel && off < p->skel + p->len)
+      return p->file + (off - p->skel);
+  }
+  assert(sk->npieces > 0);
+  return sk->pieces[sk->npieces - 1].file + sk->pieces[sk->npieces - 1].len;
+}
+
+/* The file range [*start, *end) of a part body found in the skeleton. */
+static void mime_graph_skel_range(const struct mime_graph_skel *sk,
+                                  const struct mailmime_data *body,
+                                  uint64_t *start, uint64_t *end)
+{
+  uint64_t off = (uint64_t) (body->dt_data.dt_text.dt_data - sk->data);
+  size_t len = body->dt_data.dt_text.dt_length;
+
+  *start = mime_graph_skel_map(sk, off, false);
+  *end = len == 0 ? *start : mime_graph_skel_map(sk, off + len, true);
+  assert(*end >= *start);
+}
+
+/* Reads len bytes at off of fd into a new NUL-terminated buffer. */
+static char *mime_graph_pread_all(int fd, uint64_t off, size_t len)
+{
+  char *buf = xmalloc(len + 1);
+  size_t got = 0;
+
+  while (got < len) {
+    ssize_t n = pread(fd, buf + got, len - got, (off_t) (off + got));
+
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    got += (size_t) n;
+  }
+  buf[got] = '\0';
+  if (got < len)
+    log_warn("- mime short_read want=%zu got=%zu", len, got);
+  return buf;
+}
+
+/* The encoded bytes of a part body: in the parsed buffer, or in the
+ * large form read back from the spool file (a body text is at most
+ * MIME_GRAPH_REQUEST_MAX long there, checked by the caller). *owned is
+ * what the caller frees. */
+static void mime_graph_part_raw(const struct mime_graph_ctx *ctx,
+                                const struct mailmime_data *body,
+                                const char **data, size_t *len, char **owned)
+{
+  uint64_t start, end;
+
+  *owned = NULL;
+  *data = body->dt_data.dt_text.dt_data;
+  *len = body->dt_data.dt_text.dt_length;
+  if (!ctx->skel)
+    return;
+  mime_graph_skel_range(ctx->skel, body, &start, &end);
+  *owned = mime_graph_pread_all(ctx->skel->fd, start, (size_t) (end - start));
+  *data = *owned;
+  *len = (size_t) (end - start);
+}
+
 /* Undoes the part's Content-Transfer-Encoding (base64, quoted-printable)
  * with libetpan into a new buffer of *len bytes. */
-static char *mime_graph_part_decode(const struct mailmime *mime, size_t *len)
+static char *mime_graph_part_decode(const struct mime_graph_ctx *ctx,
+                                    const struct mailmime *mime, size_t *len)
 {
   const struct mailmime_data *body = mime->mm_body;
-  char *decoded = NULL, *copy;
-  size_t idx = 0;
+  char *decoded = NULL, *copy, *owned;
+  const char *raw;
+  size_t idx = 0, rawlen;
   int rc;
 
   *len = 0;
   if (!body || body->dt_type != MAILMIME_DATA_TEXT)
     return xstrdup("");
+  mime_graph_part_raw(ctx, body, &raw, &rawlen, &owned);
   if (!body->dt_encoded) {
-    *len = body->dt_data.dt_text.dt_length;
-    return xstrndup(body->dt_data.dt_text.dt_data, *len);
+    *len = rawlen;
+    copy = owned ? owned : xstrndup(raw, rawlen);
+    return copy;
   }
-  rc = mailmime_part_parse(body->dt_data.dt_text.dt_data,
-                           body->dt_data.dt_text.dt_length, &idx,
-                           body->dt_encoding, &decoded, len);
+  rc = mailmime_part_parse(raw, rawlen, &idx, body->dt_encoding, &decoded, len);
+  free(owned);
   if (rc != MAILIMF_NO_ERROR) {
     *len = 0;
     return xstrdup("");
@@ -557,6 +734,26 @@ static int mime_graph_budget_add(struct mime_graph_ctx *ctx, size_t bytes)
                          MIME_GRAPH_REQUEST_MAX);
 }
 
+/* In the large form the body text goes in the draft's JSON, which must
+ * stay under Graph's request limit. */
+static int mime_graph_large_text_check(struct mime_graph_ctx *ctx,
+                                       const struct mailmime *mime)
+{
+  const struct mailmime_data *body = mime->mm_body;
+  uint64_t start, end;
+
+  if (!ctx->skel || !body || body->dt_type != MAILMIME_DATA_TEXT)
+    return 0;
+  mime_graph_skel_range(ctx->skel, body, &start, &end);
+  if (end - start <= MIME_GRAPH_REQUEST_MAX / 2)
+    return 0;
+  return mime_graph_fail(ctx, MIME_GRAPH_ETOOBIG,
+                         "The message text is too long for Graph (%llu "
+                         "bytes, limit %d).",
+                         (unsigned long long) (end - start),
+                         MIME_GRAPH_REQUEST_MAX / 2);
+}
+
 /* Makes a text/plain or text/html part the message body, converted to
  * UTF-8. */
 static int mime_graph_body_set(struct mime_graph_ctx *ctx,
@@ -565,9 +762,13 @@ static int mime_graph_body_set(struct mime_graph_ctx *ctx,
                                enum mime_graph_kind kind)
 {
   size_t len, utf8len;
-  char *raw = mime_graph_part_decode(mime, &len), *utf8 = NULL;
+  char *raw, *utf8 = NULL;
   int rc;
 
+  rc = mime_graph_large_text_check(ctx, mime);
+  if (rc < 0)
+    return rc;
+  raw = mime_graph_part_decode(ctx, mime, &len);
   rc = mime_graph_text_to_utf8(sf->fld_content_charset, raw, len, &utf8,
                                &utf8len);
   free(raw);
@@ -576,6 +777,14 @@ static int mime_graph_body_set(struct mime_graph_ctx *ctx,
                            "The message text uses the character set "
                            "\"%.40s\", which cannot be converted to UTF-8.",
                            sf->fld_content_charset);
+  /* RFC 5322 2.3 allows no NUL in text, and Graph would store a body cut
+   * at it: refuse rather than lose the rest of the text. */
+  if (memchr(utf8, '\0', utf8len) != NULL) {
+    free(utf8);
+    return mime_graph_fail(ctx, MIME_GRAPH_EPARSE,
+                           "The message text contains a NUL byte, which mail "
+                           "text may not carry (RFC 5322 section 2.3).");
+  }
   json_object_set_new(ctx->msg, "body",
                       json_pack("{s:s, s:s%}", "contentType",
                                 kind == MIME_GRAPH_KIND_HTML ? "html" : "text",
@@ -781,6 +990,53 @@ static char *mime_graph_content_id(const char *id)
   return len > 0 ? xstrndup(id, len) : NULL;
 }
 
+/* Large form: records where the part's bytes are instead of encoding
+ * them; its decoded size is estimated (base64 makes 4 characters of 3
+ * bytes; other encodings are counted as they stand). */
+static int mime_graph_part_describe(struct mime_graph_ctx *ctx,
+                                    struct mailmime *mime,
+                                    const struct mailmime_single_fields *sf,
+                                    enum mime_graph_kind kind, bool in_related)
+{
+  struct mime_graph_result *res = ctx->res;
+  const struct mailmime_data *body = mime->mm_body;
+  struct mime_graph_part *part;
+  uint64_t start = 0, end = 0;
+  char *cid;
+
+  if (res->nparts >= MIME_GRAPH_PARTS_MAX)
+    return mime_graph_fail(ctx, MIME_GRAPH_EPARSE,
+                           "The message has more than %d attachments.",
+                           MIME_GRAPH_PARTS_MAX);
+  res->parts = xrealloc(res->parts, (res->nparts + 1) * sizeof *res->parts);
+  part = &res->parts[res->nparts++];
+  memset(part, 0, sizeof *part);
+  if (body && body->dt_type == MAILMIME_DATA_TEXT)
+    mime_graph_skel_range(ctx->skel, body, &start, &end);
+  part->offset = start;
+  part->length = end - start;
+  part->encoding = body && body->dt_encoded ? body->dt_encoding : 0;
+  part->size_estimate = part->encoding == MAILMIME_MECHANISM_BASE64
+                            ? part->length / 4 * 3
+                            : part->length;
+  part->name = mime_graph_part_name(sf, kind);
+  part->content_type = mime_graph_content_type(mime->mm_content_type);
+  cid = mime_graph_content_id(sf->fld_id);
+  part->is_inline = in_related && cid;
+  if (cid && mime_graph_utf8_valid(cid, strlen(cid)))
+    part->content_id = cid;
+  else
+    free(cid);
+
+  ctx->large_total += part->size_estimate;
+  if (ctx->large_total > MIME_GRAPH_MESSAGE_MAX)
+    return mime_graph_fail(ctx, MIME_GRAPH_ETOOBIG,
+                           "The message is larger than Graph accepts "
+                           "(limit %llu bytes of content).",
+                           (unsigned long long) MIME_GRAPH_MESSAGE_MAX);
+  return 0;
+}
+
 /* Adds the part as a fileAttachment; inline when it sits in
  * multipart/related with a Content-ID (an image the HTML refers to). */
 static int mime_graph_attachment_add(struct mime_graph_ctx *ctx,
@@ -789,10 +1045,13 @@ static int mime_graph_attachment_add(struct mime_graph_ctx *ctx,
                                      enum mime_graph_kind kind, bool in_related)
 {
   size_t len;
-  char *data = mime_graph_part_decode(mime, &len), *cid;
+  char *data, *cid;
   json_t *att;
   int rc;
 
+  if (ctx->skel)
+    return mime_graph_part_describe(ctx, mime, sf, kind, in_related);
+  data = mime_graph_part_decode(ctx, mime, &len);
   /* Count the base64 size before encoding, so that a huge part is
    * refused without being encoded first. */
   rc = mime_graph_budget_add(ctx, (len + 2) / 3 * 4);
@@ -837,6 +1096,8 @@ static int mime_graph_leaf_add(struct mime_graph_ctx *ctx,
   enum mime_graph_kind kind = mime_graph_kind_get(mime->mm_content_type);
 
   mailmime_single_fields_init(&sf, mime->mm_mime_fields, mime->mm_content_type);
+  if (kind == MIME_GRAPH_KIND_CALENDAR)
+    ctx->res->wants_mime = true; /* only the MIME form keeps an invitation */
   if (kind == MIME_GRAPH_KIND_MULTIPART)
     return mime_graph_fail(ctx, MIME_GRAPH_EPARSE,
                            "The message has a multipart section without a "
@@ -895,6 +1156,15 @@ static int mime_graph_multipart_walk(struct mime_graph_ctx *ctx,
   int rc = 0;
 
   if (strcasecmp(subtype, "alternative") == 0) {
+    /* An iMIP invitation is a text/calendar alternative to the text: the
+     * JSON form would drop it, so it marks the message for MIME. */
+    for (clistiter *it = clist_begin(parts); it; it = clist_next(it)) {
+      struct mailmime *child = clist_content(it);
+
+      if (mime_graph_kind_get(child->mm_content_type)
+          == MIME_GRAPH_KIND_CALENDAR)
+        ctx->res->wants_mime = true;
+    }
     pick = mime_graph_alternative_pick(parts);
     return pick ? mime_graph_walk(ctx, pick, depth + 1, false) : 0;
   }
@@ -938,6 +1208,7 @@ static int mime_graph_envelope_check(struct mime_graph_ctx *ctx)
                              i + 1);
   }
   ctx->named = xcalloc(env->nrcpts, sizeof *ctx->named);
+  ctx->in_bcc = xcalloc(env->nrcpts, sizeof *ctx->in_bcc);
   return 0;
 }
 
@@ -965,7 +1236,8 @@ static int mime_graph_parse(struct mime_graph_ctx *ctx, const char *data,
   return 0;
 }
 
-/* Wraps the message into the sendMail request and measures it. */
+/* Wraps the message into the sendMail request (the bare draft message in
+ * the large form) and measures it. */
 static int mime_graph_request_finish(struct mime_graph_ctx *ctx)
 {
   struct mime_graph_result *res = ctx->res;
@@ -977,8 +1249,11 @@ static int mime_graph_request_finish(struct mime_graph_ctx *ctx)
         json_pack("{s:s, s:s}", "contentType", "text", "content", ""));
   if (json_array_size(ctx->attachments) > 0)
     json_object_set(ctx->msg, "attachments", ctx->attachments);
-  res->request
-      = json_pack("{s:O, s:b}", "message", ctx->msg, "saveToSentItems", 1);
+  if (ctx->skel)
+    res->request = json_incref(ctx->msg);
+  else
+    res->request
+        = json_pack("{s:O, s:b}", "message", ctx->msg, "saveToSentItems", 1);
   dump = json_dumps(res->request, JSON_COMPACT);
   assert(dump);
   res->request_size = strlen(dump);
@@ -991,11 +1266,39 @@ static int mime_graph_request_finish(struct mime_graph_ctx *ctx)
   return 0;
 }
 
-int mime_to_graph(const char *data, size_t len,
-                  const struct mime_graph_envelope *env,
-                  struct mime_graph_result *res)
+/* What the MIME form needs besides the message: whether it would send
+ * to exactly the envelope, and the Bcc line for envelope-only
+ * recipients. */
+static void mime_graph_mime_check(struct mime_graph_ctx *ctx)
 {
-  struct mime_graph_ctx ctx = { .env = env, .res = res };
+  struct mime_graph_result *res = ctx->res;
+  size_t size = 0;
+  FILE *out = NULL;
+  char *list = NULL;
+
+  res->mime_safe = !ctx->header_extra && !ctx->from_other;
+  for (size_t i = 0; i < ctx->env->nrcpts; i++) {
+    if (ctx->named[i] || ctx->in_bcc[i])
+      continue;
+    if (!out)
+      out = open_memstream(&list, &size);
+    assert(out);
+    fprintf(out, "%s%s", ftell(out) > 0 ? ", " : "", ctx->env->rcpts[i]);
+  }
+  if (out) {
+    fclose(out);
+    res->mime_bcc = list;
+  }
+}
+
+/* The translation shared by every form; skel is NULL except for the
+ * large form, where data is the skeleton. */
+static int mime_graph_translate(const char *data, size_t len,
+                                const struct mime_graph_envelope *env,
+                                const struct mime_graph_skel *skel,
+                                struct mime_graph_result *res)
+{
+  struct mime_graph_ctx ctx = { .env = env, .res = res, .skel = skel };
   struct mailmime *mime = NULL, *content;
   int rc;
 
@@ -1018,20 +1321,428 @@ int mime_to_graph(const char *data, size_t len,
   if (rc < 0)
     goto out;
   rc = mime_graph_request_finish(&ctx);
+  if (rc == 0)
+    mime_graph_mime_check(&ctx);
 
 out:
   if (mime)
     mailmime_free(mime);
   free(ctx.named);
+  free(ctx.in_bcc);
   json_decref(ctx.msg);
   json_decref(ctx.attachments);
   if (rc < 0) {
-    json_decref(res->request);
-    res->request = NULL;
-    free(res->message_id);
-    res->message_id = NULL;
-    res->request_size = 0;
+    char error[sizeof res->error];
+
+    memcpy(error, res->error, sizeof error);
+    mime_graph_result_free(res);
+    memset(res, 0, sizeof *res);
+    memcpy(res->error, error, sizeof error);
   }
+  return rc;
+}
+
+int mime_to_graph(const char *data, size_t len,
+                  const struct mime_graph_envelope *env,
+                  struct mime_graph_result *res)
+{
+  return mime_graph_translate(data, len, env, NULL, res);
+}
+
+/* ---- the large form: a skeleton of the spool file ------------------- */
+
+/* Appends len bytes that stand at file in the spool file. */
+static void mime_graph_skel_emit(struct mime_graph_skel *sk, const char *line,
+                                 size_t len, uint64_t file)
+{
+  struct mime_graph_piece *last
+      = sk->npieces ? &sk->pieces[sk->npieces - 1] : NULL;
+
+  if (sk->len + len + 1 > sk->cap) {
+    while (sk->len + len + 1 > sk->cap)
+      sk->cap = sk->cap ? sk->cap * 2 : 64 * 1024;
+    sk->data = xrealloc(sk->data, sk->cap);
+  }
+  memcpy(sk->data + sk->len, line, len);
+  if (last && last->file + last->len == file
+      && last->skel + last->len == sk->len) {
+    last->len += len;
+  } else {
+    sk->pieces = xrealloc(sk->pieces, (sk->npieces + 1) * sizeof *sk->pieces);
+    sk->pieces[sk->npieces++] = (struct mime_graph_piece){ .skel = sk->len,
+                                                           .file = file,
+                                                           .len = len };
+  }
+  sk->len += len;
+  sk->data[sk->len] = '\0';
+}
+
+/* A line that can be left out of the skeleton: not blank, not a
+ * possible boundary ("--"), not a header or its continuation (a header
+ * line has a colon, a continuation starts with white space). Lines of
+ * base64 and of ordinary text are plain. */
+static bool mime_graph_line_plain(const char *line, size_t len)
+{
+  if (len == 0 || strchr("\r\n- \t", line[0]))
+    return false;
+  return memchr(line, ':', len) == NULL;
+}
+
+/* Builds the skeleton line by line: of every run of plain lines, the
+ * first and the last are kept and the middle is left out, so libetpan
+ * sees every header, boundary and blank line, and each part body still
+ * starts and ends on bytes the map knows. */
+struct mime_graph_skel_builder {
+  struct mime_graph_skel *sk;
+  char *pending; /* the run's latest plain line, kept if it is the last */
+  size_t pending_len;
+  size_t pending_cap;
+  uint64_t pending_file;
+  bool has_pending;
+  unsigned run; /* plain lines in the current run */
+};
+
+static void mime_graph_skel_flush(struct mime_graph_skel_builder *b)
+{
+  if (b->has_pending)
+    mime_graph_skel_emit(b->sk, b->pending, b->pending_len, b->pending_file);
+  b->has_pending = false;
+  b->run = 0;
+}
+
+static void mime_graph_skel_line(struct mime_graph_skel_builder *b,
+                                 const char *line, size_t len, uint64_t file)
+{
+  if (!mime_graph_line_plain(line, len)) {
+    mime_graph_skel_flush(b);
+    mime_graph_skel_emit(b->sk, line, len, file);
+    return;
+  }
+  if (b->run++ == 0) {
+    mime_graph_skel_emit(b->sk, line, len, file);
+    return;
+  }
+  if (len > b->pending_cap) {
+    b->pending_cap = len;
+    b->pending = xrealloc(b->pending, len);
+  }
+  memcpy(b->pending, line, len);
+  b->pending_len = len;
+  b->pending_file = file;
+  b->has_pending = true;
+}
+
+/* Reads fd from the start and feeds whole lines to the builder; a line
+ * longer than MIME_GRAPH_LINE_MAX fails with -E2BIG. */
+static int mime_graph_skel_read(struct mime_graph_skel_builder *b, int fd)
+{
+  char *buf = xmalloc(MIME_GRAPH_IO_CHUNK);
+  char *line = NULL; /* a line that spans reads */
+  size_t line_len = 0, line_cap = 0;
+  uint64_t pos = 0, line_start = 0;
+  ssize_t n;
+  int rc = 0;
+
+  while ((n = read(fd, buf, MIME_GRAPH_IO_CHUNK)) != 0) {
+    const char *p = buf, *end;
+
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      rc = -errno;
+      goto out;
+    }
+    end = buf + n;
+    while (p < end) {
+      const char *nl = memchr(p, '\n', (size_t) (end - p));
+      size_t take = nl ? (size_t) (nl - p) + 1 : (size_t) (end - p);
+
+      if (line_len + take > MIME_GRAPH_LINE_MAX) {
+        rc = -E2BIG;
+        goto out;
+      }
+      if (nl && line_len == 0) {
+        mime_graph_skel_line(b, p, take, pos);
+        line_start = pos + take;
+      } else {
+        if (line_len + take > line_cap) {
+          line_cap = (line_len + take) * 2;
+          line = xrealloc(line, line_cap);
+        }
+        memcpy(line + line_len, p, take);
+        line_len += take;
+        if (nl) {
+          mime_graph_skel_line(b, line, line_len, line_start);
+          line_start = pos + take;
+          line_len = 0;
+        }
+      }
+      pos += take;
+      p += take;
+    }
+  }
+  if (line_len > 0)
+    mime_graph_skel_line(b, line, line_len, line_start);
+  mime_graph_skel_flush(b);
+
+out:
+  free(buf);
+  free(line);
+  return rc;
+}
+
+static void mime_graph_skel_free(struct mime_graph_skel *sk)
+{
+  free(sk->data);
+  free(sk->pieces);
+}
+
+/* The large form: skeleton, structure, draft and part descriptions. */
+static int mime_graph_large(int fd, const struct mime_graph_envelope *env,
+                            struct mime_graph_result *res)
+{
+  struct mime_graph_skel sk = { .fd = fd };
+  struct mime_graph_skel_builder b = { .sk = &sk };
+  int rc;
+
+  rc = mime_graph_skel_read(&b, fd);
+  free(b.pending);
+  if (rc == -E2BIG) {
+    memset(res, 0, sizeof *res);
+    snprintf(res->error, sizeof res->error,
+             "The message has a line longer than %d bytes.",
+             MIME_GRAPH_LINE_MAX);
+    rc = MIME_GRAPH_EPARSE;
+    goto out;
+  }
+  if (rc < 0)
+    goto out;
+  rc = mime_graph_translate(sk.data ? sk.data : "", sk.len, env, &sk, res);
+  if (rc == 0)
+    res->form = MIME_GRAPH_FORM_LARGE;
+
+out:
+  mime_graph_skel_free(&sk);
+  return rc;
+}
+
+/* Small messages: the whole translation in memory, then the form. */
+static int mime_graph_small(const char *path, uint64_t size,
+                            const struct mime_graph_envelope *env,
+                            struct mime_graph_result *res)
+{
+  const char *data = NULL;
+  size_t len = 0, bcc_line;
+  int rc;
+
+  rc = spool_map(path, &data, &len);
+  if (rc < 0)
+    return rc;
+  rc = mime_to_graph(data, len, env, res);
+  spool_unmap(data, len);
+  if (rc < 0)
+    return rc;
+  bcc_line = res->mime_bcc ? strlen(res->mime_bcc) + 7 : 0;
+  if (res->wants_mime && res->mime_safe
+      && size + bcc_line <= MIME_GRAPH_MIME_RAW_MAX)
+    res->form = MIME_GRAPH_FORM_MIME;
+  else
+    res->form = MIME_GRAPH_FORM_JSON;
+  return 0;
+}
+
+int mime_to_graph_file(const char *path, const struct mime_graph_envelope *env,
+                       struct mime_graph_result *res)
+{
+  struct stat st;
+  int fd, rc;
+
+  memset(res, 0, sizeof *res);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  if (fstat(fd, &st) < 0) {
+    rc = -errno;
+    goto out;
+  }
+  /* A message over Graph's request limit cannot fit in one request in
+   * any form, and is never read whole. */
+  if ((uint64_t) st.st_size <= MIME_GRAPH_REQUEST_MAX) {
+    rc = mime_graph_small(path, (uint64_t) st.st_size, env, res);
+    if (rc != MIME_GRAPH_ETOOBIG)
+      goto out;
+  }
+  rc = mime_graph_large(fd, env, res);
+
+out:
+  close(fd);
+  return rc;
+}
+
+/* ---- reading the spool file for the MIME and large forms ------------ */
+
+static int mime_graph_write_all(int fd, const void *data, size_t len)
+{
+  const char *p = data;
+
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -errno;
+    p += n;
+    len -= (size_t) n;
+  }
+  return 0;
+}
+
+int mime_graph_mime_body(const char *path, const struct mime_graph_result *res,
+                         char **body, size_t *len)
+{
+  const char *data = NULL;
+  size_t size = 0, prefix;
+  gnutls_datum_t in, out = { NULL, 0 };
+  char *raw;
+  int rc;
+
+  rc = spool_map(path, &data, &size);
+  if (rc < 0)
+    return rc;
+  prefix = res->mime_bcc ? strlen(res->mime_bcc) + 7 : 0;
+  raw = xmalloc(prefix + size + 1);
+  if (prefix)
+    snprintf(raw, prefix + 1, "Bcc: %s\r\n", res->mime_bcc);
+  memcpy(raw + prefix, data, size);
+  spool_unmap(data, size);
+  in = (gnutls_datum_t){ (unsigned char *) raw, (unsigned) (prefix + size) };
+  if (gnutls_base64_encode2(&in, &out) < 0) {
+    log_error("- mime base64_failed len=%zu", prefix + size);
+    abort(); /* only on out of memory, which is fatal here */
+  }
+  free(raw);
+  *body = xstrndup((const char *) out.data, out.size);
+  *len = out.size;
+  gnutls_free(out.data);
+  return 0;
+}
+
+/* Decodes the whole groups of four base64 characters in carry (which
+ * holds only alphabet characters) to out_fd, keeping the rest. */
+static int mime_graph_b64_flush(char *carry, size_t *n, int out_fd,
+                                uint64_t *size)
+{
+  size_t whole = *n / 4 * 4;
+  gnutls_datum_t in = { (unsigned char *) carry, (unsigned) whole };
+  gnutls_datum_t out = { NULL, 0 };
+  int rc;
+
+  if (whole == 0)
+    return 0;
+  if (gnutls_base64_decode2(&in, &out) < 0)
+    return -EINVAL;
+  rc = mime_graph_write_all(out_fd, out.data, out.size);
+  *size += out.size;
+  gnutls_free(out.data);
+  memmove(carry, carry + whole, *n - whole);
+  *n -= whole;
+  return rc;
+}
+
+/* Whether c belongs to the base64 alphabet (with the padding '='). */
+static bool mime_graph_b64_char(char c)
+{
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+         || (c >= '0' && c <= '9') || c == '+' || c == '/' || c == '=';
+}
+
+/* Filters one read of base64 text (line breaks and stray bytes go) and
+ * decodes it with GnuTLS. */
+static int mime_graph_b64_feed(char *carry, size_t *n, const char *in,
+                               size_t len, int out_fd, uint64_t *size)
+{
+  for (size_t i = 0; i < len; i++) {
+    if (mime_graph_b64_char(in[i]))
+      carry[(*n)++] = in[i];
+  }
+  return mime_graph_b64_flush(carry, n, out_fd, size);
+}
+
+/* Decodes quoted-printable text up to its last complete line (a soft
+ * break never spans the cut) with libetpan. */
+static int mime_graph_qp_feed(char *carry, size_t *n, bool final, int out_fd,
+                              uint64_t *size)
+{
+  const char *nl = final ? carry + *n - 1 : memrchr(carry, '\n', *n);
+  size_t upto = nl ? (size_t) (nl - carry) + 1 : 0, idx = 0, dlen = 0;
+  char *decoded = NULL;
+  int rc;
+
+  if (upto == 0 || *n == 0)
+    return 0;
+  if (mailmime_part_parse(carry, upto, &idx,
+                          MAILMIME_MECHANISM_QUOTED_PRINTABLE, &decoded, &dlen)
+      != MAILIMF_NO_ERROR)
+    return -EINVAL;
+  rc = mime_graph_write_all(out_fd, decoded, dlen);
+  *size += dlen;
+  mmap_string_unref(decoded);
+  memmove(carry, carry + upto, *n - upto);
+  *n -= upto;
+  return rc;
+}
+
+int mime_graph_part_extract(const char *path,
+                            const struct mime_graph_part *part, int out_fd,
+                            uint64_t *size)
+{
+  /* carry holds at most one read plus an unfinished line or quartet. */
+  size_t cap = 2 * MIME_GRAPH_IO_CHUNK + MIME_GRAPH_LINE_MAX, n = 0;
+  char *carry = xmalloc(cap);
+  char *buf = xmalloc(MIME_GRAPH_IO_CHUNK);
+  uint64_t pos = part->offset, end = part->offset + part->length;
+  int fd = open(path, O_RDONLY | O_CLOEXEC), rc = 0;
+
+  *size = 0;
+  if (fd < 0) {
+    rc = -errno;
+    goto out;
+  }
+  while (pos < end && rc == 0) {
+    size_t want = end - pos < MIME_GRAPH_IO_CHUNK ? (size_t) (end - pos)
+                                                  : MIME_GRAPH_IO_CHUNK;
+    ssize_t got = pread(fd, buf, want, (off_t) pos);
+
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0) {
+      rc = got < 0 ? -errno : -EIO;
+      break;
+    }
+    pos += (uint64_t) got;
+    if (part->encoding == MAILMIME_MECHANISM_BASE64) {
+      rc = mime_graph_b64_feed(carry, &n, buf, (size_t) got, out_fd, size);
+    } else if (part->encoding == MAILMIME_MECHANISM_QUOTED_PRINTABLE) {
+      memcpy(carry + n, buf, (size_t) got);
+      n += (size_t) got;
+      rc = n > cap - MIME_GRAPH_IO_CHUNK
+               ? -E2BIG
+               : mime_graph_qp_feed(carry, &n, false, out_fd, size);
+    } else {
+      rc = mime_graph_write_all(out_fd, buf, (size_t) got);
+      *size += (uint64_t) got;
+    }
+  }
+  if (rc == 0 && part->encoding == MAILMIME_MECHANISM_QUOTED_PRINTABLE)
+    rc = mime_graph_qp_feed(carry, &n, true, out_fd, size);
+  /* Leftover base64 characters (fewer than four) are not data. */
+
+out:
+  if (fd >= 0)
+    close(fd);
+  free(carry);
+  free(buf);
   return rc;
 }
 
@@ -1041,6 +1752,16 @@ void mime_graph_result_free(struct mime_graph_result *res)
     return;
   json_decref(res->request);
   free(res->message_id);
+  free(res->mime_bcc);
+  for (size_t i = 0; i < res->nparts; i++) {
+    free(res->parts[i].name);
+    free(res->parts[i].content_type);
+    free(res->parts[i].content_id);
+  }
+  free(res->parts);
   res->request = NULL;
   res->message_id = NULL;
+  res->mime_bcc = NULL;
+  res->parts = NULL;
+  res->nparts = 0;
 }

@@ -176,10 +176,11 @@ static void smtp_intake_refuse(struct smtp_intake_msg *msg, int rc,
   }
 }
 
-/* Translates the durable file once to prove Graph will take it; returns
- * 0 with the Message-ID (or NULL) in *message_id. */
-static int smtp_intake_validate(struct smtp_intake_msg *msg,
-                                char **message_id)
+/* Translates the durable file once, in the form delivery will use, to
+ * prove Graph will take it; returns 0 with the Message-ID (or NULL) in
+ * *message_id. A large message is read piece by piece here too: only its
+ * structure is parsed, nothing is decoded. */
+static int smtp_intake_validate(struct smtp_intake_msg *msg, char **message_id)
 {
   struct mime_graph_envelope env = {
     .sender = msg->sender,
@@ -187,18 +188,14 @@ static int smtp_intake_validate(struct smtp_intake_msg *msg,
     .nrcpts = msg->nrcpts,
   };
   struct mime_graph_result res;
-  const char *data = NULL;
-  size_t len = 0;
   int rc;
 
-  rc = spool_map(msg->file->path, &data, &len);
-  if (rc < 0) {
+  rc = mime_to_graph_file(msg->file->path, &env, &res);
+  if (rc < MIME_GRAPH_ERECIPIENT) {
+    /* An errno: the file we just made durable cannot be read. */
     smtp_intake_answer(msg, 451, "4.3.0", "Cannot read the spooled message");
     return rc;
   }
-  memset(&res, 0, sizeof(res));
-  rc = mime_to_graph(data, len, &env, &res);
-  spool_unmap(data, len);
   if (rc != MIME_GRAPH_OK) {
     smtp_intake_refuse(msg, rc, res.error);
     mime_graph_result_free(&res);

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "http_client.h"
@@ -41,6 +42,15 @@ struct graph_request {
   const char *body;
   size_t body_len;
   const char *const *headers; /* extra headers, NULL-terminated, or NULL */
+  /* An upload session's pre-authenticated URL (absolute, used instead of
+   * path): sent WITHOUT the Authorization header, as Graph requires
+   * (graph-api.md 2.4), and never logged, since it carries a credential.
+   * It still counts against the mailbox's in-flight limit. */
+  const char *upload_url;
+  /* Instead of body: body_len bytes of this file from body_offset,
+   * streamed by http_client (see struct http_request). */
+  const char *body_file;
+  uint64_t body_offset;
 };
 
 int graph_client_new(uv_loop_t *loop, struct http_client *http,
@@ -48,7 +58,8 @@ int graph_client_new(uv_loop_t *loop, struct http_client *http,
                      unsigned max_in_flight, struct graph_client **out);
 
 /* Queues a request for its mailbox; done runs exactly once on the loop.
- * The request's strings are copied. */
+ * The request's strings are copied (a body_file is opened when the request
+ * is dispatched). */
 void graph_client_send(struct graph_client *client,
                        const struct graph_request *req, graph_done_cb done,
                        void *arg);

@@ -6,6 +6,7 @@
 #define NX_HTTP_CLIENT_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct http_client;
@@ -31,6 +32,12 @@ struct http_request {
   const char *body; /* copied before http_client_send returns */
   size_t body_len;
   long timeout_ms; /* whole transfer; 0 means 60 s */
+  /* Instead of body: send body_len bytes of this file from body_offset,
+   * read as curl asks for them, so a large upload never sits in memory.
+   * The file is opened by http_client_send (an open failure is its
+   * negative errno) and closed when the transfer ends. */
+  const char *body_file;
+  uint64_t body_offset;
 };
 
 int http_client_new(uv_loop_t *loop, struct http_client **out);

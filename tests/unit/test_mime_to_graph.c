@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <gnutls/gnutls.h>
 #include <jansson.h>
@@ -462,6 +463,21 @@ static void test_malformed_input(void **state)
   p = sample_load("no_boundary.eml", &len);
   expect_error(p, len, MIME_GRAPH_EPARSE);
   free(p);
+
+  /* A NUL in text, raw, labelled UTF-8, or from base64, is refused rather
+   * than cut short (this read past the copy once). */
+  {
+    static const char raw_nul[] = "Subject: a\r\n\r\nbody\0more text\r\n";
+    static const char utf8_nul[] =
+        "Subject: a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "x\0y\r\n";
+    static const char b64_nul[] =
+        "Subject: a\r\nContent-Transfer-Encoding: base64\r\n\r\nYQBi\r\n";
+
+    expect_error(raw_nul, sizeof raw_nul - 1, MIME_GRAPH_EPARSE);
+    expect_error(utf8_nul, sizeof utf8_nul - 1, MIME_GRAPH_EPARSE);
+    expect_error(b64_nul, sizeof b64_nul - 1, MIME_GRAPH_EPARSE);
+  }
   p = sample_load("unknown_charset.eml", &len);
   expect_error(p, len, MIME_GRAPH_ECHARSET);
   assert_int_equal(translate_buf(p, len, &res, "ada@example.org", NULL),
@@ -539,6 +555,165 @@ static void test_too_big(void **state)
   free(msg);
 }
 
+/* Writes len bytes to a new temporary file and returns its path. */
+static char *file_write(const char *data, size_t len)
+{
+  char tmpl[] = "/tmp/nx-mime-test-XXXXXX";
+  int fd = mkstemp(tmpl);
+  FILE *f;
+
+  assert_true(fd >= 0);
+  f = fdopen(fd, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, len, f), len);
+  fclose(f);
+  return xstrdup(tmpl);
+}
+
+/* Appends the base64 of len bytes in 76-character lines. */
+static void base64_lines(FILE *out, const unsigned char *data, size_t len)
+{
+  gnutls_datum_t in = { (unsigned char *) data, (unsigned) len };
+  gnutls_datum_t enc = { NULL, 0 };
+
+  assert_int_equal(gnutls_base64_encode2(&in, &enc), 0);
+  for (size_t i = 0; i < enc.size; i += 76)
+    fprintf(out, "%.*s\r\n", (int) (enc.size - i < 76 ? enc.size - i : 76),
+            enc.data + i);
+  gnutls_free(enc.data);
+}
+
+/* Decodes part of the file at path and compares it with want. */
+static void expect_extracted(const char *path,
+                             const struct mime_graph_part *part,
+                             const void *want, size_t want_len)
+{
+  char tmpl[] = "/tmp/nx-mime-part-XXXXXX";
+  int fd = mkstemp(tmpl);
+  uint64_t size = 0;
+  char *got = xmalloc(want_len + 1);
+
+  assert_true(fd >= 0);
+  assert_int_equal(mime_graph_part_extract(path, part, fd, &size), 0);
+  assert_int_equal(size, want_len);
+  assert_int_equal(pread(fd, got, want_len + 1, 0), (ssize_t) want_len);
+  assert_memory_equal(got, want, want_len);
+  close(fd);
+  unlink(tmpl);
+  free(got);
+}
+
+/* A message over Graph's request limit takes the large form: the draft
+ * carries the text, each attachment is described by where it lies in the
+ * file, and decoding it from there gives back the original bytes. */
+static void test_file_large_form(void **state)
+{
+  size_t big_len = 5 * 1024 * 1024 + 17, len = 0;
+  unsigned char *big = xmalloc(big_len);
+  const char *qp_want = "caf\xc3\xa9 au lait, and a line long enough to "
+                        "need a soft break in quoted-printable text.";
+  struct mime_graph_envelope env;
+  const char *rcpts[] = { "ada@example.org" };
+  struct mime_graph_result res;
+  char *msg = NULL, *path;
+  json_t *body;
+  FILE *out;
+
+  (void) state;
+  for (size_t i = 0; i < big_len; i++)
+    big[i] = (unsigned char) ((i * 7919u) >> 3);
+  out = open_memstream(&msg, &len);
+  fprintf(out, "From: linked@nextal.example\r\nTo: ada@example.org\r\n"
+               "Subject: Portfolio\r\nMessage-ID: <big@nextal.example>\r\n"
+               "MIME-Version: 1.0\r\n"
+               "Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+               "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+               "Hello Ada,\r\nthe portfolio is attached.\r\nBest\r\n"
+               "--b1\r\nContent-Type: application/pdf; name=\"cv.pdf\"\r\n"
+               "Content-Disposition: attachment; filename=\"cv.pdf\"\r\n"
+               "Content-Transfer-Encoding: base64\r\n\r\n");
+  base64_lines(out, big, big_len);
+  fprintf(out, "--b1\r\nContent-Type: text/plain; name=\"notes.txt\"\r\n"
+               "Content-Disposition: attachment; filename=\"notes.txt\"\r\n"
+               "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+               "caf=C3=A9 au lait, and a line long enough to need a soft "
+               "break in=\r\n quoted-printable text.\r\n"
+               "--b1--\r\n");
+  fclose(out);
+  path = file_write(msg, len);
+  env = (struct mime_graph_envelope){ SENDER, rcpts, 1 };
+
+  assert_int_equal(mime_to_graph_file(path, &env, &res), MIME_GRAPH_OK);
+  assert_int_equal(res.form, MIME_GRAPH_FORM_LARGE);
+  assert_string_equal(res.message_id, "big@nextal.example");
+  assert_null(json_object_get(res.request, "attachments"));
+  body = json_object_get(res.request, "body");
+  assert_string_equal(json_string_value(json_object_get(body, "content")),
+                      "Hello Ada,\r\nthe portfolio is attached.\r\nBest");
+  assert_int_equal(res.nparts, 2);
+  assert_string_equal(res.parts[0].name, "cv.pdf");
+  assert_string_equal(res.parts[0].content_type, "application/pdf");
+  assert_true(res.parts[0].size_estimate >= big_len);
+  expect_extracted(path, &res.parts[0], big, big_len);
+  expect_extracted(path, &res.parts[1], qp_want, strlen(qp_want));
+  mime_graph_result_free(&res);
+  unlink(path);
+  free(path);
+  free(msg);
+  free(big);
+}
+
+static const char reply_msg[]
+    = "From: linked@nextal.example\r\nTo: ada@example.org\r\n"
+      "Subject: Re: Interview\r\nMessage-ID: <r2@nextal.example>\r\n"
+      "In-Reply-To: <r1@example.org>\r\nReferences: <r1@example.org>\r\n"
+      "\r\nSee you then.\r\n";
+
+/* A reply keeps its threading headers through the MIME form, with
+ * envelope-only recipients added as a Bcc line; a header receiver the
+ * envelope lacks, or a From that is not the user, forces the JSON form. */
+static void test_file_reply_form(void **state)
+{
+  const char *one[] = { "ada@example.org" };
+  const char *two[] = { "ada@example.org", "hidden@example.org" };
+  const char *other[] = { "bob@example.org" };
+  struct mime_graph_envelope env = { SENDER, one, 1 };
+  struct mime_graph_result res;
+  char *path = file_write(reply_msg, strlen(reply_msg)), *body = NULL;
+  gnutls_datum_t in, raw = { NULL, 0 };
+  size_t len;
+
+  (void) state;
+  assert_int_equal(mime_to_graph_file(path, &env, &res), MIME_GRAPH_OK);
+  assert_int_equal(res.form, MIME_GRAPH_FORM_MIME);
+  assert_null(res.mime_bcc);
+  mime_graph_result_free(&res);
+
+  env.rcpts = two;
+  env.nrcpts = 2;
+  assert_int_equal(mime_to_graph_file(path, &env, &res), MIME_GRAPH_OK);
+  assert_int_equal(res.form, MIME_GRAPH_FORM_MIME);
+  assert_string_equal(res.mime_bcc, "hidden@example.org");
+  assert_int_equal(mime_graph_mime_body(path, &res, &body, &len), 0);
+  in = (gnutls_datum_t){ (unsigned char *) body, (unsigned) len };
+  assert_int_equal(gnutls_base64_decode2(&in, &raw), 0);
+  assert_int_equal(raw.size, strlen(reply_msg) + 25);
+  assert_memory_equal(raw.data, "Bcc: hidden@example.org\r\nFrom", 29);
+  gnutls_free(raw.data);
+  free(body);
+  mime_graph_result_free(&res);
+
+  env.rcpts = other;
+  env.nrcpts = 1;
+  assert_int_equal(mime_to_graph_file(path, &env, &res), MIME_GRAPH_OK);
+  assert_int_equal(res.form, MIME_GRAPH_FORM_JSON);
+  assert_true(res.wants_mime);
+  assert_false(res.mime_safe);
+  mime_graph_result_free(&res);
+  unlink(path);
+  free(path);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -556,6 +731,8 @@ int main(void)
     cmocka_unit_test(test_from_other_user_becomes_reply_to),
     cmocka_unit_test(test_malformed_input),
     cmocka_unit_test(test_too_big),
+    cmocka_unit_test(test_file_large_form),
+    cmocka_unit_test(test_file_reply_form),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
