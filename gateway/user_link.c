@@ -415,6 +415,12 @@ static void user_link_on_lookup(void *arg, const struct graph_response *resp)
                      "(%s), so nothing was linked.",
                      call->address, resp->error_code);
     user_link_page(call->ex, 404, "No such mailbox", text);
+  } else if (resp->status == 401 || resp->status == 403) {
+    text = xasprintf("Microsoft refused to look up %s (%s): your "
+                     "organisation's administrator must grant admin consent "
+                     "first. Nothing was linked.",
+                     call->address, resp->error_code);
+    user_link_page(call->ex, 403, "Not linked", text);
   } else {
     text = xasprintf("Microsoft did not answer the lookup of %s (%ld %s %s); "
                      "try again later.",

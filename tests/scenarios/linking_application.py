@@ -73,6 +73,12 @@ class LinkingApplicationNoConsent(LinkingTestCase):
         self.assertIn("admin consent: missing", text)
         self.assertIn("active:        no: admin consent is not recorded", text)
 
+    def test_start_link_without_consent_links_nothing(self):
+        status, _, page = self.browse(self.start_url(DAVE))
+        self.assertEqual(status, 403)
+        self.assertIn("consent", page)
+        self.assertEqual(self.link_state(DAVE)["state"], "not_linked")
+
 
 if __name__ == "__main__":
     main()
