@@ -5,6 +5,7 @@ Outlook calendar (and what Outlook changes must come back)."""
 
 import datetime
 import json
+import os
 import re
 import subprocess
 import urllib.parse
@@ -641,6 +642,38 @@ class CalDAVEvents(AgentTestCase):
     def sim_stats_requests(self, address):
         stats = self.box.sim_get("/_sim/stats")["mailboxes"]
         return stats.get(address, {}).get("requests", 0)
+
+    # ---- tsdav (npm) ----
+
+    def test_tsdav_client(self):
+        clients = os.path.join(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))), "clients")
+        if not os.path.isdir(os.path.join(clients, "node_modules", "tsdav")):
+            self.fail("tsdav missing: run npm ci in tests/clients")
+        uid = self.unique("tsdav")
+        out = subprocess.run(
+            ["node", os.path.join(clients, "caldav_tsdav.js"),
+             str(self.box.http_port), sandbox.SERVICE_USER,
+             sandbox.SERVICE_PASSWORD, ALICE, uid],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        res = json.loads(out.stdout)
+        [cal] = res["calendars"]
+        self.assertTrue(cal["url"].endswith("/dav/calendars/%s/default/" % ALICE))
+        self.assertEqual(cal["components"], ["VEVENT"])
+        self.assertEqual(res["created"]["status"], 201)
+        self.assertEqual(res["fetched"]["etag"], res["created"]["etag"])
+        self.assertIn("UID:" + uid, res["fetched"]["data"])
+        self.assertRegex(res["fetched"]["data"],
+                         r"DTSTART;TZID=America/(Winnipeg|Chicago):20300310T090000")
+        self.assertEqual(res["updated"]["status"], 204)
+        self.assertNotEqual(res["updated"]["etag"], res["created"]["etag"])
+        self.assertEqual(res["stale"]["status"], 412)
+        # 14:00 in Winnipeg on the day summer time starts is 19:00 UTC.
+        self.assertIn("20300310T190000Z/20300310T200000Z", res["freebusy"])
+        self.assertEqual(res["deleted"]["status"], 204)
+        self.assertEqual(self.events_with("Interview moved with tsdav"), [])
+        self.assertEqual(self.events_with("Interview booked with tsdav"), [])
 
     # ---- python3-caldav ----
 
