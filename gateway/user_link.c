@@ -526,16 +526,25 @@ static void user_link_accept(struct user_link_call *call, json_t *root)
       json_string_value(json_object_get(root, "id_token")));
   const char *who
       = json_string_value(json_object_get(claims, "preferred_username"));
+  struct policy_decision d;
   char *text = NULL;
+  char esc[160];
 
-  if (who == NULL || refresh == NULL) {
+  /* The policy may have changed while the user was signing in. */
+  policy_gate_check(deps->gate, POLICY_REQUEST_LINK, call->address, &d);
+  if (d.reason != POLICY_ALLOW) {
+    text = xasprintf("Your organisation's policy no longer lets %s link a "
+                     "mailbox (%s): %s",
+                     call->address, d.code, d.sentence);
+    user_link_page(call->ex, 403, "Link refused", text);
+  } else if (who == NULL || refresh == NULL) {
     user_link_page(call->ex, 502, "Not linked",
                    "Microsoft's answer named no signed-in account or "
                    "carried no refresh token; nothing was linked.");
   } else if (strcasecmp(who, call->address) != 0) {
     /* Linking someone else's mailbox must be impossible. */
     log_warn("- link wrong_account expected=%s signed_in=%s", call->address,
-             who);
+             log_escape(esc, sizeof(esc), who, strlen(who)));
     text = xasprintf("refused: the sign-in was by %s", who);
     user_link_audit(deps, "link_refused", call->address, text);
     free(text);

@@ -62,6 +62,16 @@ class LinkingTestCase(AgentTestCase):
         status, final = tail.split(" ", 1)
         return int(status), final, page
 
+    def redirect_of(self, url):
+        """The Location a GET of url answers with (no following)."""
+        opener = urllib.request.build_opener(sandbox.NoRedirect)
+        try:
+            opener.open(url, timeout=10)
+        except urllib.error.HTTPError as e:
+            self.assertIn(e.code, (302, 303), e.read())
+            return urllib.parse.urljoin(url, e.headers["Location"])
+        self.fail("no redirect from " + url)
+
     def link_by_sign_in(self, address):
         status, final, page = self.browse(self.start_url(address))
         self.assertEqual(status, 200, page)

@@ -81,6 +81,24 @@ class LinkingDelegated(LinkingTestCase):
         self.assertEqual(status, 400)
         self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
 
+    def test_policy_checked_again_when_the_sign_in_returns(self):
+        authorize = self.redirect_of(self.start_url(CAROL))
+        self.assertIn("/oauth2/v2.0/authorize?", authorize)
+        self.assertIn("code_challenge_method=S256", authorize)
+        callback = self.redirect_of(authorize)
+        self.assertIn("/oauth/callback?code=", callback)
+        try:
+            self.box.policy_cli("mode", "specific")
+            self.box.policy_cli("allow", BOB)
+            time.sleep(1.5)  # the agent applies the file within a second
+            status, _, page = self.browse(callback)
+        finally:
+            self.box.policy_cli("mode", "all")
+            time.sleep(1.5)
+        self.assertEqual(status, 403)
+        self.assertIn("no longer lets %s link" % CAROL, page)
+        self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+
     def test_declined_sign_in_is_explained(self):
         self.box.sim_post("/_sim/signin", {"decline": 1})
         status, _, page = self.browse(self.start_url(CAROL))
