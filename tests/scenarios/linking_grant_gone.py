@@ -6,11 +6,14 @@ next SMTP MAIL is refused with link_expired, Nextal's link API shows why,
 the mail that met the error is held, and signing in again releases it.
 Unlinking one user over HTTP leaves another sending."""
 
+import base64
 import smtplib
 import threading
 import time
+import urllib.error
+import urllib.request
 
-from link_flow import LinkingTestCase, message
+from link_flow import LinkingTestCase, message, sandbox
 from scenario import ALICE, BOB, CAROL, main
 from sandbox import wait_for
 
@@ -50,6 +53,47 @@ class LinkingGrantGone(LinkingTestCase):
         # Held mail is released once the user is linked again.
         got = self.wait_one_more(user, before + 1, timeout=30)
         self.assertEqual(got[0]["resource"]["subject"], "meets-%d" % code)
+
+    def caldav_propfind(self, user):
+        """PROPFIND Depth 1 on the user's calendar; (status, body)."""
+        cred = "%s:%s" % (sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+        req = urllib.request.Request(
+            "http://127.0.0.1:%d/dav/calendars/%s/default/"
+            % (self.box.http_port, user), method="PROPFIND",
+            headers={"Depth": "1", "Content-Type": "application/xml",
+                     "Authorization": "Basic "
+                     + base64.b64encode(cred.encode()).decode()},
+            data=b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>'
+                 b'<getetag/></prop></propfind>')
+        try:
+            with urllib.request.urlopen(req, timeout=20) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def test_caldav_meets_a_revoked_grant(self):
+        """The token cache marks the user, so CalDAV alone is enough to
+        find out, and mail is refused from then on."""
+        self.link_by_sign_in(BOB)
+        status, _ = self.caldav_propfind(BOB)
+        self.assertEqual(status, 207)
+        self.box.sim_post("/_sim/users/" + BOB, {"revoke_tokens": True})
+        self.box.sim_post("/_sim/tokens", {"expire_access_tokens": True,
+                                           "user": BOB})
+        status, body = self.caldav_propfind(BOB)
+        self.assertEqual(status, 403, body)
+        state = self.link_state(BOB)
+        self.assertEqual(state["state"], "needs_relink")
+        self.assertIn("AADSTS50173", state["reason"])
+        status, body = self.caldav_propfind(BOB)
+        self.assertEqual(status, 403)
+        self.assertIn("link_expired", body)
+        with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
+            self.send(BOB, ["x@example.net"], message(BOB, "after-caldav"))
+        self.assertIn(b"link_expired", refused.exception.smtp_error)
+        self.link_by_sign_in(BOB)
+        status, _ = self.caldav_propfind(BOB)
+        self.assertEqual(status, 207)
 
     def user_flags(self, user, **flags):
         return lambda: self.box.sim_post("/_sim/users/" + user, flags)
