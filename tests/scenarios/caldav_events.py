@@ -527,6 +527,35 @@ class CalDAVEvents(AgentTestCase):
         self.assertIn("X-MICROSOFT-SKYPETEAMSMEETINGURL:" + join, body)
         self.assertRegex(body, r"CONFERENCE;[^:]*VALUE=URI[^:]*:" + re.escape(join))
 
+    def test_cancelled_and_client_scheduled(self):
+        uid = self.unique("cancel")
+        name = uid + ".ics"
+        subject = self.unique("Cancelled later")
+        # The candidate is invited by Nextal itself (SCHEDULE-AGENT=CLIENT):
+        # Exchange must not mail them a second invitation.
+        extra = ("ATTENDEE;CN=Bob;ROLE=REQ-PARTICIPANT:mailto:%s\n"
+                 "ATTENDEE;SCHEDULE-AGENT=CLIENT;CN=Sam:mailto:sam@example.net"
+                 % BOB)
+        r = self.put(name, vevent(uid, subject, extra=extra), "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        [ev] = self.events_with(subject)
+        invited = sorted(a["emailAddress"]["address"] for a in ev["attendees"])
+        self.assertEqual(invited, [BOB, "jordan@example.net"])
+        self.assertNotIn("sam@example.net", json.dumps(self.invitations()))
+
+        cancelled = vevent(uid, subject, extra=extra + "\nSTATUS:CANCELLED")
+        r = self.put(name, cancelled, "If-Match: " + r.header("ETag"))
+        self.assertEqual(r.status, 204, r.body)
+        self.assertEqual(self.events_with(subject), [])
+        kinds = [i["kind"] for i in self.invitations() if i["subject"] == subject]
+        self.assertEqual(kinds, ["request", "cancel"])
+        self.assertEqual(self.curl("GET", self.obj_path(name)).status, 404)
+
+    def invitations(self, address=ALICE):
+        quoted = urllib.parse.quote(address)
+        return self.box.sim_get(
+            "/_sim/calendars/%s/invitations" % quoted)["invitations"]
+
     # ---- REPORTs with curl ----
 
     def test_multiget_and_time_range_query(self):
