@@ -168,6 +168,52 @@ class Fidelity(LargeTestCase):
         self.assertEqual(att["chunks"], 2)
         self.assertEqual(record["resource"]["internetMessageId"], msg["Message-ID"])
 
+    def fault(self, **rule):
+        self.box.sim_post("/_sim/faults", rule)
+        self.addCleanup(self.box.sim_post, "/_sim/faults", {"clear": True})
+
+    def assert_one_send_no_draft_left(self, msg, data):
+        sent = [m for m in self.box.sent(ALICE)
+                if m["resource"]["internetMessageId"] == msg["Message-ID"]]
+        self.assertEqual(len(sent), 1)
+        self.assert_attachment(sent[0], data)
+        # A retry that made a second draft would leave the first behind.
+        self.assertEqual(self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"], [])
+
+    def test_failed_chunk_resumes_the_same_draft(self):
+        # A 503 on one PUT and a lost answer to another: each retry finds
+        # the remembered draft, counts its attachments and goes on.
+        self.fault(fault="503", operation="uploadChunk", count=1, retry_after="0.2")
+        self.fault(fault="drop", operation="uploadChunk", count=1, after=True)
+        data = os.urandom(7 * MB)
+        msg = self.message("Resumed", data)
+        record = self.deliver(msg, timeout=60)
+        self.assertEqual(record["source"], "draft")
+        self.assert_one_send_no_draft_left(msg, data)
+        self.assertIn("queue draft_resumed", self.box.agent_output())
+
+    def test_lost_answer_to_send_is_not_sent_twice(self):
+        # Graph takes the send but the answer is lost: the next attempt sees
+        # the message is no longer a draft (or finds it in Sent Items).
+        self.fault(fault="drop", operation="sendDraft", count=1, after=True)
+        data = os.urandom(4 * MB)
+        msg = self.message("Sent once", data)
+        self.deliver(msg, timeout=60)
+        deadline = time.time() + 30
+        state = None
+        while time.time() < deadline:
+            state = self.db().execute("SELECT state FROM messages WHERE message_id = ?",
+                                      (msg["Message-ID"].strip("<>"),)).fetchone()
+            if state and state[0] != "queued" and state[0] != "sending":
+                break
+            time.sleep(0.3)
+        self.assertEqual(state, ("sent",))
+        time.sleep(1)
+        self.assert_one_send_no_draft_left(msg, data)
+        log = self.box.agent_output()
+        self.assertTrue("queue draft_already_sent" in log
+                        or "queue found_in_sent_items" in log)
+
     def test_reply_thread_keeps_in_reply_to_and_references(self):
         first = make_msgid(domain="candidate.example")
         second = make_msgid(domain="nextal.example")

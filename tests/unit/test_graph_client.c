@@ -9,6 +9,8 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "graph_client.h"
@@ -44,6 +46,8 @@ struct fixture {
   int arrivals_a[32]; /* X-Seq of mailbox a's requests, in arrival order */
   unsigned narrivals_a;
   char last_headers[1024]; /* of the last Graph request, "name=value;" */
+  bool upload_had_auth; /* the last upload URL request had Authorization */
+  char upload_range[64];
   unsigned done;
   unsigned done_order; /* completion counter */
 };
@@ -179,6 +183,17 @@ static void handler(struct stub_server *srv, struct stub_conn *conn,
 
   if (strcmp(req->url, "/tenant-1/oauth2/v2.0/token") == 0) {
     token_endpoint(fx, conn);
+    return;
+  }
+  if (strncmp(req->url, "/upload/", 8) == 0) {
+    /* An upload session URL: pre-authenticated, must come without a
+     * bearer token. */
+    const char *range = stub_header(req, "Content-Range");
+
+    fx->upload_had_auth = stub_header(req, "Authorization") != NULL;
+    snprintf(fx->upload_range, sizeof(fx->upload_range), "%s",
+             range ? range : "");
+    stub_reply(conn, 200, NULL, req->body, 0);
     return;
   }
   p = strncmp(req->url, "/v1.0/users/", 12) == 0 ? req->url + 12 : NULL;
@@ -368,6 +383,43 @@ static void test_headers_and_body(void **state)
   assert_int_equal(rid[14], '4');
 }
 
+/* An upload URL is sent as given, without Authorization and without
+ * asking the token cache, its body read from a file. */
+static void test_upload_url_without_token(void **state)
+{
+  struct fixture *fx = *state;
+  char path[] = "/tmp/nx-graph-upload-XXXXXX";
+  int fd = mkstemp(path);
+  char url[128];
+  const char *headers[] = { "Content-Range: bytes 2-5/8", NULL };
+  struct result r = { 0 };
+  struct graph_request req = {
+    .mailbox = "a@x.test",
+    .method = "PUT",
+    .upload_url = url,
+    .content_type = "application/octet-stream",
+    .headers = headers,
+    .body_file = path,
+    .body_offset = 2,
+    .body_len = 4,
+  };
+
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, "abcdefgh", 8), 8);
+  close(fd);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/upload/s1?authtoken=x",
+           fx->stub.port);
+  r.fx = fx;
+  graph_client_send(fx->graph, &req, on_done, &r);
+  run_until(fx, 1);
+  unlink(path);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(r.body, "cdef");
+  assert_false(fx->upload_had_auth);
+  assert_string_equal(fx->upload_range, "bytes 2-5/8");
+  assert_int_equal(fx->token_requests, 0);
+}
+
 static void test_expired_token_refreshed_and_retried_once(void **state)
 {
   struct fixture *fx = *state;
@@ -458,6 +510,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_per_mailbox_limit_and_fairness, setup,
                                     teardown),
     cmocka_unit_test_setup_teardown(test_headers_and_body, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_upload_url_without_token, setup,
+                                    teardown),
     cmocka_unit_test_setup_teardown(
         test_expired_token_refreshed_and_retried_once, setup, teardown),
     cmocka_unit_test_setup_teardown(test_error_body_and_retry_after, setup,

@@ -8,6 +8,9 @@
 
 #include <cmocka.h>
 #include <curl/curl.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "http_client.h"
 
@@ -209,6 +212,39 @@ static void test_post_and_patch_send_body(void **state)
   assert_string_equal(missing.body, "none");
 }
 
+/* A body streamed from a file: exactly the asked-for slice goes out as
+ * a PUT, with its Content-Length; a missing file is refused at once. */
+static void test_put_body_from_file(void **state)
+{
+  struct fixture *fx = *state;
+  char path[] = "/tmp/nx-http-body-XXXXXX";
+  int fd = mkstemp(path);
+  const char *text = "0123456789abcdefghij";
+  struct result r = { 0 };
+  char url[512];
+  struct http_request req = {
+    .method = "PUT",
+    .url = url,
+    .body_file = path,
+    .body_offset = 5,
+    .body_len = 10,
+  };
+
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+  close(fd);
+  snprintf(url, sizeof(url), "%s/echo", fx->url);
+  r.fx = fx;
+  assert_int_equal(http_client_send(fx->http, &req, on_done, &r), 0);
+  run_until(fx, 1);
+  assert_int_equal(r.status, 201);
+  assert_string_equal(r.body, "56789abcde");
+  assert_string_equal(r.location, "/made/PUT");
+
+  unlink(path);
+  assert_int_equal(http_client_send(fx->http, &req, on_done, &r), -ENOENT);
+}
+
 static void test_retry_after_fractional_and_date(void **state)
 {
   struct fixture *fx = *state;
@@ -345,6 +381,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_get_round_trip, setup, teardown),
     cmocka_unit_test_setup_teardown(test_post_and_patch_send_body, setup,
                                     teardown),
+    cmocka_unit_test_setup_teardown(test_put_body_from_file, setup, teardown),
     cmocka_unit_test_setup_teardown(test_retry_after_fractional_and_date, setup,
                                     teardown),
     cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
