@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "caldav.h"
+#include "client_auth.h"
 #include "credential.h"
 #include "delivery.h"
 #include "graph_client.h"
@@ -109,6 +110,10 @@ static int agent_open_core(struct agent *agent)
   }
   if (agent_open_key(agent) < 0)
     return EX_CONFIG;
+  if (client_auth_check(cfg, err, sizeof(err)) < 0) {
+    log_error("- agent client_certificate_refused error=\"%s\"", err);
+    return EX_CONFIG;
+  }
   if (http_client_new(agent->loop, &agent->http) < 0 ||
       token_cache_new(agent->loop, agent->http, cfg, agent->store,
                       agent->crypt, &agent->tokens) < 0 ||

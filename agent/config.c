@@ -65,6 +65,8 @@ static const struct config_key config_keys[] = {
   CFG("microsoft", "client_id", CONFIG_STRING, client_id, 0),
   CFG("microsoft", "client_secret", CONFIG_STRING, client_secret, 0),
   CFG("microsoft", "client_secret_file", CONFIG_PATH, client_secret_file, 0),
+  CFG("microsoft", "client_certificate", CONFIG_PATH, client_certificate, 0),
+  CFG("microsoft", "client_key", CONFIG_PATH, client_key, 0),
   CFG("microsoft", "login_base_url", CONFIG_STRING, login_base_url, 0),
   CFG("microsoft", "graph_base_url", CONFIG_STRING, graph_base_url, 0),
   CFG("microsoft", "link_mode", CONFIG_MODE, link_mode, 0),
@@ -278,9 +280,16 @@ static int config_validate(struct config *cfg, const char *path, char *err,
   if (cfg->client_secret_file != NULL && cfg->client_secret == NULL &&
       config_read_secret_file(cfg, err, errlen) < 0)
     return -EINVAL;
-  if (cfg->client_secret == NULL) {
+  if ((cfg->client_certificate == NULL) != (cfg->client_key == NULL)) {
     snprintf(err, errlen,
-             "%s: [microsoft] needs client_secret or client_secret_file",
+             "%s: [microsoft] client_certificate and client_key go together",
+             path);
+    return -EINVAL;
+  }
+  if (cfg->client_secret == NULL && cfg->client_certificate == NULL) {
+    snprintf(err, errlen,
+             "%s: [microsoft] needs client_secret, client_secret_file, or "
+             "client_certificate and client_key",
              path);
     return -EINVAL;
   }

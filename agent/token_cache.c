@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "client_auth.h"
 #include "links.h"
 #include "log.h"
 #include "xalloc.h"
@@ -360,23 +362,24 @@ static void token_form_add(char **form, const char *name, const char *value)
   *form = next;
 }
 
-/* Builds the token request body for entry; NULL when a delegated user has
- * no stored refresh token. */
-static char *token_entry_form(struct token_entry *entry)
+/* Builds the token request body for entry into *out. Returns 0, -ENOENT
+ * when a delegated user has no stored refresh token, or -EIO when the
+ * client cannot authenticate (certificate unreadable; logged). */
+static int token_entry_form(struct token_entry *entry, char **out)
 {
   struct token_cache *cache = entry->cache;
-  const struct config *cfg = cache->cfg;
   char *form = NULL;
   char *refresh = NULL;
+  int rc = 0;
 
   if (token_cache_delegated(cache)) {
     refresh = token_store_read(cache, entry->key);
     if (!refresh)
-      return NULL;
+      return -ENOENT;
   }
-  token_form_add(&form, "client_id", cfg->client_id ? cfg->client_id : "");
-  if (cfg->client_secret)
-    token_form_add(&form, "client_secret", cfg->client_secret);
+  rc = client_auth_form_add(cache->cfg, (int64_t) time(NULL), &form);
+  if (rc < 0)
+    goto out;
   if (refresh) {
     token_form_add(&form, "grant_type", "refresh_token");
     token_form_add(&form, "refresh_token", refresh);
@@ -385,11 +388,16 @@ static char *token_entry_form(struct token_entry *entry)
     token_form_add(&form, "grant_type", "client_credentials");
     token_form_add(&form, "scope", TOKEN_CACHE_SCOPE);
   }
+  *out = form;
+  form = NULL;
+
+out:
+  free(form);
   if (refresh) {
     explicit_bzero(refresh, strlen(refresh));
     free(refresh);
   }
-  return form;
+  return rc;
 }
 
 static void token_entry_refresh(struct token_entry *entry)
@@ -403,17 +411,24 @@ static void token_entry_refresh(struct token_entry *entry)
   struct token_result res = { 0 };
   struct http_request req = { 0 };
   char *url = NULL;
-  char *form;
+  char *form = NULL;
+  int rc;
 
   assert(!entry->refreshing);
   entry->refreshing = true;
   cache->refreshing++;
 
-  form = token_entry_form(entry);
-  if (!form) {
+  rc = token_entry_form(entry, &form);
+  if (rc == -ENOENT) {
     res.error = "not_linked";
     res.description = "no refresh token is stored for this mailbox";
     res.permanent = true;
+  } else if (rc < 0) {
+    /* Our configuration, not the user's grant: never a re-link. */
+    res.error = "client_auth";
+    res.description = "the client certificate or key cannot be used";
+  }
+  if (rc < 0) {
     token_entry_finish(entry, &res);
     return;
   }

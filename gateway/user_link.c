@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "audit.h"
+#include "client_auth.h"
 #include "link_url.h"
 #include "links.h"
 #include "log.h"
@@ -629,8 +630,13 @@ static void user_link_redeem(struct user_link_call *call, const char *code)
                               .headers = headers,
                               .timeout_ms = USER_LINK_TIMEOUT_MS };
 
-  user_link_form_add(&form, "client_id", cfg->client_id);
-  user_link_form_add(&form, "client_secret", cfg->client_secret);
+  if (client_auth_form_add(cfg, (int64_t) time(NULL), &form) < 0) {
+    user_link_page(call->ex, 500, "Not linked",
+                   "The agent cannot authenticate to Microsoft (its client "
+                   "certificate is unusable); tell your administrator.");
+    user_link_call_free(call);
+    goto out;
+  }
   user_link_form_add(&form, "grant_type", "authorization_code");
   user_link_form_add(&form, "code", code);
   user_link_form_add(&form, "redirect_uri", redirect);
@@ -644,6 +650,8 @@ static void user_link_redeem(struct user_link_call *call, const char *code)
     user_link_call_free(call);
   }
   explicit_bzero(form, strlen(form));
+
+out:
   free(form);
   free(url);
   free(redirect);

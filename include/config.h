@@ -46,6 +46,8 @@ struct config {
   char *client_id;
   char *client_secret; /* read from client_secret_file when given */
   char *client_secret_file;
+  char *client_certificate; /* PEM; with client_key replaces the secret */
+  char *client_key;         /* PEM, unencrypted RSA private key */
   char *login_base_url;
   char *graph_base_url;
   enum config_link_mode link_mode;

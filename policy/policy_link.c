@@ -8,8 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "audit.h"
+#include "client_auth.h"
 #include "links.h"
 #include "xalloc.h"
 
@@ -75,19 +77,25 @@ static long policy_link_fetch(const char *url, const char *form,
 static char *policy_link_token(const struct config *cfg, char *msg,
                                size_t msglen)
 {
-  char *id = curl_easy_escape(NULL, cfg->client_id, 0);
-  char *secret = curl_easy_escape(NULL, cfg->client_secret, 0);
-  char *form = xasprintf("grant_type=client_credentials&client_id=%s"
-                         "&client_secret=%s&scope=https%%3A%%2F%%2Fgraph."
-                         "microsoft.com%%2F.default",
-                         id, secret);
+  char *form = NULL;
+  char *grant = NULL;
   char *url = xasprintf("%s/%s/oauth2/v2.0/token", cfg->login_base_url,
                         cfg->tenant);
   json_t *body = NULL;
-  long status = policy_link_fetch(url, form, NULL, &body);
-  const char *token = json_string_value(json_object_get(body, "access_token"));
+  long status = 0;
+  const char *token = NULL;
   char *out = NULL;
 
+  if (client_auth_form_add(cfg, (int64_t) time(NULL), &form) < 0) {
+    snprintf(msg, msglen, "the client certificate or key cannot be used "
+                          "(see the message above)");
+    goto out;
+  }
+  grant = xasprintf("%s&grant_type=client_credentials&scope=https%%3A%%2F%%2F"
+                    "graph.microsoft.com%%2F.default",
+                    form);
+  status = policy_link_fetch(url, grant, NULL, &body);
+  token = json_string_value(json_object_get(body, "access_token"));
   if (status == 200 && token != NULL)
     out = xstrdup(token);
   else if (status == 0)
@@ -96,9 +104,10 @@ static char *policy_link_token(const struct config *cfg, char *msg,
     snprintf(msg, msglen, "the token endpoint refused the client: %s",
              json_string_value(json_object_get(body, "error_description"))
                  ?: "no description");
+
+out:
   json_decref(body);
-  curl_free(id);
-  curl_free(secret);
+  free(grant);
   free(form);
   free(url);
   return out;
