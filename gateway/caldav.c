@@ -114,7 +114,9 @@ struct caldav_req {
   bool expand; /* calendar-data asks for <C:expand> */
   time_t expand_start, expand_end;
   time_t fb_start, fb_end; /* free/busy window */
-  json_t *listing;      /* PROPFIND: the calendar's events, id and changeKey */
+  json_t *listing; /* PROPFIND: the calendar's events, id and changeKey */
+  json_t *pending; /* calendar-query: Outlook series masters to adopt */
+  size_t next_pending;
   json_t *fb_attendees; /* outbox request: addresses asked about */
   char *fb_uid;         /* outbox request's UID, echoed */
 };
@@ -141,6 +143,7 @@ static void caldav_req_free(struct caldav_req *r)
   json_decref(r->ops);
   json_decref(r->fb_attendees);
   json_decref(r->listing);
+  json_decref(r->pending);
   free(r->fb_uid);
   caldav_load_reset(&r->ld);
   webdav_request_free(r->wreq);
@@ -423,6 +426,42 @@ static void caldav_row_delete(struct store *store, const char *address,
                    "DELETE FROM caldav_objects WHERE address = ?1"
                    " AND name = ?2",
                    params, 2);
+}
+
+/* Makes an event that was not written through CalDAV (made in Outlook, or
+ * an invitation the user received) an object of the calendar, named after
+ * its event id, with Graph's iCalUId as UID. Returns 0, or -EIO. */
+static int caldav_row_adopt(struct store *store, const char *address,
+                            const char *event_id, const char *ical_uid)
+{
+  unsigned char digest[32];
+  char name[CALDAV_ETAG_HEX + 16];
+  const char *params[] = { address, name, ical_uid, event_id };
+  int len;
+
+  gnutls_hash_fast(GNUTLS_DIG_SHA256, event_id, strlen(event_id), digest);
+  len = snprintf(name, sizeof(name), "outlook-");
+  for (size_t i = 0; i < CALDAV_ETAG_HEX / 2; i++)
+    len += snprintf(name + len, sizeof(name) - (size_t) len, "%02x", digest[i]);
+  snprintf(name + len, sizeof(name) - (size_t) len, ".ics");
+  return caldav_store_run(store,
+                          "INSERT OR IGNORE INTO caldav_objects"
+                          " (address, name, uid, event_id) VALUES"
+                          " (?1, ?2, ?3, ?4)",
+                          params, 4);
+}
+
+/* Drops other names of event_id: an adopted name of an event whose PUT
+ * answer was lost and that its own name now maps again. */
+static void caldav_row_unalias(struct store *store, const char *address,
+                               const char *name, const char *event_id)
+{
+  const char *params[] = { address, name, event_id };
+
+  caldav_store_run(store,
+                   "DELETE FROM caldav_objects WHERE address = ?1"
+                   " AND name != ?2 AND event_id = ?3",
+                   params, 3);
 }
 
 /* Lists the rows of address, by name, at most CALDAV_OBJECTS_MAX. Returns
@@ -879,6 +918,7 @@ static void caldav_put_answer(struct caldav_req *r, const char *etag)
                 "stored; retry the request");
     return;
   }
+  caldav_row_unalias(r->deps->store, r->address, r->row.name, r->row.event_id);
   if (etag != NULL) {
     header = xasprintf("ETag: %s", etag);
     headers[0] = header;
@@ -1636,7 +1676,23 @@ static void caldav_refresh_next(struct caldav_req *r)
 static void caldav_refresh_listed(struct caldav_req *r, bool complete)
 {
   struct caldav_row *rows;
-  int n = caldav_rows_list(r->deps->store, r->address, &rows);
+  const json_t *ev;
+  size_t e;
+  int n;
+
+  json_array_foreach(r->listing, e, ev)
+  {
+    const char *id = json_string_value(json_object_get(ev, "id"));
+    const char *uid = json_string_value(json_object_get(ev, "iCalUId"));
+    struct caldav_row row = { 0 };
+
+    if (id != NULL && uid != NULL
+        && caldav_row_find(r->deps->store, r->address, "event_id", id, &row)
+               == -ENOENT)
+      caldav_row_adopt(r->deps->store, r->address, id, uid);
+    caldav_row_clear(&row);
+  }
+  n = caldav_rows_list(r->deps->store, r->address, &rows);
 
   for (int i = 0; i < n; i++) {
     const json_t *hit = NULL;
@@ -1729,7 +1785,8 @@ static void caldav_propfind_refresh(struct caldav_req *r, bool deep)
     return;
   }
   r->listing = json_array();
-  path = xasprintf("/v1.0/users/%s/events?$select=id,changeKey,type&$top=100",
+  path = xasprintf("/v1.0/users/%s/events?$select=id,changeKey,type,iCalUId"
+                   "&$top=100",
                    r->address);
   caldav_graph(r, "GET", path, NULL, NULL, caldav_refresh_on_page);
   free(path);
@@ -2070,6 +2127,55 @@ static bool caldav_range_time(xmlNodePtr range, const char *attr, char *out,
   return ok;
 }
 
+/* Remembers the master of an Outlook series met in calendarView. */
+static void caldav_pending_add(struct caldav_req *r, const char *master)
+{
+  const json_t *x;
+  size_t i;
+
+  if (r->pending == NULL)
+    r->pending = json_array();
+  json_array_foreach(r->pending, i, x)
+  {
+    if (strcmp(json_string_value(x), master) == 0)
+      return;
+  }
+  if (json_array_size(r->pending) < CALDAV_OBJECTS_MAX)
+    json_array_append_new(r->pending, json_string(master));
+}
+
+static void caldav_adopt_next(struct caldav_req *r);
+
+static void caldav_adopt_on_master(struct caldav_req *r, bool found)
+{
+  const char *id
+      = json_string_value(json_array_get(r->pending, r->next_pending));
+  const char *uid = json_string_value(json_object_get(r->ld.event, "iCalUId"));
+  struct caldav_row row = { 0 };
+
+  if (found && uid != NULL && r->nitems < CALDAV_OBJECTS_MAX
+      && caldav_row_adopt(r->deps->store, r->address, id, uid) == 0
+      && caldav_row_find(r->deps->store, r->address, "event_id", id, &row) == 0)
+    caldav_item_add(r, caldav_href_object(r->address, row.name), &row, true);
+  caldav_row_clear(&row);
+  r->next_pending++;
+  caldav_adopt_next(r);
+}
+
+/* Reads the masters of Outlook series met in calendarView, one at a time,
+ * then fetches every object of the answer. */
+static void caldav_adopt_next(struct caldav_req *r)
+{
+  const char *id
+      = json_string_value(json_array_get(r->pending, r->next_pending));
+
+  if (id == NULL) {
+    caldav_report_next(r);
+    return;
+  }
+  caldav_load(r, id, caldav_adopt_on_master);
+}
+
 static void caldav_query_on_view(void *arg, const struct graph_response *resp)
 {
   struct caldav_req *r = arg;
@@ -2091,17 +2197,34 @@ static void caldav_query_on_view(void *arg, const struct graph_response *resp)
     struct caldav_row row = { 0 };
     bool seen = false;
 
+    bool occurrence = id != NULL;
+
     if (id == NULL)
       id = json_string_value(json_object_get(item, "id"));
     if (id == NULL)
       continue;
     for (size_t k = 0; k < r->nitems && !seen; k++)
       seen = strcmp(r->items[k].row.event_id, id) == 0;
-    /* Only the events Nextal wrote are objects of this calendar. */
-    if (seen || r->nitems == CALDAV_OBJECTS_MAX
-        || caldav_row_find(r->deps->store, r->address, "event_id", id, &row)
-               < 0)
+    if (seen || r->nitems == CALDAV_OBJECTS_MAX)
       continue;
+    if (caldav_row_find(r->deps->store, r->address, "event_id", id, &row)
+        == -ENOENT) {
+      /* Made in Outlook: a single event is adopted now, a series once its
+       * master (and the master's iCalUId) has been read. */
+      const char *uid = json_string_value(json_object_get(item, "iCalUId"));
+
+      if (occurrence) {
+        caldav_pending_add(r, id);
+        continue;
+      }
+      if (uid == NULL
+          || caldav_row_adopt(r->deps->store, r->address, id, uid) < 0
+          || caldav_row_find(r->deps->store, r->address, "event_id", id, &row)
+                 < 0)
+        continue;
+    } else if (row.name == NULL) {
+      continue;
+    }
     caldav_item_add(r, caldav_href_object(r->address, row.name), &row, true);
   }
   next = json_string_value(json_object_get(page, "@odata.nextLink"));
@@ -2113,7 +2236,8 @@ static void caldav_query_on_view(void *arg, const struct graph_response *resp)
     return;
   }
   json_decref(page);
-  caldav_report_next(r);
+  r->next_pending = 0;
+  caldav_adopt_next(r);
 }
 
 static void caldav_report_query(struct caldav_req *r)

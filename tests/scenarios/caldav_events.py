@@ -556,6 +556,56 @@ class CalDAVEvents(AgentTestCase):
         return self.box.sim_get(
             "/_sim/calendars/%s/invitations" % quoted)["invitations"]
 
+    def test_events_made_in_outlook_are_objects_too(self):
+        single = self.unique("Made in Outlook")
+        weekly = self.unique("Outlook weekly")
+        self.box.sim_post("/_sim/calendars/%s/events" % ALICE, {
+            "subject": single,
+            "start": {"dateTime": "2030-11-05T10:00:00",
+                      "timeZone": "W. Europe Standard Time"},
+            "end": {"dateTime": "2030-11-05T11:00:00",
+                    "timeZone": "W. Europe Standard Time"}})
+        self.box.sim_post("/_sim/calendars/%s/events" % ALICE, {
+            "subject": weekly,
+            "start": {"dateTime": "2030-10-28T15:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": "2030-10-28T15:30:00", "timeZone": "UTC"},
+            "recurrence": {
+                "pattern": {"type": "weekly", "interval": 1,
+                            "daysOfWeek": ["monday"]},
+                "range": {"type": "numbered", "startDate": "2030-10-28",
+                          "numberOfOccurrences": 3}}})
+        by_subject = {e["subject"]: e for e in self.events()}
+        cal = "/dav/calendars/%s/default/" % ALICE
+        query = ('<C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:'
+                 'xml:ns:caldav"><D:prop><D:getetag/><C:calendar-data/>'
+                 '</D:prop><C:filter><C:comp-filter name="VCALENDAR">'
+                 '<C:comp-filter name="VEVENT"><C:time-range '
+                 'start="20301104T000000Z" end="20301106T000000Z"/>'
+                 '</C:comp-filter></C:comp-filter></C:filter></C:calendar-query>')
+        r = self.curl("REPORT", cal, query, ["Depth: 1"])
+        self.assertEqual(r.status, 207)
+        found = {}
+        for resp in ET.fromstring(r.body).findall(DAV + "response"):
+            # Unfold long lines (RFC 5545 3.1).
+            data = resp.find(".//%scalendar-data" % CAL).text.replace(
+                "\r\n ", "")
+            found[re.search(r"^SUMMARY:(.*)\r$", data, re.M).group(1)] = (
+                resp.find(DAV + "href").text, data)
+        self.assertEqual(set(found), {single, weekly})
+        href, data = found[single]
+        self.assertRegex(href, r"/outlook-[0-9a-f]{32}\.ics$")
+        self.assertIn("UID:" + by_subject[single]["iCalUId"], data)
+        self.assertIn("RRULE:FREQ=WEEKLY", found[weekly][1])
+        # The adopted object reads and deletes like any other.
+        r = self.curl("GET", href)
+        self.assertEqual(r.status, 200)
+        self.assertIn("DTSTART;TZID=Europe/Berlin:20301105T100000", r.body)
+        _, etags = self.propfind_etags()
+        self.assertEqual(etags[href.rsplit("/", 1)[1]], r.header("ETag"))
+        r = self.curl("DELETE", href, None, ["If-Match: " + r.header("ETag")])
+        self.assertEqual(r.status, 204)
+        self.assertEqual(self.events_with(single), [])
+
     # ---- REPORTs with curl ----
 
     def test_multiget_and_time_range_query(self):
