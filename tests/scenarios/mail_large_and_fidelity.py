@@ -168,6 +168,20 @@ class Fidelity(LargeTestCase):
         self.assertEqual(att["chunks"], 2)
         self.assertEqual(record["resource"]["internetMessageId"], msg["Message-ID"])
 
+    def test_text_too_long_for_graph_is_refused_at_end_of_data(self):
+        # A 5 MB body text cannot go in any Graph request (the draft's JSON
+        # carries it): refused before 250, not failed after it.
+        words = "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n" * 90000
+        raw = ("From: %s\r\nTo: jordan@example.net\r\nSubject: essay\r\n\r\n%s\r\n"
+               % (ALICE, words)).encode()
+        with smtplib.SMTP("127.0.0.1", self.box.smtp_port, timeout=60) as c:
+            c.login(sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+            c.mail(ALICE)
+            c.rcpt("jordan@example.net")
+            code, text = c.data(raw)
+        self.assertEqual(code, 552)
+        self.assertIn(b"5.3.4", text)
+
     def fault(self, **rule):
         self.box.sim_post("/_sim/faults", rule)
         self.addCleanup(self.box.sim_post, "/_sim/faults", {"clear": True})

@@ -468,11 +468,11 @@ static void test_malformed_input(void **state)
    * than cut short (this read past the copy once). */
   {
     static const char raw_nul[] = "Subject: a\r\n\r\nbody\0more text\r\n";
-    static const char utf8_nul[] =
-        "Subject: a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-        "x\0y\r\n";
-    static const char b64_nul[] =
-        "Subject: a\r\nContent-Transfer-Encoding: base64\r\n\r\nYQBi\r\n";
+    static const char utf8_nul[]
+        = "Subject: a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+          "x\0y\r\n";
+    static const char b64_nul[]
+        = "Subject: a\r\nContent-Transfer-Encoding: base64\r\n\r\nYQBi\r\n";
 
     expect_error(raw_nul, sizeof raw_nul - 1, MIME_GRAPH_EPARSE);
     expect_error(utf8_nul, sizeof utf8_nul - 1, MIME_GRAPH_EPARSE);
@@ -663,6 +663,73 @@ static void test_file_large_form(void **state)
   free(big);
 }
 
+/* The large form over a nested message: the HTML alternative is the body
+ * (read back from the file), the related image is inline with its
+ * Content-ID, and a forwarded message and an 8-bit part are attachments
+ * whose bytes come back as written. */
+static void test_file_large_form_nested(void **state)
+{
+  size_t pad_len = 4600 * 1000, len = 0;
+  unsigned char *pad = xmalloc(pad_len);
+  const char *fwd = "From: ada@example.org\r\nSubject: earlier\r\n\r\n"
+                    "Earlier text.\r\nMore of it.\r\nAnd more.";
+  const char *eight = "caf\xc3\xa9\r\nligne 2\r\nligne 3";
+  const char *rcpts[] = { "ada@example.org" };
+  struct mime_graph_envelope env = { SENDER, rcpts, 1 };
+  struct mime_graph_result res;
+  char *msg = NULL, *path;
+  json_t *body;
+  FILE *out;
+
+  (void) state;
+  for (size_t i = 0; i < pad_len; i++)
+    pad[i] = (unsigned char) (i * 31u);
+  out = open_memstream(&msg, &len);
+  fprintf(out, "From: linked@nextal.example\r\nTo: ada@example.org\r\n"
+               "Subject: nested\r\nMIME-Version: 1.0\r\n"
+               "Content-Type: multipart/mixed; boundary=\"m\"\r\n\r\n"
+               "--m\r\nContent-Type: multipart/alternative; boundary=\"a\"\r\n"
+               "\r\n--a\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
+               "--a\r\nContent-Type: multipart/related; boundary=\"r\"\r\n\r\n"
+               "--r\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+               "<p>logo</p>\r\n<img src=\"cid:logo@x\">\r\n"
+               "--r\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\n"
+               "Content-Transfer-Encoding: base64\r\n\r\n");
+  base64_lines(out, pad, pad_len);
+  fprintf(out,
+          "--r--\r\n\r\n--a--\r\n\r\n"
+          "--m\r\nContent-Type: message/rfc822\r\n\r\n%s\r\n"
+          "--m\r\nContent-Type: text/plain; charset=utf-8; name=n.txt\r\n"
+          "Content-Disposition: attachment; filename=n.txt\r\n"
+          "Content-Transfer-Encoding: 8bit\r\n\r\n%s\r\n--m--\r\n",
+          fwd, eight);
+  fclose(out);
+  path = file_write(msg, len);
+
+  assert_int_equal(mime_to_graph_file(path, &env, &res), MIME_GRAPH_OK);
+  assert_int_equal(res.form, MIME_GRAPH_FORM_LARGE);
+  body = json_object_get(res.request, "body");
+  assert_string_equal(json_string_value(json_object_get(body, "contentType")),
+                      "html");
+  assert_string_equal(json_string_value(json_object_get(body, "content")),
+                      "<p>logo</p>\r\n<img src=\"cid:logo@x\">");
+  assert_int_equal(res.nparts, 3);
+  assert_true(res.parts[0].is_inline);
+  assert_string_equal(res.parts[0].content_id, "logo@x");
+  assert_string_equal(res.parts[0].content_type, "image/png");
+  expect_extracted(path, &res.parts[0], pad, pad_len);
+  assert_string_equal(res.parts[1].name, "message.eml");
+  assert_false(res.parts[1].is_inline);
+  expect_extracted(path, &res.parts[1], fwd, strlen(fwd));
+  assert_string_equal(res.parts[2].name, "n.txt");
+  expect_extracted(path, &res.parts[2], eight, strlen(eight));
+  mime_graph_result_free(&res);
+  unlink(path);
+  free(path);
+  free(msg);
+  free(pad);
+}
+
 static const char reply_msg[]
     = "From: linked@nextal.example\r\nTo: ada@example.org\r\n"
       "Subject: Re: Interview\r\nMessage-ID: <r2@nextal.example>\r\n"
@@ -732,6 +799,7 @@ int main(void)
     cmocka_unit_test(test_malformed_input),
     cmocka_unit_test(test_too_big),
     cmocka_unit_test(test_file_large_form),
+    cmocka_unit_test(test_file_large_form_nested),
     cmocka_unit_test(test_file_reply_form),
   };
 
