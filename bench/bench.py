@@ -82,7 +82,11 @@ class BenchBox(sandbox.Sandbox):
     def agent_config_text(self):
         text = super().agent_config_text()
         text = text.replace("log_level = debug", "log_level = warn")
-        return text.replace("[smtp]\n", "[smtp]\nmax_connections = 2000\n", 1)
+        text = text.replace("[smtp]\n", "[smtp]\nmax_connections = 2000\n", 1)
+        # Exchange's 30 sends a minute per mailbox would hide the delivery
+        # engine behind pacing; figure 2 measures the concurrency ceiling.
+        return text.replace("[delivery]\n", "[delivery]\nmax_per_minute = 0\n"
+                            "max_recipients_per_day = 0\n", 1)
 
     def close(self):
         if self.agent is not None and self.agent.poll() is None:
@@ -190,45 +194,57 @@ class Postfix:
 
 
 def bench_smtp(args, workdir, res):
+    """The three servers run side by side and are measured in interleaved
+    rounds, so that a burst of other load on the machine hits all three;
+    the table gives the median round of each and the median ratio."""
     n, c = args.smtp_messages, args.smtp_clients
-    out = res["smtp"] = {"messages": n, "clients": c, "size": 10240}
-
-    log("SMTP: agent")
+    out = res["smtp"] = {"messages": n, "clients": c, "size": 10240,
+                         "rounds": []}
     box = BenchBox(build_dir=args.build_dir).start()
+    pf = sink = None
     try:
         # Deliveries hang in the simulator for the whole run, so the agent
         # spends its CPU on acceptance only, as Postfix's deferred transport.
         box.sim_post("/_sim/latency", {"ms": PARKED_LATENCY_MS})
-        smtp_load(args, box.smtp_port, 200, c)
-        out["agent"] = smtp_load(args, box.smtp_port, n, c)
+        pf = Postfix(workdir, sandbox.free_port()).start()
+        sink_port = sandbox.free_port()
+        sink = subprocess.Popen(["smtp-sink", "-u", "nobody", "-m", "1000",
+                                 "127.0.0.1:%d" % sink_port, "1000"],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        sandbox.wait_for(lambda: sandbox.port_open(sink_port),
+                         what="smtp-sink")
+        targets = [("agent", box.smtp_port, True, n),
+                   ("postfix", pf.port, False, n),
+                   ("sink", sink_port, False, 3 * n)]
+        for _, port, auth, _ in targets:
+            smtp_load(args, port, 200, c, auth=auth)
+        for r in range(args.smtp_rounds):
+            row = {}
+            for name, port, auth, count in targets:
+                log("SMTP round %d: %s" % (r + 1, name))
+                row[name] = smtp_load(args, port, count, c, auth=auth)
+            out["rounds"].append(row)
         with sqlite3.connect(box.path("agent.db"), timeout=30) as db:
-            out["agent"]["queued_rows"] = db.execute(
+            out["agent_queued_rows"] = db.execute(
                 "SELECT count(*) FROM messages").fetchone()[0]
     finally:
+        if sink is not None:
+            sink.terminate()
+            sink.wait()
+        if pf is not None:
+            pf.stop()
         box.close()
-
-    log("SMTP: postfix")
-    pf = Postfix(workdir, sandbox.free_port()).start()
-    try:
-        smtp_load(args, pf.port, 200, c, auth=False)
-        out["postfix"] = smtp_load(args, pf.port, n, c, auth=False)
-        out["postfix"]["queued_rows"] = pf.queued()
-    finally:
-        pf.stop()
-
-    log("SMTP: smtp-sink")
-    port = sandbox.free_port()
-    sink = subprocess.Popen(["smtp-sink", "-u", "nobody", "-m", "1000",
-                             "127.0.0.1:%d" % port, "1000"],
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        sandbox.wait_for(lambda: sandbox.port_open(port), what="smtp-sink")
-        smtp_load(args, port, 200, c, auth=False)
-        out["sink"] = smtp_load(args, port, n * 3, c, auth=False)
-    finally:
-        sink.terminate()
-        sink.wait()
+    for name in ("agent", "postfix", "sink"):
+        rounds = sorted(out["rounds"], key=lambda x: x[name]["rate"])
+        out[name] = rounds[len(rounds) // 2][name]
+        out[name]["failed"] = sum(x[name]["failed"] for x in out["rounds"])
+        out[name]["all_rates"] = [round(x[name]["rate"])
+                                  for x in out["rounds"]]
+    out["ratio_postfix"] = statistics.median(
+        x["agent"]["rate"] / x["postfix"]["rate"] for x in out["rounds"])
+    out["ratio_sink"] = statistics.median(
+        x["agent"]["rate"] / x["sink"]["rate"] for x in out["rounds"])
 
 
 # ---- 2. Delivery against Graph's ceiling -----------------------------------
@@ -769,7 +785,10 @@ def machine():
                 break
     with open("/proc/meminfo") as f:
         mem = int(f.readline().split()[1]) // 1024
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_mb": mem,
+            "loadavg": load,
             "kernel": platform.release(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -781,8 +800,10 @@ def fmt(x, digits=0):
 def table(res):
     rows = []
     m = res["machine"]
-    rows.append("Machine: %d CPUs (%s), %d MB RAM, Linux %s; %s"
-                % (m["nproc"], m["cpu"], m["ram_mb"], m["kernel"], m["date"]))
+    rows.append("Machine: %d CPUs (%s), %d MB RAM, Linux %s; %s; load "
+                "average at start %s, at end %s"
+                % (m["nproc"], m["cpu"], m["ram_mb"], m["kernel"], m["date"],
+                   m.get("loadavg", "?"), res.get("loadavg_end", "?")))
     rows.append("")
     rows.append("| # | measure | nextal-agent | beside it | ratio / note | "
                 "target |")
@@ -791,13 +812,17 @@ def table(res):
     if s:
         a, p, k = s["agent"], s["postfix"], s["sink"]
         rows.append(
-            "| 1 | SMTP accept, 10 kB, %d clients (msg/s) | %s (p50 %s ms, "
-            "p99 %s ms) | Postfix %s, smtp-sink %s | %.2f× Postfix, %.2f× "
-            "sink | ≥ Postfix: %s |" % (
-                s["clients"], fmt(a["rate"]), fmt(a["p50_ms"], 1),
-                fmt(a["p99_ms"], 1), fmt(p["rate"]), fmt(k["rate"]),
-                a["rate"] / p["rate"], a["rate"] / k["rate"],
-                "met" if a["rate"] >= p["rate"] else "missed"))
+            "| 1 | SMTP accept, 10 kB, %d clients (msg/s, median of %d "
+            "rounds: %s) | %s (p50 %s ms, p99 %s ms) | Postfix %s (%s), "
+            "smtp-sink %s (%s) | %.2f× Postfix, %.2f× sink | ≥ Postfix: "
+            "%s |" % (
+                s["clients"], len(s["rounds"]),
+                "/".join(str(x) for x in a["all_rates"]), fmt(a["rate"]),
+                fmt(a["p50_ms"], 1), fmt(a["p99_ms"], 1), fmt(p["rate"]),
+                "/".join(str(x) for x in p["all_rates"]), fmt(k["rate"]),
+                "/".join(str(x) for x in k["all_rates"]),
+                s["ratio_postfix"], s["ratio_sink"],
+                "met" if s["ratio_postfix"] >= 1 else "missed"))
         if a.get("failed") or p.get("failed"):
             rows.append("|   | failures | %d (%s) | Postfix %d | | |" % (
                 a["failed"], a["last_error"], p["failed"]))
@@ -895,8 +920,9 @@ def main():
     p.add_argument("--only", action="append", choices=sorted(SECTIONS),
                    help="run only this section (repeatable)")
     p.add_argument("--json", default=os.path.join(HERE, "results.json"))
-    p.add_argument("--smtp-messages", type=int, default=5000)
+    p.add_argument("--smtp-messages", type=int, default=3000)
     p.add_argument("--smtp-clients", type=int, default=50)
+    p.add_argument("--smtp-rounds", type=int, default=3)
     p.add_argument("--latency-ms", type=int, default=100)
     p.add_argument("--mailboxes", type=int, default=4)
     p.add_argument("--delivery-per-mailbox", type=int, default=400)
@@ -924,6 +950,8 @@ def main():
                 res.pop(name, None)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    with open("/proc/loadavg") as f:
+        res["loadavg_end"] = " ".join(f.read().split()[:3])
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2)
     print(table(res))
