@@ -24,6 +24,7 @@
 #define DELIVERY_BACKOFF_BASE_MS 1000
 #define DELIVERY_BACKOFF_MAX_MS (5 * 60 * 1000)
 #define DELIVERY_CLEANUP_MS (60 * 1000) /* expired records removed */
+#define DELIVERY_DAY_MS ((int64_t) 24 * 3600 * 1000)
 
 struct delivery_job {
   uv_work_t work; /* translation on the thread pool */
@@ -116,7 +117,9 @@ static struct delivery_job *delivery_job_new(struct delivery *d,
   job->spool_path = xstrdup(e->spool_path);
   job->message_id = e->message_id ? xstrdup(e->message_id) : NULL;
   job->attempts = e->attempts;
-  job->created_at = e->created_at;
+  /* The age limit runs from acceptance, or from an operator's retry. */
+  job->created_at =
+      e->retried_at > e->created_at ? e->retried_at : e->created_at;
   job->work.data = job;
   job->next = d->jobs;
   d->jobs = job;
@@ -182,6 +185,25 @@ static void delivery_pace_refund(struct delivery_job *job)
     return;
   send_pacer_refund(job->d->pacer, job->sender, job->nrcpts, job->paced_at);
   job->paced_at = 0;
+}
+
+static void delivery_pace_seed_one(void *arg, const char *sender,
+                                   int64_t sent_at, size_t nrcpts)
+{
+  send_pacer_start(arg, sender, nrcpts, sent_at);
+}
+
+/* The windows live in memory: after a restart they are rebuilt from the
+ * last day's sent mail, so a restart does not reset Exchange's count. */
+static void delivery_pace_seed(struct delivery *d)
+{
+  int n = queue_each_sent_since(d->store, store_now_ms() - DELIVERY_DAY_MS,
+                                delivery_pace_seed_one, d->pacer);
+
+  if (n < 0)
+    log_error("- queue pace_seed_failed");
+  else if (n > 0)
+    log_debug("- queue pace_seeded sent_last_day=%d", n);
 }
 
 /* Removes records past their keep time (and any body they still have),
@@ -678,6 +700,7 @@ int delivery_new(uv_loop_t *loop, struct store *store,
   d->recovery_delay_ms = (int64_t) cfg->delivery_recovery_delay * 1000;
   d->pacer = send_pacer_new(cfg->delivery_max_per_minute,
                             cfg->delivery_max_rcpts_per_day);
+  delivery_pace_seed(d);
   d->keep_sent_ms = (int64_t) cfg->delivery_keep_sent * 1000;
   d->keep_failed_ms = (int64_t) cfg->delivery_keep_failed * 1000;
   uv_timer_init(loop, &d->timer);

@@ -17,7 +17,7 @@
 #define QUEUE_COLUMNS                                                          \
   "id, queue_id, sender, recipients, message_id, size, spool_path, state, "    \
   "attempts, next_attempt_at, created_at, sent_at, error_code, error_text, "  \
-  "verify_first"
+  "verify_first, retried_at"
 
 void queue_id_generate(char out[QUEUE_ID_SIZE])
 {
@@ -273,7 +273,7 @@ int queue_retry(struct store *store, int64_t rowid)
   if (queue_prepare(store,
                     "UPDATE messages SET state = 'queued', attempts = 0, "
                     "verify_first = 0, next_attempt_at = ?1, "
-                    "updated_at = ?1 "
+                    "updated_at = ?1, retried_at = ?1 "
                     "WHERE id = ?2 AND state IN ('failed', 'held')",
                     &st) < 0)
     return -EIO;
@@ -368,6 +368,7 @@ static void queue_entry_load(struct queue_entry *e, sqlite3_stmt *st)
   e->error_code = queue_column_text(st, 12);
   e->error_text = queue_column_text(st, 13);
   e->verify_first = sqlite3_column_int(st, 14);
+  e->retried_at = sqlite3_column_int64(st, 15);
 }
 
 void queue_entry_free(struct queue_entry *e)
@@ -658,4 +659,29 @@ int queue_find_all(struct store *store, const char *message_id,
   sqlite3_finalize(st);
   *out = v;
   return (int) n;
+}
+
+int queue_each_sent_since(struct store *store, int64_t since_ms,
+                          queue_sent_cb visit, void *arg)
+{
+  sqlite3_stmt *st = NULL;
+  int n = 0;
+  int rc;
+
+  if (queue_prepare(store,
+                    "SELECT sender, sent_at, json_array_length(recipients) "
+                    "FROM messages WHERE state = 'sent' AND sent_at >= ? "
+                    "ORDER BY sent_at",
+                    &st) < 0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, since_ms);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *sender = (const char *) sqlite3_column_text(st, 0);
+
+    visit(arg, sender ? sender : "", sqlite3_column_int64(st, 1),
+          (size_t) sqlite3_column_int64(st, 2));
+    n++;
+  }
+  sqlite3_finalize(st);
+  return rc == SQLITE_DONE ? n : -EIO;
 }

@@ -100,6 +100,9 @@ static const char *const store_migrations[] = {
   /* 6: large mail goes out as a draft; its id lets a retry resume the
    * same draft rather than make another (see mail_upload.c). */
   "ALTER TABLE messages ADD COLUMN draft_id TEXT;",
+  /* 7: an operator's retry restarts the age limit (max_age) of a message
+   * without rewriting when it was accepted. */
+  "ALTER TABLE messages ADD COLUMN retried_at INTEGER;",
 };
 
 #define STORE_NMIGRATIONS                                                      \

@@ -30,6 +30,7 @@ struct queue_entry {
   char *error_code;
   char *error_text;
   int verify_first; /* outcome of an earlier send unknown: look it up */
+  int64_t retried_at; /* last operator retry, ms; 0 if none */
 };
 
 /* Makes a new random queue id (printable, unique in practice). */
@@ -75,8 +76,8 @@ int queue_purge(struct store *store, int64_t sent_before_ms,
                 int64_t failed_before_ms);
 
 /* The operator's retry: a failed or held row is queued again now with a
- * fresh attempt count. Returns 0, or -EAGAIN when the row is in neither
- * state (any more). */
+ * fresh attempt count, its age (for max_age) counted from now. Returns 0,
+ * or -EAGAIN when the row is in neither state (any more). */
 int queue_retry(struct store *store, int64_t rowid);
 
 /* The operator's drop: a queued or held row fails with code "dropped" and
@@ -88,6 +89,14 @@ int queue_drop(struct store *store, int64_t rowid, const char *reason);
  * caller frees *out with queue_entries_free. Returns the count or -EIO. */
 int queue_find_all(struct store *store, const char *message_id,
                    struct queue_entry **out, size_t max);
+
+/* Visits every message sent at or after since_ms, oldest first, with its
+ * sender, sent time and recipient count (to rebuild sending-rate windows
+ * after a start). Returns the number visited or -EIO. */
+typedef void (*queue_sent_cb)(void *arg, const char *sender, int64_t sent_at,
+                              size_t nrcpts);
+int queue_each_sent_since(struct store *store, int64_t since_ms,
+                          queue_sent_cb visit, void *arg);
 
 /* Rows left in sending by a crash go back to queued, to be looked up in
  * Sent Items no earlier than now + delay_ms; returns how many. */
