@@ -170,9 +170,6 @@ static int agent_open_http(struct agent *agent)
   if (rc < 0)
     log_error("- http listen_failed address=%s error=\"%s\"",
               agent->cfg->http_listen, uv_strerror(rc));
-  else
-    log_info("- http listening address=%s port=%d", agent->cfg->http_listen,
-             http_server_port(agent->http_server));
   free(host);
   return rc;
 }

@@ -232,8 +232,17 @@ static int config_handler(void *user, const char *section, const char *name,
   for (size_t i = 0; i < CONFIG_NKEYS; i++) {
     const struct config_key *k = &config_keys[i];
 
-    if (strcmp(section, k->section) == 0 && strcmp(name, k->name) == 0)
-      return config_apply(ps, k, value) == 0;
+    if (strcmp(section, k->section) == 0 && strcmp(name, k->name) == 0) {
+      /* inih reports the first failing line, so keep the first reason. */
+      char saved[sizeof(ps->error)];
+      int ok;
+
+      memcpy(saved, ps->error, sizeof(saved));
+      ok = config_apply(ps, k, value) == 0;
+      if (saved[0] != '\0')
+        memcpy(ps->error, saved, sizeof(saved));
+      return ok;
+    }
   }
   if (ps->error[0] == '\0')
     snprintf(ps->error, sizeof(ps->error), "unknown key \"%s\" in [%s]",

@@ -184,13 +184,11 @@ static void smtp_conn_committed(void *arg, int code, const char *enhanced,
   struct smtp_conn *conn = arg;
 
   conn->committing = 0;
-  if (code == 250)
-    log_info("%s smtp message_accepted queue_id=%s sender=%s", conn->id,
-             text, conn->sender);
-  else
-    log_warn("%s smtp message_refused code=%d status=%s reason=\"%s\"",
-             conn->id, code, enhanced, text);
   if (conn->closing) {
+    if (code == 250)
+      log_warn("%s smtp reply_lost queue_id=%s peer=%s (queued; the client "
+               "did not wait for the 250)",
+               conn->id, text, conn->peer);
     smtp_conn_free_if_done(conn);
     return;
   }
@@ -220,6 +218,10 @@ static void smtp_conn_data_abort(void *ctx)
 {
   struct smtp_conn *conn = ctx;
 
+  if (conn->closing && conn->msg != NULL)
+    log_warn("%s smtp data_abandoned peer=%s (connection closed before the "
+             "end of data; nothing was queued)",
+             conn->id, conn->peer);
   smtp_intake_abort(conn->msg);
   conn->msg = NULL;
 }

@@ -60,6 +60,7 @@ struct smtp_session {
   char **rcpts;
   size_t nrcpts;
   unsigned nrefused; /* RCPT refused in this transaction (RFC 2920) */
+  unsigned limit_logged; /* recipient limit already logged this time */
 
   enum smtp_scan scan;
   uint64_t data_size; /* message bytes after unstuffing */
@@ -198,6 +199,7 @@ static void smtp_session_transaction_reset(struct smtp_session *s)
   s->nrcpts = 0;
   s->mail_from = NULL;
   s->nrefused = 0;
+  s->limit_logged = 0;
 }
 
 /* Back to READY after a transaction or RSET (CONNECTED if no EHLO yet). */
@@ -670,6 +672,8 @@ static void smtp_cmd_auth(struct smtp_session *s, char *args)
   } else if (strcasecmp(args, "LOGIN") == 0) {
     smtp_session_enter_state(s, SMTP_STATE_AUTH_LOGIN_USER);
     smtp_session_send(s, "334 VXNlcm5hbWU6\r\n");
+  } else if (args[0] == '\0') {
+    smtp_session_reply(s, 501, "5.5.4", "AUTH needs a mechanism: PLAIN or LOGIN");
   } else {
     smtp_session_reply(s, 504, "5.5.4", "Unrecognized authentication type");
   }
@@ -846,9 +850,11 @@ static void smtp_cmd_rcpt(struct smtp_session *s, char *args)
     return;
   }
   if (s->nrcpts >= s->limits.max_recipients) {
+    /* One warning per transaction, not one per refused recipient. */
     s->nrefused++;
-    log_warn("%s smtp recipient limit reached to=\"%s\" limit=%u", s->id,
-             smtp_log_text(esc, path), s->limits.max_recipients);
+    if (!s->limit_logged++)
+      log_warn("%s smtp recipient limit reached to=\"%s\" limit=%u", s->id,
+               smtp_log_text(esc, path), s->limits.max_recipients);
     smtp_session_reply(s, 452, "4.5.3", "Too many recipients");
     return;
   }
@@ -1199,7 +1205,8 @@ void smtp_session_free(struct smtp_session *s)
 
 void smtp_session_start(struct smtp_session *s)
 {
-  log_info("%s smtp connect secure=%s", s->id, s->secure ? "yes" : "no");
+  log_debug("%s smtp session auth=%s", s->id,
+            s->secure ? "offered" : "withheld (not loopback, no TLS)");
   smtp_session_reply(s, 220, NULL, "%s ESMTP nextal-agent ready", s->hostname);
 }
 
