@@ -3,6 +3,7 @@
 #include "oauth_consent.h"
 
 #include <libxml/HTMLtree.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,9 +41,9 @@ static char *oauth_consent_page(const char *title, const char *text)
 static void oauth_consent_reply(struct http_exchange *ex, int status,
                                 const char *title, const char *text)
 {
-  static const char *const headers[] = {
-    "Content-Type: text/html; charset=utf-8", "Cache-Control: no-store", NULL
-  };
+  static const char *const headers[]
+      = { "Content-Type: text/html; charset=utf-8", "Cache-Control: no-store",
+          NULL };
   char *page = oauth_consent_page(title, text);
 
   http_exchange_respond(ex, status, headers, page, strlen(page));
@@ -54,15 +55,14 @@ static const char *oauth_consent_param(struct http_exchange *ex,
 {
   const char *value = NULL;
 
-  if (http_exchange_query(ex, name, &value) < 0 || value == NULL ||
-      strlen(value) > OAUTH_CONSENT_PARAM_MAX)
+  if (http_exchange_query(ex, name, &value) < 0 || value == NULL
+      || strlen(value) > OAUTH_CONSENT_PARAM_MAX)
     return NULL;
   return value;
 }
 
-static void oauth_consent_refused(struct http_exchange *ex,
-                                  struct store *store, const char *error,
-                                  const char *description)
+static void oauth_consent_refused(struct http_exchange *ex, struct store *store,
+                                  const char *error, const char *description)
 {
   char *text;
   char *why = xasprintf("%s: %s", error, description ? description : "");
@@ -80,12 +80,42 @@ static void oauth_consent_refused(struct http_exchange *ex,
   free(why);
 }
 
+/* Takes the state the answer carries; true only for one that
+ * `nextal-policy consent-link` issued and that was not used yet. Anyone
+ * can send a browser here with made-up parameters (graph-api.md 1.2). */
+static bool oauth_consent_state_ok(struct http_exchange *ex,
+                                   struct store *store)
+{
+  const char *state = oauth_consent_param(ex, "state");
+  char *address = NULL, *marker = NULL;
+  bool ok;
+
+  if (state == NULL || links_pending_take(store, state, &address, &marker) < 0)
+    return false;
+  ok = *address == '\0' && strcmp(marker, LINKS_CONSENT_MARKER) == 0;
+  free(address);
+  free(marker);
+  return ok;
+}
+
 static void oauth_consent_handle(void *arg, struct http_exchange *ex)
 {
   struct store *store = arg;
   const char *granted = oauth_consent_param(ex, "admin_consent");
   const char *error = oauth_consent_param(ex, "error");
   const char *tenant = oauth_consent_param(ex, "tenant");
+
+  if (!oauth_consent_state_ok(ex, store)) {
+    log_warn("%s http consent_state_unknown peer=%s",
+             http_exchange_request(ex)->conn_id,
+             http_exchange_request(ex)->peer);
+    oauth_consent_reply(ex, 400, "Consent answer not recognised",
+                        "This answer does not belong to a consent link this "
+                        "agent issued, or it was already used; nothing was "
+                        "recorded. Run nextal-policy consent-link for a new "
+                        "link.");
+    return;
+  }
 
   /* Microsoft's documented failure keeps admin_consent=True next to the
    * error, so the error decides. */
@@ -103,8 +133,7 @@ static void oauth_consent_handle(void *arg, struct http_exchange *ex)
   }
   /* The returned tenant is recorded for the operator, not trusted for
    * anything (graph-api.md 1.2): tokens are still requested for the
-   * configured tenant. The state parameter is not yet checked against
-   * the one the CLI issued; that needs the CLI to record it. */
+   * configured tenant. */
   tenant_consent_record(store, true, tenant, NULL);
   log_info("- http consent_granted tenant=%s", tenant ? tenant : "-");
   oauth_consent_reply(ex, 200, "Consent granted",

@@ -186,90 +186,6 @@ static char *user_link_random(void)
   return user_link_b64url_encode(rnd, sizeof(rnd));
 }
 
-/* ---- sign-ins in progress (table link_pending) -------------------------- */
-
-/* Records a sign-in; expired ones are dropped first so the table stays
- * small. Returns 0, -ENOSPC beyond USER_LINK_PENDING_MAX, or -EIO. */
-static int user_link_pending_put(struct store *store, const char *state,
-                                 const char *address, const char *verifier)
-{
-  sqlite3_stmt *st = NULL;
-  int64_t now = store_now_ms();
-  int rc = -EIO;
-
-  if (sqlite3_prepare_v2(store->db,
-                         "DELETE FROM link_pending WHERE expires_at < ?1", -1,
-                         &st, NULL)
-      != SQLITE_OK)
-    goto out;
-  sqlite3_bind_int64(st, 1, now);
-  sqlite3_step(st);
-  sqlite3_finalize(st);
-  st = NULL;
-  if (sqlite3_prepare_v2(store->db,
-                         "INSERT INTO link_pending (state, address, verifier,"
-                         " expires_at, created_at) SELECT ?1, ?2, ?3, ?4, ?5"
-                         " WHERE (SELECT count(*) FROM link_pending) < ?6",
-                         -1, &st, NULL)
-      != SQLITE_OK)
-    goto out;
-  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, address, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 3, verifier, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 4, now + (int64_t) USER_LINK_PENDING_S * 1000);
-  sqlite3_bind_int64(st, 5, now);
-  sqlite3_bind_int(st, 6, USER_LINK_PENDING_MAX);
-  if (sqlite3_step(st) == SQLITE_DONE)
-    rc = sqlite3_changes(store->db) == 1 ? 0 : -ENOSPC;
-
-out:
-  if (rc == -EIO)
-    log_error("- link pending_failed error=\"%s\"", sqlite3_errmsg(store->db));
-  sqlite3_finalize(st);
-  return rc;
-}
-
-/* Takes the sign-in named by state: it is deleted whatever happens next,
- * so a state works once. Returns 0 with *address and *verifier (caller
- * frees), -ENOENT when unknown, -ETIMEDOUT when expired, or -EIO. */
-static int user_link_pending_take(struct store *store, const char *state,
-                                  char **address, char **verifier)
-{
-  sqlite3_stmt *st = NULL;
-  int64_t expires = 0;
-  int rc = -EIO;
-
-  if (sqlite3_prepare_v2(store->db,
-                         "DELETE FROM link_pending WHERE state = ?1"
-                         " RETURNING address, verifier, expires_at",
-                         -1, &st, NULL)
-      != SQLITE_OK)
-    goto out;
-  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-  switch (sqlite3_step(st)) {
-    case SQLITE_ROW:
-      *address = xstrdup((const char *) sqlite3_column_text(st, 0));
-      *verifier = xstrdup((const char *) sqlite3_column_text(st, 1));
-      expires = sqlite3_column_int64(st, 2);
-      rc = 0;
-      break;
-    case SQLITE_DONE:
-      rc = -ENOENT;
-      break;
-  }
-  if (rc == 0 && expires < store_now_ms()) {
-    free(*address);
-    free(*verifier);
-    rc = -ETIMEDOUT;
-  }
-
-out:
-  if (rc == -EIO)
-    log_error("- link pending_failed error=\"%s\"", sqlite3_errmsg(store->db));
-  sqlite3_finalize(st);
-  return rc;
-}
-
 /* ---- GET /link/start ---------------------------------------------------- */
 
 /* Verifies the start link and the policy; on success *address is the
@@ -362,7 +278,8 @@ static void user_link_start_delegated(struct user_link_deps *deps,
 
   gnutls_hash_fast(GNUTLS_DIG_SHA256, verifier, strlen(verifier), digest);
   challenge = user_link_b64url_encode(digest, sizeof(digest));
-  rc = user_link_pending_put(deps->store, state, address, verifier);
+  rc = links_pending_put(deps->store, state, address, verifier,
+                         USER_LINK_PENDING_S);
   if (rc < 0) {
     user_link_page(ex, 503, "Try again later",
                    rc == -ENOSPC ? "Too many sign-ins are in progress; try "
@@ -666,10 +583,15 @@ static void user_link_callback(void *arg, struct http_exchange *ex)
   struct user_link_call *call;
   char *address = NULL, *verifier = NULL;
   char *text;
-  int rc = state
-               ? user_link_pending_take(deps->store, state, &address, &verifier)
-               : -ENOENT;
+  int rc = state ? links_pending_take(deps->store, state, &address, &verifier)
+                 : -ENOENT;
 
+  if (rc == 0 && *address == '\0') {
+    /* An admin consent state: never a user's sign-in. */
+    free(address);
+    free(verifier);
+    rc = -ENOENT;
+  }
   if (rc < 0) {
     user_link_page(ex, 400, "Sign-in not recognised",
                    rc == -ETIMEDOUT

@@ -13,6 +13,12 @@
 #include "store.h"
 
 #define LINKS_LIST_MAX 100000 /* rows links_list returns at most */
+#define LINKS_PENDING_MAX 1000  /* sign-ins and consent links in progress */
+
+/* The admin consent link's state is kept as a pending row with an empty
+ * address and this verifier, for as long as IT may take to open it. */
+#define LINKS_CONSENT_MARKER "admin_consent"
+#define LINKS_CONSENT_LIFETIME_S (14 * 86400)
 
 /* One row of the users table. */
 struct link_entry {
@@ -91,6 +97,21 @@ int links_token_set(struct store *store, const char *address, const void *blob,
  * -EIO. */
 int links_token_get(struct store *store, const char *address, void **blob,
                     size_t *len);
+
+/* Records a sign-in in progress (table link_pending): the OAuth state
+ * names address (the user the start link was for; "" for the admin
+ * consent link) and keeps verifier (the PKCE verifier, or a marker) for
+ * lifetime_s. Expired rows are dropped first. Returns 0, -ENOSPC beyond
+ * LINKS_PENDING_MAX, or -EIO. */
+int links_pending_put(struct store *store, const char *state,
+                      const char *address, const char *verifier,
+                      unsigned lifetime_s);
+
+/* Takes the row named by state: it is deleted whatever happens next, so a
+ * state works once. Returns 0 with *address and *verifier (caller frees),
+ * -ENOENT when unknown, -ETIMEDOUT when expired, or -EIO. */
+int links_pending_take(struct store *store, const char *state, char **address,
+                       char **verifier);
 
 enum tenant_consent_state {
   TENANT_CONSENT_MISSING,

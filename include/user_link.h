@@ -18,8 +18,7 @@
 
 #define USER_LINK_CALLBACK_PATH "/oauth/callback"
 #define USER_LINK_API_PATH "/v1/links"
-#define USER_LINK_PENDING_S 600    /* a sign-in must come back within this */
-#define USER_LINK_PENDING_MAX 1000 /* sign-ins in progress at once */
+#define USER_LINK_PENDING_S 600 /* a sign-in must come back within this */
 
 /* Everything the handlers borrow; it must outlive the router and every
  * exchange in progress (the agent keeps it until the loop has ended). */

@@ -813,6 +813,13 @@ static int cli_consent_link(struct cli *cli, int argc, char **argv)
     goto out;
   for (size_t i = 0; i < sizeof(rnd); i++)
     snprintf(state + 2 * i, 3, "%02x", rnd[i]);
+  /* The agent accepts Microsoft's answer only with a state it issued. */
+  if (links_pending_put(cli->store, state, "", LINKS_CONSENT_MARKER,
+                        LINKS_CONSENT_LIFETIME_S)
+      < 0) {
+    cli_error("cannot record the consent link in %s", cli->cfg.database);
+    return EX_IOERR;
+  }
   curl = curl_easy_init();
   if (curl == NULL)
     goto out;

@@ -42,6 +42,16 @@ class LinkingApplication(LinkingTestCase):
         self.send(DAVE, ["x@example.net"], message(DAVE, "app-mode"))
         self.wait_one_more(DAVE, before)
 
+    def test_consent_answer_works_once(self):
+        link = self.box.policy_cli("consent-link").stdout.strip()
+        answer = self.redirect_of(link)
+        self.assertIn("/oauth/consent?admin_consent=True", answer)
+        status, _, page = self.browse(answer)
+        self.assertEqual(status, 200, page)
+        status, _, page = self.browse(answer)
+        self.assertEqual(status, 400)
+        self.assertIn("already used", page)
+
     def test_status_names_what_is_missing(self):
         status = json.loads(self.box.policy_cli("status", "--json").stdout)
         self.assertTrue(status["token"]["ok"])
@@ -67,6 +77,17 @@ class LinkingApplicationNoConsent(LinkingTestCase):
 
     sandbox_options = {"link_mode": "application"}
     grant_consent = False
+
+    def test_forged_consent_answer_records_nothing(self):
+        base = "http://127.0.0.1:%d/oauth/consent?" % self.box.http_port
+        for query in ("admin_consent=True&tenant=evil",
+                      "admin_consent=True&tenant=evil&state=made-up",
+                      "error=access_denied&error_description=x&state=0"):
+            status, _, page = self.browse(base + query)
+            self.assertEqual(status, 400, query)
+            self.assertIn("does not belong to a consent link", page)
+        self.assertIn("admin consent: missing",
+                      self.box.policy_cli("status").stdout)
 
     def test_status_says_consent_is_missing(self):
         text = self.box.policy_cli("status").stdout
