@@ -580,8 +580,13 @@ static int delivery_visit(void *arg, const struct queue_entry *e)
 
   if (d->njobs >= DELIVERY_MAX_JOBS)
     return 1;
-  if (delivery_job_running(d, e->rowid) ||
-      delivery_jobs_for(d, e->sender) >= d->per_mailbox)
+  if (delivery_job_running(d, e->rowid))
+    return 0;
+  /* Paced before the in-flight limit is looked at, so that a mailbox over
+   * its rate has its whole backlog deferred at once. */
+  if (!e->verify_first && delivery_pace(d, e))
+    return 0;
+  if (delivery_jobs_for(d, e->sender) >= d->per_mailbox)
     return 0;
   if (e->verify_first) {
     if (e->message_id != NULL && e->message_id[0] != '\0')
@@ -590,8 +595,6 @@ static int delivery_visit(void *arg, const struct queue_entry *e)
       queue_mark_retry(d->store, e->rowid, store_now_ms(), NULL, NULL);
     return 0;
   }
-  if (delivery_pace(d, e))
-    return 0;
   policy_gate_check(d->gate, POLICY_REQUEST_DELIVERY, e->sender, &dec);
   if (dec.reason != POLICY_ALLOW) {
     queue_mark_held(d->store, e->rowid, dec.code, dec.sentence);
@@ -605,10 +608,34 @@ static int delivery_visit(void *arg, const struct queue_entry *e)
   return 0;
 }
 
+/* The mailboxes that cannot start another send now, as a JSON array for
+ * the scan to leave out (NULL if none): their backlog must not fill the
+ * batch and keep other mailboxes' rows from being seen. */
+static char *delivery_full_mailboxes(struct delivery *d)
+{
+  json_t *full = json_array();
+  char *text = NULL;
+
+  for (const struct delivery_job *j = d->jobs; j != NULL; j = j->next) {
+    int listed = 0;
+
+    for (size_t i = 0; i < json_array_size(full); i++)
+      listed |= strcmp(json_string_value(json_array_get(full, i)),
+                       j->sender) == 0;
+    if (!listed && delivery_jobs_for(d, j->sender) >= d->per_mailbox)
+      json_array_append_new(full, json_string(j->sender));
+  }
+  if (json_array_size(full) > 0)
+    text = json_dumps(full, JSON_COMPACT);
+  json_decref(full);
+  return text;
+}
+
 static void delivery_scan(struct delivery *d)
 {
   int64_t now = store_now_ms();
   int64_t next;
+  char *skip;
 
   if (d->stopping)
     return;
@@ -619,9 +646,11 @@ static void delivery_scan(struct delivery *d)
     d->held_checked_at = now;
     delivery_release_allowed(d);
   }
-  if (queue_each_due(d->store, now, DELIVERY_SCAN_BATCH, delivery_visit, d) <
-      0)
+  skip = delivery_full_mailboxes(d);
+  if (queue_each_due_except(d->store, now, DELIVERY_SCAN_BATCH, skip,
+                            delivery_visit, d) < 0)
     log_error("- queue scan_failed");
+  free(skip);
   /* Rows already due were skipped for a full mailbox or a full job table;
    * a finishing job or new mail scans again, so wait for the next row that
    * becomes due, or the idle rescan. */

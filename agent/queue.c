@@ -685,3 +685,41 @@ int queue_each_sent_since(struct store *store, int64_t since_ms,
   sqlite3_finalize(st);
   return rc == SQLITE_DONE ? n : -EIO;
 }
+
+int queue_each_due_except(struct store *store, int64_t now_ms, size_t max,
+                          const char *skip, queue_visit_cb visit, void *arg)
+{
+  sqlite3_stmt *st = NULL;
+  struct queue_entry *rows = xcalloc(max ? max : 1, sizeof(*rows));
+  size_t n = 0;
+  int rc;
+
+  if (queue_prepare(store,
+                    "SELECT " QUEUE_COLUMNS " FROM messages "
+                    "WHERE state = 'queued' AND next_attempt_at <= ?1 "
+                    "AND (?3 IS NULL OR sender NOT IN "
+                    "(SELECT value FROM json_each(?3))) "
+                    "ORDER BY next_attempt_at, id LIMIT ?2",
+                    &st) < 0) {
+    free(rows);
+    return -EIO;
+  }
+  sqlite3_bind_int64(st, 1, now_ms);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
+  sqlite3_bind_text(st, 3, skip, -1, SQLITE_STATIC);
+  /* A visit writes; inside an open read it could fail with SQLITE_BUSY
+   * (the intake commits on its own connection), so read first. */
+  while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
+    queue_entry_load(&rows[n++], st);
+  sqlite3_finalize(st);
+  if (n < max && rc != SQLITE_DONE) {
+    queue_entries_free(rows, n);
+    return -EIO;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (visit(arg, &rows[i]))
+      break;
+  }
+  queue_entries_free(rows, n);
+  return (int) n;
+}

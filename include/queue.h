@@ -110,6 +110,13 @@ typedef int (*queue_visit_cb)(void *arg, const struct queue_entry *e);
 int queue_each_due(struct store *store, int64_t now_ms, size_t max,
                    queue_visit_cb visit, void *arg);
 
+/* Like queue_each_due, but without the rows of the senders in skip (a
+ * JSON array of addresses, or NULL), so that a mailbox with a long
+ * backlog it cannot start now does not fill every batch. The rows are
+ * read before the first visit, so visits may write. */
+int queue_each_due_except(struct store *store, int64_t now_ms, size_t max,
+                          const char *skip, queue_visit_cb visit, void *arg);
+
 /* Earliest next_attempt_at among queued rows, or -1 if none. */
 int64_t queue_next_due(struct store *store);
 

@@ -229,6 +229,42 @@ static void test_purge(void **state)
   assert_state(f, "WAIT", "queued");
 }
 
+static int collect_sender(void *arg, const struct queue_entry *e)
+{
+  char *seen = arg;
+
+  strncat(seen, e->sender, 63 - strlen(seen));
+  strncat(seen, ";", 63 - strlen(seen));
+  return 0;
+}
+
+static void test_due_except(void **state)
+{
+  struct fixture *f = *state;
+  char seen[64] = "";
+  char path[160];
+
+  snprintf(path, sizeof(path), "%s/x", f->dir);
+  for (int i = 0; i < 3; i++) {
+    char qid[8];
+
+    snprintf(qid, sizeof(qid), "C%d", i);
+    queue_insert(f->store, qid, "carol@c", rcpts_ab, 2, NULL, 1, path);
+  }
+  queue_insert(f->store, "A0", "alice@c", rcpts_ab, 2, NULL, 1, path);
+  /* A batch of two holds only Carol's backlog... */
+  assert_int_equal(queue_each_due_except(f->store, store_now_ms(), 2, NULL,
+                                         collect_sender, seen),
+                   2);
+  assert_string_equal(seen, "carol@c;carol@c;");
+  /* ...unless Carol, who cannot start more now, is left out. */
+  seen[0] = '\0';
+  assert_int_equal(queue_each_due_except(f->store, store_now_ms(), 2,
+                                         "[\"carol@c\"]", collect_sender, seen),
+                   1);
+  assert_string_equal(seen, "alice@c;");
+}
+
 struct sent_seen {
   int n;
   size_t rcpts;
@@ -272,6 +308,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_defer, setup, teardown),
     cmocka_unit_test_setup_teardown(test_purge, setup, teardown),
     cmocka_unit_test_setup_teardown(test_sent_since, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_due_except, setup, teardown),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
