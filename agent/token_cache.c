@@ -81,37 +81,40 @@ static bool token_cache_delegated(const struct token_cache *cache)
   return cache->cfg->link_mode != CONFIG_LINK_APPLICATION;
 }
 
-/* Reads and decrypts the stored refresh token of key; NULL when there is
- * none or it cannot be decrypted (logged: the key file was replaced). */
-static char *token_store_read(struct token_cache *cache, const char *key)
+/* Reads and decrypts the stored refresh token of key into *token.
+ * Returns 0, -ENOENT when none is stored, -EBADMSG when it cannot be
+ * decrypted (the key file was replaced), or -EIO. */
+static int token_store_read(struct token_cache *cache, const char *key,
+                            char **token)
 {
   sqlite3_stmt *st = NULL;
-  char *token = NULL;
+  int rc = -EIO;
+  int step;
 
   if (sqlite3_prepare_v2(cache->store->db,
                          "SELECT refresh_token FROM users"
                          " WHERE address = ?1 AND state = 'linked'",
                          -1, &st, NULL)
-      != SQLITE_OK) {
-    log_error("%s token store_read_failed error=\"%s\"", key,
-              sqlite3_errmsg(cache->store->db));
+      != SQLITE_OK)
     goto out;
-  }
   sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) == SQLITE_ROW
-      && sqlite3_column_type(st, 0) != SQLITE_NULL) {
-    const void *blob = sqlite3_column_blob(st, 0);
-    int len = sqlite3_column_bytes(st, 0);
-
-    if (blob && len > 0
-        && token_crypt_unseal(cache->crypt, key, blob, (size_t) len, &token)
-               < 0)
+  step = sqlite3_step(st);
+  if (step == SQLITE_DONE
+      || (step == SQLITE_ROW && sqlite3_column_bytes(st, 0) == 0)) {
+    rc = -ENOENT;
+  } else if (step == SQLITE_ROW) {
+    rc = token_crypt_unseal(cache->crypt, key, sqlite3_column_blob(st, 0),
+                            (size_t) sqlite3_column_bytes(st, 0), token);
+    if (rc < 0)
       log_error("%s token decrypt_failed (was the key file replaced?)", key);
   }
 
 out:
+  if (rc == -EIO)
+    log_error("%s token store_read_failed error=\"%s\"", key,
+              sqlite3_errmsg(cache->store->db));
   sqlite3_finalize(st);
-  return token;
+  return rc;
 }
 
 /* Encrypts and stores the rotated refresh token of key; returns 0 or a
@@ -362,9 +365,9 @@ static void token_form_add(char **form, const char *name, const char *value)
   *form = next;
 }
 
-/* Builds the token request body for entry into *out. Returns 0, -ENOENT
- * when a delegated user has no stored refresh token, or -EIO when the
- * client cannot authenticate (certificate unreadable; logged). */
+/* Builds the token request body for entry into *out. Returns 0, or for a
+ * delegated user token_store_read's error, or -EACCES when the client
+ * cannot authenticate (certificate unreadable; logged). */
 static int token_entry_form(struct token_entry *entry, char **out)
 {
   struct token_cache *cache = entry->cache;
@@ -372,14 +375,13 @@ static int token_entry_form(struct token_entry *entry, char **out)
   char *refresh = NULL;
   int rc = 0;
 
-  if (token_cache_delegated(cache)) {
-    refresh = token_store_read(cache, entry->key);
-    if (!refresh)
-      return -ENOENT;
-  }
-  rc = client_auth_form_add(cache->cfg, (int64_t) time(NULL), &form);
-  if (rc < 0)
+  if (token_cache_delegated(cache)
+      && (rc = token_store_read(cache, entry->key, &refresh)) < 0)
+    return rc;
+  if (client_auth_form_add(cache->cfg, (int64_t) time(NULL), &form) < 0) {
+    rc = -EACCES;
     goto out;
+  }
   if (refresh) {
     token_form_add(&form, "grant_type", "refresh_token");
     token_form_add(&form, "refresh_token", refresh);
@@ -423,10 +425,19 @@ static void token_entry_refresh(struct token_entry *entry)
     res.error = "not_linked";
     res.description = "no refresh token is stored for this mailbox";
     res.permanent = true;
-  } else if (rc < 0) {
+  } else if (rc == -EBADMSG) {
+    res.error = "token_unreadable";
+    res.description = "the stored refresh token cannot be decrypted with "
+                      "the current key file";
+    res.permanent = true;
+    token_store_mark_relink(cache, entry->key, res.error, res.description);
+  } else if (rc == -EACCES) {
     /* Our configuration, not the user's grant: never a re-link. */
     res.error = "client_auth";
     res.description = "the client certificate or key cannot be used";
+  } else if (rc < 0) {
+    res.error = "store";
+    res.description = "the database could not be read; retried later";
   }
   if (rc < 0) {
     token_entry_finish(entry, &res);

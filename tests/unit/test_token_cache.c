@@ -409,6 +409,29 @@ static void test_delegated_grant_gone_marks_relink(void **state)
   assert_null(stored);
 }
 
+/* A token the current key cannot open (stored in clear, or under a key
+ * file since replaced) is no grant: the user must link again, told why. */
+static void test_undecryptable_token_marks_relink(void **state)
+{
+  struct fixture *fx = *state;
+  struct result r = { 0 };
+  enum policy_link_state link;
+  char reason[256];
+
+  assert_int_equal(links_set_linked(fx->store, "a@example.com", NULL, NULL), 0);
+  assert_int_equal(
+      links_token_set(fx->store, "a@example.com", "rt-in-clear", 11), 0);
+  get(fx, "a@example.com", &r);
+  run_until(fx, 1);
+  assert_string_equal(r.error, "token_unreadable");
+  assert_true(r.permanent);
+  assert_int_equal(fx->stub.requests, 0);
+  assert_int_equal(
+      links_get(fx->store, "a@example.com", &link, reason, sizeof(reason)), 0);
+  assert_int_equal(link, POLICY_LINK_NEEDS_RELINK);
+  assert_non_null(strstr(reason, "cannot be decrypted"));
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -427,6 +450,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_delegated_refresh_rotates_token,
                                     setup_delegated, teardown),
     cmocka_unit_test_setup_teardown(test_delegated_grant_gone_marks_relink,
+                                    setup_delegated, teardown),
+    cmocka_unit_test_setup_teardown(test_undecryptable_token_marks_relink,
                                     setup_delegated, teardown),
   };
 
