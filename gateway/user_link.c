@@ -268,6 +268,7 @@ static void user_link_start_delegated(struct user_link_deps *deps,
                                       struct http_exchange *ex,
                                       const char *address)
 {
+  const char *headers[] = { NULL, "Cache-Control: no-store", NULL };
   unsigned char digest[32];
   char *state = user_link_random();
   char *verifier = user_link_random();
@@ -276,7 +277,10 @@ static void user_link_start_delegated(struct user_link_deps *deps,
   char *location = NULL;
   int rc;
 
-  gnutls_hash_fast(GNUTLS_DIG_SHA256, verifier, strlen(verifier), digest);
+  /* PKCE S256: the challenge is the verifier's SHA-256, base64url. */
+  if (gnutls_hash_fast(GNUTLS_DIG_SHA256, verifier, strlen(verifier), digest)
+      < 0)
+    abort(); /* SHA-256 is always available in GnuTLS */
   challenge = user_link_b64url_encode(digest, sizeof(digest));
   rc = links_pending_put(deps->store, state, address, verifier,
                          USER_LINK_PENDING_S);
@@ -289,12 +293,9 @@ static void user_link_start_delegated(struct user_link_deps *deps,
   }
   url = user_link_authorize_url(deps->cfg, address, state, challenge);
   location = xasprintf("Location: %s", url);
-  {
-    const char *headers[] = { location, "Cache-Control: no-store", NULL };
-
-    log_info("- link sign_in_started user=%s", address);
-    http_exchange_respond(ex, 302, headers, "", 0);
-  }
+  headers[0] = location;
+  log_info("- link sign_in_started user=%s", address);
+  http_exchange_respond(ex, 302, headers, "", 0);
 
 out:
   explicit_bzero(verifier, strlen(verifier));
