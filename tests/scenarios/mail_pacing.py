@@ -4,7 +4,8 @@ burst of 8 messages from one mailbox reaches Graph as 5 now and 3 a minute
 later (never more than 5 in any minute, none refused), the waiting ones
 show as queued with their next attempt in the status API, and a second
 mailbox sending meanwhile is not slowed at all. A restart does not reset
-the count: a message submitted after it still waits for the minute."""
+the count: a message submitted after it still waits for the minute. The
+recipients-per-day budget is paced the same way, per mailbox."""
 
 import base64
 import datetime
@@ -13,15 +14,17 @@ import time
 import urllib.request
 import uuid
 
-from scenario import ALICE, BOB, AgentTestCase, main
+from scenario import ALICE, BOB, CAROL, DAVE, AgentTestCase, main
 import sandbox
 
 LIMIT = 5
+RCPTS_PER_DAY = 12
 
 
-def message(sender, tag):
-    return ("From: %s\r\nTo: cand@example.net\r\nSubject: %s\r\n"
-            "Message-ID: <%s@nextal.test>\r\n\r\nbody\r\n" % (sender, tag, tag)).encode()
+def message(sender, tag, rcpts=("cand@example.net",)):
+    return ("From: %s\r\nTo: %s\r\nSubject: %s\r\n"
+            "Message-ID: <%s@nextal.test>\r\n\r\nbody\r\n"
+            % (sender, ", ".join(rcpts), tag, tag)).encode()
 
 
 def accepted_times(records):
@@ -30,7 +33,8 @@ def accepted_times(records):
 
 
 class MailPacing(AgentTestCase):
-    sandbox_options = {"extra_config": "[delivery]\nmax_per_minute = %d\n" % LIMIT}
+    sandbox_options = {"extra_config": "[delivery]\nmax_per_minute = %d\n"
+                       "max_recipients_per_day = %d\n" % (LIMIT, RCPTS_PER_DAY)}
 
     def status(self, msgid):
         token = base64.b64encode(("%s:%s" % (sandbox.SERVICE_USER,
@@ -87,6 +91,30 @@ class MailPacing(AgentTestCase):
             self.assertLessEqual(len(in_minute), LIMIT, times)
         stats = self.box.sim_get("/_sim/stats")["mailboxes"][ALICE]
         self.assertEqual(stats["throttled_total"], 0)
+
+    def test_recipients_per_day_are_paced(self):
+        run = uuid.uuid4().hex[:6]
+        ten = ["c%d@example.net" % i for i in range(10)]
+        three = ["d%d@example.net" % i for i in range(3)]
+        self.send(DAVE, ten, message(DAVE, "day-%s-ten" % run, ten))
+        self.box.wait_sent(DAVE, 1)
+        # Three more would make 13 of 12 today: the message waits, queued,
+        # until the first ten are a day old.
+        self.send(DAVE, three, message(DAVE, "day-%s-three" % run, three))
+        # Carol's own budget is untouched.
+        self.send(CAROL, three, message(CAROL, "day-%s-carol" % run, three))
+        self.box.wait_sent(CAROL, 1)
+        time.sleep(2.0)
+        self.assertEqual(len(self.box.sent(DAVE)), 1)
+        waiting = self.status("day-%s-three@nextal.test" % run)
+        self.assertEqual(waiting["state"], "queued")
+        due = datetime.datetime.strptime(waiting["next_attempt_at"],
+                                         "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                                             tzinfo=datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        hours = (due - now).total_seconds() / 3600
+        self.assertGreater(hours, 23.5)
+        self.assertLess(hours, 24.2)
 
 
 if __name__ == "__main__":
