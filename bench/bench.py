@@ -35,6 +35,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "sandbox"))
 import sandbox  # noqa: E402
 
+# The simulator with one write per response (see graphsim_bench.py).
+sandbox.GRAPHSIM = os.path.join(HERE, "graphsim_bench.py")
 USERS = [a for a, _ in sandbox.DEMO_USERS]
 AUTH_PLAIN = base64.b64encode(("\0%s\0%s" % (
     sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)).encode()).decode()
