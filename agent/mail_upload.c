@@ -26,6 +26,7 @@ enum mail_upload_state {
   MAIL_UPLOAD_SESSION, /* createUploadSession for a large one */
   MAIL_UPLOAD_CHUNK,   /* one PUT of the upload session */
   MAIL_UPLOAD_SEND,
+  MAIL_UPLOAD_DISCARD, /* Graph refused an attachment: delete the draft */
 };
 
 static const char *const mail_upload_state_names[] = {
@@ -36,6 +37,7 @@ static const char *const mail_upload_state_names[] = {
   [MAIL_UPLOAD_SESSION] = "session",
   [MAIL_UPLOAD_CHUNK] = "chunk",
   [MAIL_UPLOAD_SEND] = "send",
+  [MAIL_UPLOAD_DISCARD] = "discard",
 };
 
 struct mail_upload {
@@ -54,6 +56,7 @@ struct mail_upload {
   uint64_t sent;    /* bytes of the current file the session has */
   mail_upload_done_cb done;
   void *arg;
+  struct graph_response refusal; /* reported after the draft is deleted */
 };
 
 static void mail_upload_step(struct mail_upload *u);
@@ -138,6 +141,32 @@ static void mail_upload_finish(struct mail_upload *u,
 
   mail_upload_free(u);
   done(arg, resp, at_send);
+}
+
+/* Graph refused a step for good (a 4xx other than 408 and 429: too large
+ * for the mailbox, a name it will not take): the message will fail, so
+ * its draft must not stay in the user's Drafts folder. The refusal is
+ * reported once the draft is deleted. */
+static bool mail_upload_refused(const struct mail_upload *u,
+                                const struct graph_response *resp)
+{
+  return u->draft_id && resp->status >= 400 && resp->status < 500
+         && resp->status != 408 && resp->status != 429;
+}
+
+static void mail_upload_fail(struct mail_upload *u,
+                             const struct graph_response *resp)
+{
+  if (u->state == MAIL_UPLOAD_SEND || !mail_upload_refused(u, resp)) {
+    mail_upload_finish(u, resp);
+    return;
+  }
+  u->refusal = *resp;
+  u->refusal.body = "";
+  u->refusal.body_len = 0;
+  u->refusal.location = NULL;
+  mail_upload_enter_state(u, MAIL_UPLOAD_DISCARD);
+  mail_upload_step(u);
 }
 
 /* Moves to the next attachment, or to the send when all are there. */
@@ -244,7 +273,7 @@ static void mail_upload_on_session(struct mail_upload *u,
 
   if (!url) {
     json_decref(root);
-    mail_upload_finish(u, resp);
+    mail_upload_fail(u, resp);
     return;
   }
   u->upload_url = xstrdup(url);
@@ -269,7 +298,7 @@ static void mail_upload_on_chunk(struct mail_upload *u,
     return;
   }
   if (resp->status != 201) {
-    mail_upload_finish(u, resp);
+    mail_upload_fail(u, resp);
     return;
   }
   explicit_bzero(u->upload_url, strlen(u->upload_url));
@@ -282,6 +311,7 @@ static void mail_upload_on_chunk(struct mail_upload *u,
 static void mail_upload_on_answer(void *arg, const struct graph_response *resp)
 {
   struct mail_upload *u = arg;
+  struct graph_response refusal;
 
   switch (u->state) {
     case MAIL_UPLOAD_CHECK_DRAFT:
@@ -295,7 +325,7 @@ static void mail_upload_on_answer(void *arg, const struct graph_response *resp)
       break;
     case MAIL_UPLOAD_ATTACH:
       if (resp->status != 201) {
-        mail_upload_finish(u, resp);
+        mail_upload_fail(u, resp);
         break;
       }
       u->next_file++;
@@ -309,6 +339,16 @@ static void mail_upload_on_answer(void *arg, const struct graph_response *resp)
       break;
     case MAIL_UPLOAD_SEND:
       mail_upload_finish(u, resp);
+      break;
+    case MAIL_UPLOAD_DISCARD:
+      /* Deleted or not, the row forgets it: a failed message is not
+       * resumed, and a draft left behind is only clutter. */
+      if (resp->status != 204)
+        log_warn("%s queue draft_not_deleted sender=%s status=%ld", u->queue_id,
+                 u->mailbox, resp->status);
+      mail_upload_draft_save(u, NULL);
+      refusal = u->refusal; /* u is freed before done runs */
+      mail_upload_finish(u, &refusal);
       break;
   }
 }
@@ -433,6 +473,10 @@ static void mail_upload_step(struct mail_upload *u)
       path = xasprintf("/v1.0/users/%s/messages/%s/send", u->mailbox,
                        u->draft_id);
       body = xstrdup("");
+      break;
+    case MAIL_UPLOAD_DISCARD:
+      req.method = "DELETE";
+      path = xasprintf("/v1.0/users/%s/messages/%s", u->mailbox, u->draft_id);
       break;
   }
   if (u->state == MAIL_UPLOAD_ATTACH && !body) {

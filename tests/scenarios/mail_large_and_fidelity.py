@@ -137,6 +137,8 @@ class LargeAttachment(LargeTestCase):
                 break
             time.sleep(0.5)
         self.assertEqual(row, ("failed", "ErrorMessageSizeExceeded"))
+        # The draft made before Graph refused is not left in Drafts.
+        self.assertEqual(self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"], [])
 
 
 class Fidelity(LargeTestCase):
