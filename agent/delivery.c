@@ -521,6 +521,8 @@ static void delivery_on_verified(void *arg, const struct graph_response *resp)
   if (json_is_array(value) && json_array_size(value) > 0) {
     log_info("%s queue found_in_sent_items sender=%s", job->queue_id,
              job->sender);
+    /* Sent before the restart but after the windows were rebuilt. */
+    send_pacer_start(d->pacer, job->sender, job->nrcpts, store_now_ms());
     delivery_sent(job);
   } else if (json_is_array(value)) {
     /* Not in Sent Items: send it. Graph offers no idempotency key for
