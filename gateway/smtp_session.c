@@ -36,6 +36,8 @@ enum smtp_scan {
   SMTP_SCAN_TEXT,       /* inside a line */
   SMTP_SCAN_CR,         /* after a CR inside a line */
   SMTP_SCAN_END,        /* ".CRLF" seen at the start of a line */
+  SMTP_SCAN_LF_START,   /* after a bare LF: may begin a stuffed line */
+  SMTP_SCAN_LF_DOT,     /* a "." after a bare LF is held back */
 };
 
 struct smtp_session {
@@ -913,7 +915,8 @@ static void smtp_data_emit(struct smtp_session *s, char c)
 }
 
 /* Advances the scanner by one received byte (RFC 5321 4.1.1.4, 4.5.2).
- * Only CRLF starts a line: a bare CR or LF never leads to the end. */
+ * Only CRLF can lead to the end: a bare CR or LF never does, though a dot
+ * stuffed after a bare LF is removed as the client meant. */
 static void smtp_data_byte(struct smtp_session *s, char c)
 {
   switch (s->scan) {
@@ -938,6 +941,20 @@ static void smtp_data_byte(struct smtp_session *s, char c)
       smtp_data_emit(s, '\r');
       s->scan = SMTP_SCAN_CR;
       break;
+    case SMTP_SCAN_LF_START:
+      if (c == '.') {
+        s->scan = SMTP_SCAN_LF_DOT;
+        return;
+      }
+      break;
+    case SMTP_SCAN_LF_DOT:
+      /* Clients that write bare LF line ends (Python's smtplib given a
+       * message with LF endings) also stuff the dots after them: ".."
+       * loses one dot. Anything else keeps the dot, and a bare LF never
+       * leads to the end of data. */
+      if (c != '.')
+        smtp_data_emit(s, '.');
+      break;
     case SMTP_SCAN_TEXT:
     case SMTP_SCAN_CR:
       break;
@@ -951,6 +968,8 @@ static void smtp_data_byte(struct smtp_session *s, char c)
     s->scan = SMTP_SCAN_CR;
   else if (c == '\n' && s->scan == SMTP_SCAN_CR)
     s->scan = SMTP_SCAN_LINE_START;
+  else if (c == '\n')
+    s->scan = SMTP_SCAN_LF_START;
   else
     s->scan = SMTP_SCAN_TEXT;
 }

@@ -612,6 +612,10 @@ static void test_data_bare_lf_and_cr(void **state)
   data_run("a\r.\r\n.\r\n", NULL, 0, "a\r.\r\n");
   data_run("a\n.\r\n.\r\n", NULL, 0, "a\n.\r\n");
   data_run("a\r\n.\r.\r\n.\r\n", NULL, 0, "a\r\n\r.\r\n");
+  /* A dot stuffed after a bare LF is removed; a lone one stays. */
+  data_run("a\n..b\r\n.\r\n", NULL, 0, "a\n.b\r\n");
+  data_run("a\n.b\n...\r\n.\r\n", NULL, 0, "a\n.b\n..\r\n");
+  data_run("a\n.\n.\r\n.\r\n", NULL, 0, "a\n.\n.\r\n");
 }
 
 static void test_data_long_line_streams(void **state)
