@@ -451,8 +451,7 @@ static int http_transfer_set_file_body(struct http_transfer *t,
   curl_easy_setopt(easy, CURLOPT_UPLOAD, 1L);
   curl_easy_setopt(easy, CURLOPT_READFUNCTION, http_transfer_on_read);
   curl_easy_setopt(easy, CURLOPT_READDATA, t);
-  curl_easy_setopt(easy, CURLOPT_INFILESIZE_LARGE,
-                   (curl_off_t) req->body_len);
+  curl_easy_setopt(easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t) req->body_len);
   t->headers = curl_slist_append(t->headers, "Expect:");
   if (strcmp(req->method, "PUT") != 0)
     curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, req->method);

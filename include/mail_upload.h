@@ -52,10 +52,10 @@ typedef void (*mail_upload_done_cb)(void *arg,
 
 struct mail_upload_spec {
   struct graph_client *graph;
-  struct store *store; /* the loop's connection: the draft id is kept */
-  int64_t rowid; /* the message's queue row */
-  const char *queue_id; /* for log lines */
-  const char *mailbox; /* the linked user */
+  struct store *store;    /* the loop's connection: the draft id is kept */
+  int64_t rowid;          /* the message's queue row */
+  const char *queue_id;   /* for log lines */
+  const char *mailbox;    /* the linked user */
   const char *draft_json; /* the message without attachments */
   const struct mail_upload_file *files; /* borrowed until done runs */
   size_t nfiles;
