@@ -24,6 +24,7 @@
 #define DELIVERY_BACKOFF_BASE_MS 1000
 #define DELIVERY_BACKOFF_MAX_MS (5 * 60 * 1000)
 #define DELIVERY_CLEANUP_MS (60 * 1000) /* expired records removed */
+#define DELIVERY_PURGE_BATCH 1000 /* records removed per loop turn */
 #define DELIVERY_DAY_MS ((int64_t) 24 * 3600 * 1000)
 
 struct delivery_job {
@@ -215,11 +216,15 @@ static void delivery_cleanup(struct delivery *d, int64_t now)
   if (d->cleaned_at != 0 && now - d->cleaned_at < DELIVERY_CLEANUP_MS)
     return;
   d->cleaned_at = now;
-  n = queue_purge(d->store, now - d->keep_sent_ms, now - d->keep_failed_ms);
+  n = queue_purge(d->store, now - d->keep_sent_ms, now - d->keep_failed_ms,
+                  DELIVERY_PURGE_BATCH);
   if (n > 0)
     log_info("- queue expired records=%d", n);
   else if (n < 0)
     log_error("- queue expire_failed");
+  /* A full batch leaves more: the next scan goes on, the loop between. */
+  if (n == DELIVERY_PURGE_BATCH)
+    d->cleaned_at = 0;
 }
 
 /* ---- outcomes ------------------------------------------------------- */

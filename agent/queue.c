@@ -229,40 +229,70 @@ int queue_defer(struct store *store, int64_t rowid, int64_t at)
   return queue_run(store, st) == 1 ? 0 : -ENOENT;
 }
 
-/* The WHERE clause shared by the purge's two statements. */
-#define QUEUE_PURGE_WHERE                                                      \
-  "WHERE (state = 'sent' AND sent_at < ?1) "                                   \
-  "OR (state = 'failed' AND updated_at < ?2)"
+/* What the purge removes: records past their keep time. */
+#define QUEUE_PURGE_EXPIRED                                                    \
+  "((state = 'sent' AND sent_at < ?1) "                                        \
+  "OR (state = 'failed' AND updated_at < ?2))"
 
 int queue_purge(struct store *store, int64_t sent_before_ms,
-                int64_t failed_before_ms)
+                int64_t failed_before_ms, size_t max)
 {
   sqlite3_stmt *st = NULL;
-  int rc;
+  int64_t *ids = xcalloc(max ? max : 1, sizeof(*ids));
+  char **paths = xcalloc(max ? max : 1, sizeof(*paths));
+  size_t n = 0;
+  int deleted = 0;
+  int rc = -EIO;
 
-  /* Bodies first: a crash in between leaves rows without files, which
-   * the next purge deletes, never files without rows. */
   if (queue_prepare(store,
-                    "SELECT spool_path FROM messages " QUEUE_PURGE_WHERE,
+                    "SELECT id, spool_path FROM messages WHERE "
+                    QUEUE_PURGE_EXPIRED " ORDER BY id LIMIT ?3",
                     &st) < 0)
-    return -EIO;
+    goto out;
   sqlite3_bind_int64(st, 1, sent_before_ms);
   sqlite3_bind_int64(st, 2, failed_before_ms);
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    const char *path = (const char *) sqlite3_column_text(st, 0);
+  sqlite3_bind_int64(st, 3, (sqlite3_int64) max);
+  while (n < max && sqlite3_step(st) == SQLITE_ROW) {
+    const unsigned char *path = sqlite3_column_text(st, 1);
 
-    if (path != NULL && unlink(path) < 0 && errno != ENOENT)
-      log_warn("- queue purge_unlink_failed path=%s error=\"%s\"", path,
-               strerror(errno));
+    ids[n] = sqlite3_column_int64(st, 0);
+    paths[n++] = path ? xstrdup((const char *) path) : NULL;
   }
   sqlite3_finalize(st);
-  if (rc != SQLITE_DONE ||
-      queue_prepare(store, "DELETE FROM messages " QUEUE_PURGE_WHERE, &st) <
-          0)
-    return -EIO;
-  sqlite3_bind_int64(st, 1, sent_before_ms);
-  sqlite3_bind_int64(st, 2, failed_before_ms);
-  return queue_run(store, st);
+
+  /* Row by row, each still expired (an operator may have retried it
+   * since), its body removed once its row is. A crash before the commit
+   * leaves a record without a body, never a body without a record. */
+  if (store_begin(store) < 0)
+    goto out;
+  for (size_t i = 0; i < n; i++) {
+    if (queue_prepare(store,
+                      "DELETE FROM messages WHERE id = ?3 AND "
+                      QUEUE_PURGE_EXPIRED,
+                      &st) < 0)
+      break;
+    sqlite3_bind_int64(st, 1, sent_before_ms);
+    sqlite3_bind_int64(st, 2, failed_before_ms);
+    sqlite3_bind_int64(st, 3, ids[i]);
+    if (queue_run(store, st) != 1)
+      continue;
+    deleted++;
+    if (paths[i] != NULL && unlink(paths[i]) < 0 && errno != ENOENT)
+      log_warn("- queue purge_unlink_failed path=%s error=\"%s\"", paths[i],
+               strerror(errno));
+  }
+  if (store_commit(store) < 0) {
+    store_rollback(store);
+    goto out;
+  }
+  rc = deleted;
+
+out:
+  for (size_t i = 0; i < n; i++)
+    free(paths[i]);
+  free(paths);
+  free(ids);
+  return rc;
 }
 
 int queue_retry(struct store *store, int64_t rowid)

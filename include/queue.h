@@ -70,10 +70,11 @@ int queue_insert_once(struct store *store, const char *queue_id,
 int queue_defer(struct store *store, int64_t rowid, int64_t at);
 
 /* Deletes sent rows sent before sent_before_ms and failed rows failed
- * before failed_before_ms, removing any spool file they still have.
- * Returns the number of rows deleted, or -EIO. */
+ * before failed_before_ms, at most max of them, oldest first, removing any
+ * spool file they still have. Returns the number of rows deleted (max:
+ * call again for more), or -EIO. */
 int queue_purge(struct store *store, int64_t sent_before_ms,
-                int64_t failed_before_ms);
+                int64_t failed_before_ms, size_t max);
 
 /* The operator's retry: a failed or held row is queued again now with a
  * fresh attempt count, its age (for max_age) counted from now. Returns 0,

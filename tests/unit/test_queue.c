@@ -217,16 +217,21 @@ static void test_purge(void **state)
                    0);
 
   /* Sent records older than 50 s go; failed ones are kept for 200 s. */
-  assert_int_equal(queue_purge(f->store, now - 50000, now - 200000), 1);
+  assert_int_equal(queue_purge(f->store, now - 50000, now - 200000, 10), 1);
   assert_int_equal(queue_find(f->store, "OLD", NULL, &(struct queue_entry){}),
                    -ENOENT);
   assert_state(f, "NEW", "sent");
   assert_state(f, "FAIL", "failed");
   assert_int_equal(access(path, F_OK), 0);
   /* Now the failure expires too, with the body it kept. */
-  assert_int_equal(queue_purge(f->store, now - 50000, now - 50000), 1);
+  assert_int_equal(queue_purge(f->store, now - 50000, now - 50000, 10), 1);
   assert_int_equal(access(path, F_OK), -1);
   assert_state(f, "WAIT", "queued");
+  /* At most max rows a call; the rest on the next. */
+  queue_mark_sent(f->store, rowid_of(f, "WAIT"));
+  assert_int_equal(queue_purge(f->store, now + 1000, now, 1), 1);
+  assert_int_equal(queue_purge(f->store, now + 1000, now, 1), 1);
+  assert_int_equal(queue_purge(f->store, now + 1000, now, 1), 0);
 }
 
 static int collect_sender(void *arg, const struct queue_entry *e)
