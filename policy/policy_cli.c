@@ -962,8 +962,8 @@ static int cli_retry(struct cli *cli, int argc, char **argv)
     return EX_DATAERR;
   }
   if (access(e.spool_path, R_OK) < 0) {
-    cli_error("%s cannot be sent again: its body was removed when Graph "
-              "refused it (%s); Nextal must submit it again",
+    cli_error("%s cannot be sent again: its body is no longer kept (it "
+              "failed with %s); Nextal must submit it again",
               e.queue_id, e.error_code ? e.error_code : "-");
     queue_entry_free(&e);
     return EX_NOINPUT;
