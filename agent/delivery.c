@@ -419,8 +419,15 @@ static void delivery_translate(uv_work_t *work)
 static void delivery_on_uploaded(void *arg, const struct graph_response *resp,
                                  bool at_send)
 {
+  struct delivery_job *job = arg;
   struct graph_response copy = *resp;
 
+  /* The switch went off between two steps: the mail is held (by
+   * delivery_upload_may_continue) and its draft resumed on release. */
+  if (strcmp(resp->error_code, MAIL_UPLOAD_STOPPED) == 0) {
+    delivery_job_finish(job);
+    return;
+  }
   if (!at_send && copy.status == 0 && strcmp(copy.error_code, "network") == 0)
     snprintf(copy.error_code, sizeof(copy.error_code), "upload_network");
   if (!at_send && copy.status == 504)
@@ -438,6 +445,13 @@ static int delivery_recheck(struct delivery_job *job)
     return 0;
   delivery_hold(job, dec.code, dec.sentence);
   return -EPERM;
+}
+
+/* Between two steps of a large upload: the policy is asked again, as
+ * before any send, and a refusal holds the mail. */
+static bool delivery_upload_may_continue(void *arg)
+{
+  return delivery_recheck(arg) == 0;
 }
 
 static void delivery_after_translate(uv_work_t *work, int status)
@@ -484,6 +498,7 @@ static void delivery_after_translate(uv_work_t *work, int status)
       .draft_json = job->draft_json,
       .files = job->files,
       .nfiles = job->nfiles,
+      .may_continue = delivery_upload_may_continue,
     };
 
     mail_upload_start(&spec, delivery_on_uploaded, job);

@@ -56,6 +56,7 @@ struct mail_upload {
   uint64_t sent;    /* bytes of the current file the session has */
   mail_upload_done_cb done;
   void *arg;
+  bool (*may_continue)(void *arg);
   struct graph_response refusal; /* reported after the draft is deleted */
 };
 
@@ -432,6 +433,22 @@ static void mail_upload_put_chunk(struct mail_upload *u)
   free(range);
 }
 
+/* Stops before the next request when the caller says so (the policy
+ * switch went off); the draft stays and a later attempt resumes it. */
+static bool mail_upload_stopped(struct mail_upload *u)
+{
+  struct graph_response stop = { .body = "", .retry_after = -1 };
+
+  if (!u->may_continue || u->may_continue(u->arg)
+      || u->state == MAIL_UPLOAD_DISCARD)
+    return false;
+  snprintf(stop.error_code, sizeof stop.error_code, "%s", MAIL_UPLOAD_STOPPED);
+  snprintf(stop.error_message, sizeof stop.error_message,
+           "stopped before the next request");
+  mail_upload_finish(u, &stop);
+  return true;
+}
+
 /* Sends the request of the current state. */
 static void mail_upload_step(struct mail_upload *u)
 {
@@ -440,6 +457,8 @@ static void mail_upload_step(struct mail_upload *u)
       = u->next_file < u->nfiles ? &u->files[u->next_file] : NULL;
   char *path = NULL, *body = NULL;
 
+  if (mail_upload_stopped(u))
+    return;
   switch (u->state) {
     case MAIL_UPLOAD_CHECK_DRAFT:
       req.method = "GET";
@@ -518,7 +537,8 @@ void mail_upload_start(const struct mail_upload_spec *spec,
   u->state = u->draft_id ? MAIL_UPLOAD_CHECK_DRAFT : MAIL_UPLOAD_CREATE_DRAFT;
   log_info("%s queue upload_start sender=%s attachments=%zu resume=%s",
            u->queue_id, u->mailbox, u->nfiles, u->draft_id ? "yes" : "no");
-  mail_upload_step(u);
+  mail_upload_step(u); /* the caller has just checked the first */
+  u->may_continue = spec->may_continue;
 }
 
 /* ---- decoding to temporary files (worker thread) -------------------- */

@@ -59,7 +59,13 @@ struct mail_upload_spec {
   const char *draft_json; /* the message without attachments */
   const struct mail_upload_file *files; /* borrowed until done runs */
   size_t nfiles;
+  /* Asked before every request after the first: false stops the upload
+   * (the switch was turned off meanwhile), and done then gets a response
+   * with status 0 and error_code MAIL_UPLOAD_STOPPED. NULL: never stop. */
+  bool (*may_continue)(void *arg);
 };
+
+#define MAIL_UPLOAD_STOPPED "upload_stopped"
 
 /* Starts (or resumes, when the row has a draft id) the upload; done runs
  * exactly once, on the loop, never from inside this call. The spec's

@@ -22,6 +22,7 @@ here passes under either reading.
 
 import re
 import secrets
+import time
 import urllib.parse
 
 import faults
@@ -242,6 +243,8 @@ def handle_upload(state, req):
     with faults.InFlight(state, sess["client_id"], mailbox) as gate:
         if not gate.admitted:
             return faults.concurrency_reply(req.request_id, state.throttle_retry_after)
+        if state.latency_ms:
+            time.sleep(state.latency_ms / 1000.0)
         rule = faults.pick_fault(state, mailbox, "uploadChunk", sess["client_id"], after=False)
         if rule:
             faults.record_injected(state, mailbox, rule)

@@ -486,7 +486,7 @@ def sim_view(stored):
         "raw_request": stored["raw_request"],
         "savedToSentItems": stored["save"],
         "recipients": stored["recipients"],
-        "accepted_at": stored["accepted_at"],
+        "accepted_at": stored.get("accepted_at"),  # None for a draft
         "calendar": stored.get("calendar") or [],
         "attachments": [{"name": a["name"], "contentType": a["contentType"],
                          "size": a["size"], "sha256": a["sha256"], "contentId": a["contentId"],

@@ -870,6 +870,9 @@ class LargeMailTests(SimTestCase):
         self.assertIn("Attachments(", last.headers.get("Location"))
         r = self.graph("GET", "/users/%s/messages/%s/attachments" % (ALICE, mid), tok)
         self.assertEqual(len(r.json()["value"]), 2)
+        [draft] = self.ctl("GET", "drafts/" + ALICE)["drafts"]
+        self.assertEqual(len(draft["attachments"]), 2)
+        self.assertIsNone(draft["accepted_at"])
         self.assertEqual(self.ctl("GET", "mailboxes/%s/sent" % ALICE)["messages"], [])
         r = self.graph("POST", "/users/%s/messages/%s/send" % (ALICE, mid), tok, body=b"")
         self.assertEqual(r.status, 202, r.body)

@@ -230,6 +230,47 @@ class Fidelity(LargeTestCase):
         self.assertTrue("queue draft_already_sent" in log
                         or "queue found_in_sent_items" in log)
 
+    def test_switch_off_mid_upload_holds_then_resumes_the_draft(self):
+        # Requests take a second each, so the upload is still going when
+        # the integration is switched off: nothing more goes to Graph, the
+        # mail is held with its draft, and switching on again (and linking
+        # again, which the switch-off requires) finishes that same draft.
+        self.box.sim_post("/_sim/latency", {"ms": 1000})
+        self.addCleanup(self.box.sim_post, "/_sim/latency", {"ms": 0})
+        self.addCleanup(self.box.link, ALICE)
+        self.addCleanup(self.box.policy_cli, "enable", check=False)
+        data = os.urandom(20 * MB)
+        msg = self.message("Held mid-upload", data)
+        mid = msg["Message-ID"].strip("<>")
+        before = self.sent_count(ALICE)
+        self.send(ALICE, ["jordan@example.net"], msg.as_bytes())
+        deadline = time.time() + 60
+        while not self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"]:
+            self.assertLess(time.time(), deadline, "no draft was created")
+            time.sleep(0.2)
+        self.box.policy_cli("disable", "--yes")
+
+        def state():
+            row = self.db().execute("SELECT state, draft_id FROM messages "
+                                    "WHERE message_id = ?", (mid,)).fetchone()
+            return row
+        deadline = time.time() + 60
+        while state()[0] != "held":
+            self.assertLess(time.time(), deadline, "mail not held: %r" % (state(),))
+            time.sleep(0.2)
+        [draft] = self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"]
+        self.assertIsNotNone(state()[1])
+        self.assertLess(len(draft["attachments"]), 1)  # stopped mid-way
+        self.assertEqual(self.sent_count(ALICE), before)
+
+        self.box.sim_post("/_sim/latency", {"ms": 0})
+        self.box.policy_cli("enable")
+        self.box.link(ALICE)  # switching off unlinks every user
+        [record] = self.box.wait_sent(ALICE, before + 1, 120)[before:]
+        self.assert_attachment(record, data)
+        self.assert_one_send_no_draft_left(msg, data)
+        self.assertIn("queue draft_resumed", self.box.agent_output())
+
     def test_reply_thread_keeps_in_reply_to_and_references(self):
         first = make_msgid(domain="candidate.example")
         second = make_msgid(domain="nextal.example")
