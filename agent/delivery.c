@@ -402,10 +402,10 @@ static void delivery_translate(uv_work_t *work)
   job->translate_rc = mime_to_graph_file(job->spool_path, &env, &res);
   if (job->translate_rc == MIME_GRAPH_OK) {
     job->translate_rc = delivery_translate_form(job, &res);
-  } else if (job->translate_rc < MIME_GRAPH_ERECIPIENT) {
-    job->local_error = 1; /* an errno: the file, not the message */
-    snprintf(job->translate_error, sizeof(job->translate_error),
-             "spooled message unreadable: %s", strerror(-job->translate_rc));
+  } else if (job->translate_rc == MIME_GRAPH_EIO) {
+    job->local_error = 1; /* the file, not the message */
+    snprintf(job->translate_error, sizeof(job->translate_error), "%s",
+             res.error);
   } else {
     snprintf(job->translate_error, sizeof(job->translate_error), "%s",
              res.error);

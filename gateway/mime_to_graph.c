@@ -1497,6 +1497,15 @@ static void mime_graph_skel_free(struct mime_graph_skel *sk)
   free(sk->pieces);
 }
 
+/* The spool file could not be read (err is an errno value). */
+static int mime_graph_io_fail(struct mime_graph_result *res, int err)
+{
+  memset(res, 0, sizeof *res);
+  snprintf(res->error, sizeof res->error, "spooled message unreadable: %s",
+           strerror(err));
+  return MIME_GRAPH_EIO;
+}
+
 /* The large form: skeleton, structure, draft and part descriptions. */
 static int mime_graph_large(int fd, const struct mime_graph_envelope *env,
                             struct mime_graph_result *res)
@@ -1515,8 +1524,10 @@ static int mime_graph_large(int fd, const struct mime_graph_envelope *env,
     rc = MIME_GRAPH_EPARSE;
     goto out;
   }
-  if (rc < 0)
+  if (rc < 0) {
+    rc = mime_graph_io_fail(res, -rc);
     goto out;
+  }
   rc = mime_graph_translate(sk.data ? sk.data : "", sk.len, env, &sk, res);
   if (rc == 0)
     res->form = MIME_GRAPH_FORM_LARGE;
@@ -1537,7 +1548,7 @@ static int mime_graph_small(const char *path, uint64_t size,
 
   rc = spool_map(path, &data, &len);
   if (rc < 0)
-    return rc;
+    return mime_graph_io_fail(res, -rc);
   rc = mime_to_graph(data, len, env, res);
   spool_unmap(data, len);
   if (rc < 0)
@@ -1560,9 +1571,9 @@ int mime_to_graph_file(const char *path, const struct mime_graph_envelope *env,
   memset(res, 0, sizeof *res);
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return -errno;
+    return mime_graph_io_fail(res, errno);
   if (fstat(fd, &st) < 0) {
-    rc = -errno;
+    rc = mime_graph_io_fail(res, errno);
     goto out;
   }
   /* A message over Graph's request limit cannot fit in one request in

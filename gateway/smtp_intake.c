@@ -191,8 +191,8 @@ static int smtp_intake_validate(struct smtp_intake_msg *msg, char **message_id)
   int rc;
 
   rc = mime_to_graph_file(msg->file->path, &env, &res);
-  if (rc < MIME_GRAPH_ERECIPIENT) {
-    /* An errno: the file we just made durable cannot be read. */
+  if (rc == MIME_GRAPH_EIO) {
+    /* The file we just made durable cannot be read. */
     smtp_intake_answer(msg, 451, "4.3.0", "Cannot read the spooled message");
     return rc;
   }

@@ -60,6 +60,7 @@ enum mime_graph_error {
   MIME_GRAPH_ECHARSET = -2, /* a text part we cannot convert: 554 5.6.3 */
   MIME_GRAPH_ETOOBIG = -3, /* request over MIME_GRAPH_REQUEST_MAX: 552 */
   MIME_GRAPH_ERECIPIENT = -4, /* an envelope recipient is unusable: 553 */
+  MIME_GRAPH_EIO = -5, /* the spool file cannot be read: ours, retry */
 };
 
 struct mime_graph_result {
@@ -101,7 +102,7 @@ int mime_to_graph(const char *data, size_t len,
  * line and only its structure is parsed, so memory stays far below its
  * size. Returns MIME_GRAPH_OK or a negative mime_graph_error (ETOOBIG for
  * a message over MIME_GRAPH_MESSAGE_MAX or with a body text too long for
- * a draft; -errno values when the file cannot be read). */
+ * a draft; EIO when the file cannot be read). */
 int mime_to_graph_file(const char *path,
                        const struct mime_graph_envelope *env,
                        struct mime_graph_result *res);

@@ -778,6 +778,12 @@ static void test_file_reply_form(void **state)
   assert_false(res.mime_safe);
   mime_graph_result_free(&res);
   unlink(path);
+
+  /* A spool file that cannot be read is our failure, told apart from the
+   * message's own. */
+  assert_int_equal(mime_to_graph_file(path, &env, &res), MIME_GRAPH_EIO);
+  assert_non_null(strstr(res.error, "unreadable"));
+  mime_graph_result_free(&res);
   free(path);
 }
 
