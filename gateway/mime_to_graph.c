@@ -1381,6 +1381,8 @@ static void mime_graph_skel_emit(struct mime_graph_skel *sk, const char *line,
  * possible boundary ("--"), not a header or its continuation (a header
  * line has a colon, a continuation starts with white space). Lines of
  * base64 and of ordinary text are plain. */
+/* Missing: a large attachment of text lines with colons (8-bit or QP) is
+ * kept whole in the skeleton, since such lines could be headers. */
 static bool mime_graph_line_plain(const char *line, size_t len)
 {
   if (len == 0 || strchr("\r\n- \t", line[0]))
