@@ -619,7 +619,6 @@ def bench_caldav(args, workdir, res):
                       {"Authorization": BASIC,
                        "Content-Type": "text/calendar; charset=utf-8"})
         token = "Bearer " + box.token()
-        events = box.sim_get("/_sim/users") if False else None
         st, _, data = http_once(
             box.sim_port, "GET", "/v1.0/users/%s/events?$top=100&$select=id"
             % addr, headers={"Authorization": token})
@@ -921,7 +920,8 @@ def main():
     p.add_argument("--build-dir", default=os.path.join(REPO, "build-bench"))
     p.add_argument("--only", action="append", choices=sorted(SECTIONS),
                    help="run only this section (repeatable)")
-    p.add_argument("--json", default=os.path.join(HERE, "results.json"))
+    p.add_argument("--json", help="raw figures (default: "
+                   "<build-dir>/bench-results.json)")
     p.add_argument("--smtp-messages", type=int, default=3000)
     p.add_argument("--smtp-clients", type=int, default=50)
     p.add_argument("--smtp-rounds", type=int, default=3)
@@ -934,6 +934,7 @@ def main():
     p.add_argument("--translate-seconds", type=float, default=3.0)
     args = p.parse_args()
     args.build_dir = os.path.abspath(args.build_dir)
+    args.json = args.json or os.path.join(args.build_dir, "bench-results.json")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
     if soft < want:
