@@ -10,6 +10,7 @@ not the linked user never turns into "send as denied" after a 250."""
 import hashlib
 import os
 import re
+import signal
 import smtplib
 import time
 from email.message import EmailMessage
@@ -139,6 +140,34 @@ class LargeAttachment(LargeTestCase):
         self.assertEqual(row, ("failed", "ErrorMessageSizeExceeded"))
         # The draft made before Graph refused is not left in Drafts.
         self.assertEqual(self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"], [])
+
+
+    def test_sigkill_mid_upload_resumes_the_draft_after_restart(self):
+        # Killed while chunks are going up: on restart the row is looked up
+        # (not in Sent Items), then the remembered draft is resumed, and
+        # the message is sent once with nothing left in Drafts.
+        self.box.sim_post("/_sim/latency", {"ms": 700})
+        self.addCleanup(self.box.sim_post, "/_sim/latency", {"ms": 0})
+        data = os.urandom(20 * MB)
+        msg = self.message("Killed mid-upload", data)
+        before = self.sent_count(ALICE)
+        self.send(ALICE, ["jordan@example.net"], msg.as_bytes())
+        deadline = time.time() + 60
+        while not self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"]:
+            self.assertLess(time.time(), deadline, "no draft was created")
+            time.sleep(0.2)
+        time.sleep(1.5)  # a chunk or two are in
+        self.box.stop_agent(signal.SIGKILL)
+        self.box.sim_post("/_sim/latency", {"ms": 0})
+        self.box.start_agent()
+        [record] = self.box.wait_sent(ALICE, before + 1, 120)[before:]
+        self.assert_attachment(record, data, "file.bin")
+        time.sleep(1)
+        sent = [m for m in self.box.sent(ALICE)
+                if m["resource"]["internetMessageId"] == msg["Message-ID"]]
+        self.assertEqual(len(sent), 1)
+        self.assertEqual(self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"], [])
+        self.assertIn("queue draft_resumed", self.box.agent_output())
 
 
 class Fidelity(LargeTestCase):
