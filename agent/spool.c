@@ -2,6 +2,7 @@
 /* Durable message files (see include/spool.h). */
 #include "spool.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "xalloc.h"
 
 static int spool_mkdir(const char *path)
@@ -20,6 +22,28 @@ static int spool_mkdir(const char *path)
   return 0;
 }
 
+/* Removes the files an earlier run left in tmp: message data that never
+ * reached its end, and attachments decoded for an upload (decoded again
+ * when the upload is retried). */
+static void spool_sweep(const char *tmp)
+{
+  DIR *d = opendir(tmp);
+  struct dirent *e;
+  int n = 0;
+
+  if (!d)
+    return;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+      n++;
+  }
+  closedir(d);
+  if (n > 0)
+    log_info("- spool swept dir=%s files=%d", tmp, n);
+}
+
 int spool_prepare(const char *dir)
 {
   char *tmp = xasprintf("%s/tmp", dir);
@@ -27,6 +51,8 @@ int spool_prepare(const char *dir)
 
   if (rc == 0)
     rc = spool_mkdir(tmp);
+  if (rc == 0)
+    spool_sweep(tmp);
   free(tmp);
   return rc;
 }

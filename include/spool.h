@@ -15,7 +15,9 @@ struct spool_file {
   uint64_t size;
 };
 
-/* Creates dir and dir/tmp with owner-only permissions if missing. */
+/* Creates dir and dir/tmp with owner-only permissions if missing, and
+ * empties dir/tmp of what an earlier run left there: call it once, at
+ * start, before anything writes to the spool. */
 int spool_prepare(const char *dir);
 
 /* Opens a new temporary file for queue id. */

@@ -159,7 +159,11 @@ class LargeAttachment(LargeTestCase):
         time.sleep(1.5)  # a chunk or two are in
         self.box.stop_agent(signal.SIGKILL)
         self.box.sim_post("/_sim/latency", {"ms": 0})
+        stale = self.box.path("spool", "tmp", "left-by-a-crash.0")
+        with open(stale, "wb") as f:
+            f.write(b"x" * 1000)
         self.box.start_agent()
+        self.assertFalse(os.path.exists(stale))  # swept at start
         [record] = self.box.wait_sent(ALICE, before + 1, 120)[before:]
         self.assert_attachment(record, data, "file.bin")
         time.sleep(1)
