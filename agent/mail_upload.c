@@ -298,6 +298,17 @@ static void mail_upload_on_chunk(struct mail_upload *u,
     mail_upload_step(u);
     return;
   }
+  if (resp->status == 401 || resp->status == 404 || resp->status == 410
+      || resp->status == 416) {
+    /* The session expired or lost our place: not the message's fault. A
+     * retry counts the draft's attachments and opens a new session. */
+    struct graph_response lost = *resp;
+
+    lost.status = 0;
+    snprintf(lost.error_code, sizeof lost.error_code, "upload_session_lost");
+    mail_upload_finish(u, &lost);
+    return;
+  }
   if (resp->status != 201) {
     mail_upload_fail(u, resp);
     return;
