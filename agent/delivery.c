@@ -278,11 +278,16 @@ static void delivery_retry(struct delivery_job *job, double retry_after,
   struct delivery *d = job->d;
   int64_t now = store_now_ms();
   int64_t wait = delivery_backoff_ms(job->attempts + 1);
+  int told = retry_after >= 0;
 
   delivery_pace_refund(job);
-  if (retry_after >= 0 && (int64_t) (retry_after * 1000) > wait)
+  /* When Graph says how long to wait, that is the wait (graph-api.md 4.2:
+   * throttled requests are retried after Retry-After, again and again);
+   * our own backoff is for answers that do not say. Waits Graph asked
+   * for do not use up attempts either: only max_age ends them. */
+  if (told)
     wait = (int64_t) (retry_after * 1000.0 + 0.5);
-  if ((unsigned) job->attempts + 1 >= d->max_attempts ||
+  if ((!told && (unsigned) job->attempts + 1 >= d->max_attempts) ||
       now + wait - job->created_at > d->max_age_ms) {
     char *why = xasprintf("gave up after %d attempts: %s", job->attempts + 1,
                           text);
