@@ -424,34 +424,37 @@ void queue_entries_free(struct queue_entry *v, size_t n)
   free(v);
 }
 
+/* The rows are read and the statement finished before any visit: a visit
+ * writes (queue_mark_sending), and a write inside an open read
+ * transaction fails with SQLITE_BUSY when another connection (the intake)
+ * has committed meanwhile, without waiting for the busy timeout. */
 int queue_each_due(struct store *store, int64_t now_ms, size_t max,
                    queue_visit_cb visit, void *arg)
 {
   sqlite3_stmt *st = NULL;
-  int seen = 0;
+  struct queue_entry *rows = xcalloc(max ? max : 1, sizeof(*rows));
+  size_t n = 0;
   int rc;
 
   if (queue_prepare(store,
                     "SELECT " QUEUE_COLUMNS " FROM messages "
                     "WHERE state = 'queued' AND next_attempt_at <= ? "
                     "ORDER BY next_attempt_at, id LIMIT ?",
-                    &st) < 0)
+                    &st) < 0) {
+    free(rows);
     return -EIO;
+  }
   sqlite3_bind_int64(st, 1, now_ms);
   sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    struct queue_entry e;
-    int stop;
-
-    queue_entry_load(&e, st);
-    seen++;
-    stop = visit(arg, &e);
-    queue_entry_free(&e);
-    if (stop)
+  while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
+    queue_entry_load(&rows[n++], st);
+  sqlite3_finalize(st);
+  for (size_t i = 0; i < n; i++) {
+    if (visit(arg, &rows[i]))
       break;
   }
-  sqlite3_finalize(st);
-  return rc == SQLITE_ROW || rc == SQLITE_DONE ? seen : -EIO;
+  queue_entries_free(rows, n);
+  return (int) n;
 }
 
 int64_t queue_next_due(struct store *store)
