@@ -127,8 +127,8 @@ static int agent_open_core(struct agent *agent)
   return 0;
 }
 
-/* The HTTP listener: the admin consent redirect (and, as they land,
- * CalDAV and per-user linking). */
+/* The HTTP listener: CalDAV, admin consent, per-user linking and the
+ * status API for Nextal. */
 static int agent_open_http(struct agent *agent)
 {
   struct http_server_limits limits;
