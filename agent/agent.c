@@ -47,8 +47,8 @@ struct agent {
   struct smtp_intake *intake;
   struct smtp_server *smtp;
   struct http_router *router;
-  struct caldav_deps caldav; /* the CalDAV handlers' argument */
-  struct user_link_deps user_link; /* the linking handlers' argument */
+  struct caldav_deps caldav;           /* the CalDAV handlers' argument */
+  struct user_link_deps user_link;     /* the linking handlers' argument */
   struct mail_status_deps mail_status; /* the status API's argument */
   struct http_server *http_server;
   struct delivery *delivery;
@@ -103,7 +103,8 @@ static int agent_open_core(struct agent *agent)
     return EX_UNAVAILABLE;
   }
   if (credential_new(cfg->service_user, cfg->service_password_hash,
-                     &agent->credential) < 0) {
+                     &agent->credential)
+      < 0) {
     log_error("- agent config_invalid key=password_hash reason=\"not a "
               "hash from nextal-agent --hash-password\"");
     return EX_CONFIG;
@@ -114,15 +115,18 @@ static int agent_open_core(struct agent *agent)
     log_error("- agent client_certificate_refused error=\"%s\"", err);
     return EX_CONFIG;
   }
-  if (http_client_new(agent->loop, &agent->http) < 0 ||
-      token_cache_new(agent->loop, agent->http, cfg, agent->store,
-                      agent->crypt, &agent->tokens) < 0 ||
-      graph_client_new(agent->loop, agent->http, agent->tokens,
-                       cfg->graph_base_url, cfg->delivery_max_in_flight,
-                       &agent->graph) < 0)
+  if (http_client_new(agent->loop, &agent->http) < 0
+      || token_cache_new(agent->loop, agent->http, cfg, agent->store,
+                         agent->crypt, &agent->tokens)
+             < 0
+      || graph_client_new(agent->loop, agent->http, agent->tokens,
+                          cfg->graph_base_url, cfg->delivery_max_in_flight,
+                          &agent->graph)
+             < 0)
     return EX_SOFTWARE;
   if (policy_gate_new(agent->loop, agent->store, cfg->policy_file,
-                      agent_on_policy_change, agent, &agent->gate) < 0)
+                      agent_on_policy_change, agent, &agent->gate)
+      < 0)
     return EX_SOFTWARE;
   return 0;
 }
@@ -152,13 +156,12 @@ static int agent_open_http(struct agent *agent)
                                               .tokens = agent->tokens,
                                               .graph = agent->graph,
                                               .gate = agent->gate,
-                                              .credential
-                                              = agent->credential };
+                                              .credential = agent->credential };
   if (user_link_register(agent->router, &agent->user_link) < 0)
     return -EINVAL;
-  agent->mail_status = (struct mail_status_deps){
-    .store = agent->store, .credential = agent->credential
-  };
+  agent->mail_status
+      = (struct mail_status_deps){ .store = agent->store,
+                                   .credential = agent->credential };
   if (mail_status_register(agent->router, &agent->mail_status) < 0)
     return -EINVAL;
   http_server_limits_defaults(&limits);
@@ -180,7 +183,8 @@ static int agent_open_endpoints(struct agent *agent)
   struct smtp_server_deps deps;
 
   if (smtp_intake_new(agent->loop, cfg->spool_dir, cfg->database,
-                      agent_on_queued, agent, &agent->intake) < 0)
+                      agent_on_queued, agent, &agent->intake)
+      < 0)
     return EX_UNAVAILABLE;
   smtp_intake_set_dedup_window(agent->intake, cfg->delivery_dedup_window);
   deps.credential = agent->credential;
@@ -191,7 +195,8 @@ static int agent_open_endpoints(struct agent *agent)
   if (agent_open_http(agent) < 0)
     return EX_UNAVAILABLE;
   if (delivery_new(agent->loop, agent->store, agent->graph, agent->gate, cfg,
-                   &agent->delivery) < 0)
+                   &agent->delivery)
+      < 0)
     return EX_SOFTWARE;
   return 0;
 }
@@ -304,8 +309,7 @@ static void agent_on_signal(uv_signal_t *handle, int signum)
 
 static void agent_start_signals(struct agent *agent)
 {
-  uv_signal_t *handles[] = { &agent->sigterm, &agent->sigint,
-                             &agent->sighup };
+  uv_signal_t *handles[] = { &agent->sigterm, &agent->sigint, &agent->sighup };
   int signums[] = { SIGTERM, SIGINT, SIGHUP };
 
   for (size_t i = 0; i < 3; i++) {

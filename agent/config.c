@@ -16,7 +16,7 @@
 /* Parse state handed to the inih callback. */
 struct config_parse {
   struct config *cfg;
-  char *base_dir; /* directory of the file, for relative paths */
+  char *base_dir;  /* directory of the file, for relative paths */
   char error[256]; /* first problem found, without the line */
 };
 
@@ -38,7 +38,9 @@ struct config_key {
 };
 
 #define CFG(sec, key, kind, field, max)                                        \
-  { sec, key, kind, offsetof(struct config, field), max }
+  {                                                                            \
+    sec, key, kind, offsetof(struct config, field), max                        \
+  }
 
 static const struct config_key config_keys[] = {
   CFG("agent", "database", CONFIG_PATH, database, 0),
@@ -75,8 +77,7 @@ static const struct config_key config_keys[] = {
       delivery_max_in_flight, 4),
   CFG("delivery", "max_attempts", CONFIG_UINT, delivery_max_attempts, 1000),
   CFG("delivery", "max_age", CONFIG_UINT, delivery_max_age, 30 * 86400),
-  CFG("delivery", "recovery_delay", CONFIG_UINT, delivery_recovery_delay,
-      3600),
+  CFG("delivery", "recovery_delay", CONFIG_UINT, delivery_recovery_delay, 3600),
   CFG("delivery", "dedup_window", CONFIG_UINT, delivery_dedup_window,
       30 * 86400),
   CFG("delivery", "keep_sent", CONFIG_UINT, delivery_keep_sent, 366 * 86400),
@@ -149,8 +150,7 @@ void config_free(struct config *cfg)
   }
 }
 
-static int config_parse_number(const char *value, uint64_t max,
-                               uint64_t *out)
+static int config_parse_number(const char *value, uint64_t max, uint64_t *out)
 {
   char *end = NULL;
   unsigned long long n;
@@ -245,13 +245,12 @@ static int config_handler(void *user, const char *section, const char *name,
     }
   }
   if (ps->error[0] == '\0')
-    snprintf(ps->error, sizeof(ps->error), "unknown key \"%s\" in [%s]",
-             name, section);
+    snprintf(ps->error, sizeof(ps->error), "unknown key \"%s\" in [%s]", name,
+             section);
   return 0;
 }
 
-static int config_read_secret_file(struct config *cfg, char *err,
-                                   size_t errlen)
+static int config_read_secret_file(struct config *cfg, char *err, size_t errlen)
 {
   char buf[1024];
   FILE *f = fopen(cfg->client_secret_file, "r");
@@ -286,8 +285,8 @@ static int config_validate(struct config *cfg, const char *path, char *err,
     snprintf(err, errlen, "%s: [microsoft] needs tenant and client_id", path);
     return -EINVAL;
   }
-  if (cfg->client_secret_file != NULL && cfg->client_secret == NULL &&
-      config_read_secret_file(cfg, err, errlen) < 0)
+  if (cfg->client_secret_file != NULL && cfg->client_secret == NULL
+      && config_read_secret_file(cfg, err, errlen) < 0)
     return -EINVAL;
   if ((cfg->client_certificate == NULL) != (cfg->client_key == NULL)) {
     snprintf(err, errlen,
@@ -327,8 +326,7 @@ static int config_validate(struct config *cfg, const char *path, char *err,
   return 0;
 }
 
-int config_load(struct config *cfg, const char *path, char *err,
-                size_t errlen)
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 {
   struct config_parse ps = { .cfg = cfg };
   char *copy = xstrdup(path);

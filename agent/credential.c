@@ -32,12 +32,13 @@ static int credential_derive(const char *password, const unsigned char *salt,
                              size_t salt_len, unsigned iterations,
                              unsigned char key[CREDENTIAL_KEY_LEN])
 {
-  gnutls_datum_t pw = { (unsigned char *) password,
-                        (unsigned) strlen(password) };
+  gnutls_datum_t pw
+      = { (unsigned char *) password, (unsigned) strlen(password) };
   gnutls_datum_t s = { (unsigned char *) salt, (unsigned) salt_len };
 
   if (gnutls_pbkdf2(GNUTLS_MAC_SHA256, &pw, &s, iterations, key,
-                    CREDENTIAL_KEY_LEN) < 0)
+                    CREDENTIAL_KEY_LEN)
+      < 0)
     return -EIO;
   return 0;
 }
@@ -82,9 +83,10 @@ int credential_hash(const char *password, char **out)
   char *key64 = NULL;
   int rc = -EIO;
 
-  if (gnutls_rnd(GNUTLS_RND_RANDOM, salt, sizeof(salt)) < 0 ||
-      credential_derive(password, salt, sizeof(salt), CREDENTIAL_ITERATIONS,
-                        key) < 0)
+  if (gnutls_rnd(GNUTLS_RND_RANDOM, salt, sizeof(salt)) < 0
+      || credential_derive(password, salt, sizeof(salt), CREDENTIAL_ITERATIONS,
+                           key)
+             < 0)
     goto out;
   salt64 = credential_b64(salt, sizeof(salt));
   key64 = credential_b64(key, sizeof(key));
@@ -115,8 +117,8 @@ static int credential_parse(struct credential *cred, const char *text)
   p += strlen(CREDENTIAL_PREFIX) + 1;
   errno = 0;
   iter = strtoul(p, &end, 10);
-  if (errno != 0 || end == p || *end != '$' || iter == 0 ||
-      iter > CREDENTIAL_ITERATIONS_MAX)
+  if (errno != 0 || end == p || *end != '$' || iter == 0
+      || iter > CREDENTIAL_ITERATIONS_MAX)
     return -EINVAL;
   cred->iterations = (unsigned) iter;
   salt = end + 1;
@@ -124,12 +126,13 @@ static int credential_parse(struct credential *cred, const char *text)
   if (key == NULL)
     return -EINVAL;
   if (credential_unb64(salt, (size_t) (key - salt), cred->salt,
-                       sizeof(cred->salt), &cred->salt_len) < 0)
+                       sizeof(cred->salt), &cred->salt_len)
+      < 0)
     return -EINVAL;
   key++;
-  if (credential_unb64(key, strlen(key), cred->key, sizeof(cred->key),
-                       &key_len) < 0 ||
-      key_len != CREDENTIAL_KEY_LEN)
+  if (credential_unb64(key, strlen(key), cred->key, sizeof(cred->key), &key_len)
+          < 0
+      || key_len != CREDENTIAL_KEY_LEN)
     return -EINVAL;
   return 0;
 }
@@ -163,7 +166,8 @@ static int credential_quick_digest(const struct credential *cred,
                                    unsigned char out[CREDENTIAL_KEY_LEN])
 {
   return gnutls_hmac_fast(GNUTLS_MAC_SHA256, cred->key, sizeof(cred->key),
-                          password, strlen(password), out) < 0
+                          password, strlen(password), out)
+                 < 0
              ? -EIO
              : 0;
 }
@@ -179,8 +183,9 @@ int credential_check(struct credential *cred, const char *user,
     return -EPERM;
   if (cred->cached && gnutls_memcmp(quick, cred->cache, sizeof(quick)) == 0)
     return user_ok ? 0 : -EPERM;
-  if (credential_derive(password, cred->salt, cred->salt_len,
-                        cred->iterations, key) < 0)
+  if (credential_derive(password, cred->salt, cred->salt_len, cred->iterations,
+                        key)
+      < 0)
     return -EPERM;
   if (gnutls_memcmp(key, cred->key, sizeof(key)) != 0 || !user_ok)
     return -EPERM;

@@ -17,14 +17,14 @@
 #include "spool.h"
 #include "xalloc.h"
 
-#define DELIVERY_MAX_JOBS 64 /* sends in progress, all mailboxes */
-#define DELIVERY_SCAN_BATCH 512 /* due rows looked at per scan */
-#define DELIVERY_IDLE_SCAN_MS 1000 /* rescan even when nothing is due */
+#define DELIVERY_MAX_JOBS 64          /* sends in progress, all mailboxes */
+#define DELIVERY_SCAN_BATCH 512       /* due rows looked at per scan */
+#define DELIVERY_IDLE_SCAN_MS 1000    /* rescan even when nothing is due */
 #define DELIVERY_HELD_RECHECK_MS 5000 /* held mail: links change outside */
 #define DELIVERY_BACKOFF_BASE_MS 1000
 #define DELIVERY_BACKOFF_MAX_MS (5 * 60 * 1000)
 #define DELIVERY_CLEANUP_MS (60 * 1000) /* expired records removed */
-#define DELIVERY_PURGE_BATCH 1000 /* records removed per loop turn */
+#define DELIVERY_PURGE_BATCH 1000       /* records removed per loop turn */
 #define DELIVERY_DAY_MS ((int64_t) 24 * 3600 * 1000)
 
 struct delivery_job {
@@ -39,7 +39,7 @@ struct delivery_job {
   char *spool_path;
   int attempts; /* before this one */
   int64_t created_at;
-  int verify; /* recovery: look the message up in Sent Items first */
+  int verify;       /* recovery: look the message up in Sent Items first */
   int64_t paced_at; /* when the pacer counted this send, 0 if not */
   char *message_id;
   /* Set by the worker. */
@@ -66,7 +66,7 @@ struct delivery {
   unsigned max_attempts;
   int64_t max_age_ms;
   int64_t recovery_delay_ms;
-  int64_t held_checked_at; /* last look at held mail, ms */
+  int64_t held_checked_at;  /* last look at held mail, ms */
   struct send_pacer *pacer; /* Exchange's per-mailbox sending rates */
   int64_t keep_sent_ms;
   int64_t keep_failed_ms;
@@ -83,8 +83,7 @@ static void delivery_maybe_stopped(struct delivery *d);
 
 /* ---- jobs ------------------------------------------------------------ */
 
-static unsigned delivery_jobs_for(const struct delivery *d,
-                                  const char *sender)
+static unsigned delivery_jobs_for(const struct delivery *d, const char *sender)
 {
   unsigned n = 0;
 
@@ -119,8 +118,8 @@ static struct delivery_job *delivery_job_new(struct delivery *d,
   job->message_id = e->message_id ? xstrdup(e->message_id) : NULL;
   job->attempts = e->attempts;
   /* The age limit runs from acceptance, or from an operator's retry. */
-  job->created_at =
-      e->retried_at > e->created_at ? e->retried_at : e->created_at;
+  job->created_at
+      = e->retried_at > e->created_at ? e->retried_at : e->created_at;
   job->work.data = job;
   job->next = d->jobs;
   d->jobs = job;
@@ -287,10 +286,10 @@ static void delivery_retry(struct delivery_job *job, double retry_after,
    * for do not use up attempts either: only max_age ends them. */
   if (told)
     wait = (int64_t) (retry_after * 1000.0 + 0.5);
-  if ((!told && (unsigned) job->attempts + 1 >= d->max_attempts) ||
-      now + wait - job->created_at > d->max_age_ms) {
-    char *why = xasprintf("gave up after %d attempts: %s", job->attempts + 1,
-                          text);
+  if ((!told && (unsigned) job->attempts + 1 >= d->max_attempts)
+      || now + wait - job->created_at > d->max_age_ms) {
+    char *why
+        = xasprintf("gave up after %d attempts: %s", job->attempts + 1, text);
 
     delivery_failed(job, code, why);
     free(why);
@@ -320,8 +319,8 @@ static int delivery_is_transient(long status)
  * does not tell the two apart cheaply, so both are verified. */
 static int delivery_is_ambiguous(const struct graph_response *resp)
 {
-  return (resp->status == 0 && strcmp(resp->error_code, "network") == 0) ||
-         resp->status == 504;
+  return (resp->status == 0 && strcmp(resp->error_code, "network") == 0)
+         || resp->status == 504;
 }
 
 static void delivery_on_sent(void *arg, const struct graph_response *resp)
@@ -444,8 +443,7 @@ static int delivery_recheck(struct delivery_job *job)
 {
   struct policy_decision dec;
 
-  policy_gate_check(job->d->gate, POLICY_REQUEST_DELIVERY, job->sender,
-                    &dec);
+  policy_gate_check(job->d->gate, POLICY_REQUEST_DELIVERY, job->sender, &dec);
   if (dec.reason == POLICY_ALLOW)
     return 0;
   delivery_hold(job, dec.code, dec.sentence);
@@ -647,8 +645,8 @@ static char *delivery_full_mailboxes(struct delivery *d)
     int listed = 0;
 
     for (size_t i = 0; i < json_array_size(full); i++)
-      listed |= strcmp(json_string_value(json_array_get(full, i)),
-                       j->sender) == 0;
+      listed
+          |= strcmp(json_string_value(json_array_get(full, i)), j->sender) == 0;
     if (!listed && delivery_jobs_for(d, j->sender) >= d->per_mailbox)
       json_array_append_new(full, json_string(j->sender));
   }
@@ -675,7 +673,8 @@ static void delivery_scan(struct delivery *d)
   }
   skip = delivery_full_mailboxes(d);
   if (queue_each_due_except(d->store, now, DELIVERY_SCAN_BATCH, skip,
-                            delivery_visit, d) < 0)
+                            delivery_visit, d)
+      < 0)
     log_error("- queue scan_failed");
   free(skip);
   /* Rows already due were skipped for a full mailbox or a full job table;
@@ -722,8 +721,7 @@ static void delivery_release_allowed(struct delivery *d)
     if (dec.reason == POLICY_ALLOW) {
       int released = queue_release_held(d->store, senders[i]);
 
-      log_info("- queue released sender=%s messages=%d", senders[i],
-               released);
+      log_info("- queue released sender=%s messages=%d", senders[i], released);
     }
     free(senders[i]);
   }

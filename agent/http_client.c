@@ -38,11 +38,11 @@ struct http_transfer {
   struct http_client *client;
   CURL *easy;
   struct curl_slist *headers;
-  char *request_body; /* our copy, alive until the transfer ends */
-  int body_fd;        /* request body read from a file, or -1 */
+  char *request_body;   /* our copy, alive until the transfer ends */
+  int body_fd;          /* request body read from a file, or -1 */
   uint64_t body_offset; /* next file offset to send */
   uint64_t body_left;   /* bytes of the file still to send */
-  char *body;         /* response body, NUL-terminated */
+  char *body;           /* response body, NUL-terminated */
   size_t body_len;
   size_t body_cap;
   bool body_too_large;

@@ -54,8 +54,8 @@ static int log_trace_enable_one(const char *name, size_t len)
     return 0;
   }
   for (size_t i = 0; i < n; i++) {
-    if (strlen(log_trace_names[i].name) == len &&
-        strncasecmp(name, log_trace_names[i].name, len) == 0) {
+    if (strlen(log_trace_names[i].name) == len
+        && strncasecmp(name, log_trace_names[i].name, len) == 0) {
       log_current_traces |= log_trace_names[i].bit;
       return 0;
     }

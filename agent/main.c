@@ -97,19 +97,34 @@ static int agent_parse_args(int argc, char **argv, struct agent_args *args)
     args->config_path = AGENT_DEFAULT_CONFIG;
   while ((c = getopt_long(argc, argv, "c:l:t:hV", options, NULL)) != -1) {
     switch (c) {
-      case 'c': args->config_path = optarg; break;
-      case 'C': args->check_only = 1; break;
-      case 'H': args->hash_password = 1; break;
-      case 'l': args->log_level = optarg; break;
-      case 't': args->trace = optarg; break;
-      case 'h': agent_usage(stdout); return EX_OK;
-      case 'V': printf("nextal-agent %s\n", NEXTAL_VERSION); return EX_OK;
-      default: agent_usage(stderr); return EX_USAGE;
+      case 'c':
+        args->config_path = optarg;
+        break;
+      case 'C':
+        args->check_only = 1;
+        break;
+      case 'H':
+        args->hash_password = 1;
+        break;
+      case 'l':
+        args->log_level = optarg;
+        break;
+      case 't':
+        args->trace = optarg;
+        break;
+      case 'h':
+        agent_usage(stdout);
+        return EX_OK;
+      case 'V':
+        printf("nextal-agent %s\n", NEXTAL_VERSION);
+        return EX_OK;
+      default:
+        agent_usage(stderr);
+        return EX_USAGE;
     }
   }
   if (optind < argc) {
-    fprintf(stderr, "nextal-agent: unexpected argument \"%s\"\n",
-            argv[optind]);
+    fprintf(stderr, "nextal-agent: unexpected argument \"%s\"\n", argv[optind]);
     return EX_USAGE;
   }
   return -1;
@@ -128,8 +143,7 @@ static int agent_apply_logging(const struct config *cfg,
   }
   log_set_level(parsed);
   if (log_trace_enable(trace) < 0) {
-    fprintf(stderr, "nextal-agent: unknown trace category in \"%s\"\n",
-            trace);
+    fprintf(stderr, "nextal-agent: unknown trace category in \"%s\"\n", trace);
     return -EINVAL;
   }
   return 0;

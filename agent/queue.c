@@ -16,7 +16,7 @@
 
 #define QUEUE_COLUMNS                                                          \
   "id, queue_id, sender, recipients, message_id, size, spool_path, state, "    \
-  "attempts, next_attempt_at, created_at, sent_at, error_code, error_text, "  \
+  "attempts, next_attempt_at, created_at, sent_at, error_code, error_text, "   \
   "verify_first, retried_at"
 
 void queue_id_generate(char out[QUEUE_ID_SIZE])
@@ -39,8 +39,7 @@ static int queue_prepare(struct store *store, const char *sql,
                          sqlite3_stmt **st)
 {
   if (sqlite3_prepare_v2(store->db, sql, -1, st, NULL) != SQLITE_OK) {
-    log_error("- store prepare_failed error=\"%s\"",
-              sqlite3_errmsg(store->db));
+    log_error("- store prepare_failed error=\"%s\"", sqlite3_errmsg(store->db));
     return -EIO;
   }
   return 0;
@@ -109,10 +108,9 @@ static int queue_insert_row(struct store *store, const char *queue_id,
   return rc < 0 ? rc : 0;
 }
 
-int queue_insert(struct store *store, const char *queue_id,
-                 const char *sender, const char *const *rcpts, size_t nrcpts,
-                 const char *message_id, uint64_t size,
-                 const char *spool_path)
+int queue_insert(struct store *store, const char *queue_id, const char *sender,
+                 const char *const *rcpts, size_t nrcpts,
+                 const char *message_id, uint64_t size, const char *spool_path)
 {
   return queue_insert_row(store, queue_id, sender, rcpts, nrcpts, message_id,
                           size, spool_path, NULL);
@@ -178,7 +176,8 @@ static int queue_find_digest(struct store *store, const char *digest,
   if (queue_prepare(store,
                     "SELECT queue_id FROM messages WHERE envelope_digest = ? "
                     "AND created_at >= ? ORDER BY id DESC LIMIT 1",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, since_ms);
@@ -203,8 +202,7 @@ int queue_insert_once(struct store *store, const char *queue_id,
     return -EIO;
   rc = 0;
   if (digest != NULL && window_ms > 0)
-    rc = queue_find_digest(store, digest, store_now_ms() - window_ms,
-                           original);
+    rc = queue_find_digest(store, digest, store_now_ms() - window_ms, original);
   if (rc == 0)
     rc = queue_insert_row(store, queue_id, sender, rcpts, nrcpts, message_id,
                           size, spool_path, digest);
@@ -222,7 +220,8 @@ int queue_defer(struct store *store, int64_t rowid, int64_t at)
   if (queue_prepare(store,
                     "UPDATE messages SET next_attempt_at = ? "
                     "WHERE id = ? AND state = 'queued'",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_int64(st, 1, at);
   sqlite3_bind_int64(st, 2, rowid);
@@ -244,10 +243,12 @@ int queue_purge(struct store *store, int64_t sent_before_ms,
   int deleted = 0;
   int rc = -EIO;
 
-  if (queue_prepare(store,
-                    "SELECT id, spool_path FROM messages WHERE "
-                    QUEUE_PURGE_EXPIRED " ORDER BY id LIMIT ?3",
-                    &st) < 0)
+  if (queue_prepare(
+          store,
+          "SELECT id, spool_path FROM messages WHERE " QUEUE_PURGE_EXPIRED
+          " ORDER BY id LIMIT ?3",
+          &st)
+      < 0)
     goto out;
   sqlite3_bind_int64(st, 1, sent_before_ms);
   sqlite3_bind_int64(st, 2, failed_before_ms);
@@ -266,10 +267,10 @@ int queue_purge(struct store *store, int64_t sent_before_ms,
   if (store_begin(store) < 0)
     goto out;
   for (size_t i = 0; i < n; i++) {
-    if (queue_prepare(store,
-                      "DELETE FROM messages WHERE id = ?3 AND "
-                      QUEUE_PURGE_EXPIRED,
-                      &st) < 0)
+    if (queue_prepare(
+            store,
+            "DELETE FROM messages WHERE id = ?3 AND " QUEUE_PURGE_EXPIRED, &st)
+        < 0)
       break;
     sqlite3_bind_int64(st, 1, sent_before_ms);
     sqlite3_bind_int64(st, 2, failed_before_ms);
@@ -305,7 +306,8 @@ int queue_retry(struct store *store, int64_t rowid)
                     "verify_first = 0, next_attempt_at = ?1, "
                     "updated_at = ?1, retried_at = ?1 "
                     "WHERE id = ?2 AND state IN ('failed', 'held')",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_int64(st, 1, now);
   sqlite3_bind_int64(st, 2, rowid);
@@ -328,7 +330,8 @@ int queue_drop(struct store *store, int64_t rowid, const char *reason)
                     "error_code = 'dropped', error_text = ?1, "
                     "updated_at = ?2 "
                     "WHERE id = ?3 AND state IN ('queued', 'held')",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, reason, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, store_now_ms());
@@ -350,7 +353,8 @@ int queue_recover(struct store *store, int64_t delay_ms)
   if (queue_prepare(store,
                     "UPDATE messages SET state = 'queued', verify_first = 1, "
                     "next_attempt_at = ? WHERE state = 'sending'",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_int64(st, 1, store_now_ms() + delay_ms);
   return queue_run(store, st);
@@ -440,7 +444,8 @@ int queue_each_due(struct store *store, int64_t now_ms, size_t max,
                     "SELECT " QUEUE_COLUMNS " FROM messages "
                     "WHERE state = 'queued' AND next_attempt_at <= ? "
                     "ORDER BY next_attempt_at, id LIMIT ?",
-                    &st) < 0) {
+                    &st)
+      < 0) {
     free(rows);
     return -EIO;
   }
@@ -465,10 +470,11 @@ int64_t queue_next_due(struct store *store)
   if (queue_prepare(store,
                     "SELECT MIN(next_attempt_at) FROM messages "
                     "WHERE state = 'queued'",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -1;
-  if (sqlite3_step(st) == SQLITE_ROW &&
-      sqlite3_column_type(st, 0) != SQLITE_NULL)
+  if (sqlite3_step(st) == SQLITE_ROW
+      && sqlite3_column_type(st, 0) != SQLITE_NULL)
     next = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
   return next;
@@ -483,7 +489,8 @@ int queue_held_senders(struct store *store, char ***out)
   if (queue_prepare(store,
                     "SELECT DISTINCT sender FROM messages "
                     "WHERE state = 'held'",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   while (sqlite3_step(st) == SQLITE_ROW) {
     v = xrealloc(v, sizeof(char *) * (size_t) (n + 1));
@@ -504,7 +511,8 @@ int queue_find(struct store *store, const char *queue_id,
                     "SELECT " QUEUE_COLUMNS " FROM messages "
                     "WHERE queue_id = ? OR message_id = ? "
                     "ORDER BY id DESC LIMIT 1",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, queue_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
@@ -526,14 +534,16 @@ static int queue_set_state(struct store *store, int64_t rowid,
   sqlite3_stmt *st = NULL;
   int64_t now = store_now_ms();
 
-  if (queue_prepare(store,
-                    "UPDATE messages SET state = ?, error_code = ?, "
-                    "error_text = ?, next_attempt_at = ?, "
-                    "attempts = attempts + ?, updated_at = ?, "
-                    "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, "
-                    "verify_first = CASE WHEN ?9 < 0 THEN verify_first ELSE ?9 END "
-                    "WHERE id = ?10",
-                    &st) < 0)
+  if (queue_prepare(
+          store,
+          "UPDATE messages SET state = ?, error_code = ?, "
+          "error_text = ?, next_attempt_at = ?, "
+          "attempts = attempts + ?, updated_at = ?, "
+          "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, "
+          "verify_first = CASE WHEN ?9 < 0 THEN verify_first ELSE ?9 END "
+          "WHERE id = ?10",
+          &st)
+      < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, code, -1, SQLITE_STATIC);
@@ -556,7 +566,8 @@ int queue_mark_sending(struct store *store, int64_t rowid)
                     "UPDATE messages SET state = 'sending', "
                     "attempts = attempts + 1, updated_at = ? "
                     "WHERE id = ? AND state = 'queued'",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_int64(st, 1, store_now_ms());
   sqlite3_bind_int64(st, 2, rowid);
@@ -572,16 +583,16 @@ int queue_mark_retry(struct store *store, int64_t rowid,
                      int64_t next_attempt_at, const char *code,
                      const char *text)
 {
-  return queue_set_state(store, rowid, "queued", code, text, next_attempt_at,
-                         0, 0);
+  return queue_set_state(store, rowid, "queued", code, text, next_attempt_at, 0,
+                         0);
 }
 
 int queue_mark_verify(struct store *store, int64_t rowid,
                       int64_t next_attempt_at, const char *code,
                       const char *text)
 {
-  return queue_set_state(store, rowid, "queued", code, text, next_attempt_at,
-                         0, 1);
+  return queue_set_state(store, rowid, "queued", code, text, next_attempt_at, 0,
+                         1);
 }
 
 int queue_mark_failed(struct store *store, int64_t rowid, const char *code,
@@ -604,7 +615,8 @@ int queue_release_held(struct store *store, const char *sender)
                     "UPDATE messages SET state = 'queued', "
                     "next_attempt_at = ?, updated_at = ? "
                     "WHERE state = 'held' AND (?3 IS NULL OR sender = ?3)",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_int64(st, 1, store_now_ms());
   sqlite3_bind_int64(st, 2, store_now_ms());
@@ -612,8 +624,8 @@ int queue_release_held(struct store *store, const char *sender)
   return queue_run(store, st);
 }
 
-int queue_fail_sender(struct store *store, const char *sender,
-                      const char *code, const char *text)
+int queue_fail_sender(struct store *store, const char *sender, const char *code,
+                      const char *text)
 {
   sqlite3_stmt *st = NULL;
 
@@ -621,7 +633,8 @@ int queue_fail_sender(struct store *store, const char *sender,
                     "UPDATE messages SET state = 'failed', error_code = ?, "
                     "error_text = ?, updated_at = ? "
                     "WHERE sender = ? AND state IN ('queued', 'held')",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, code, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC);
@@ -638,7 +651,8 @@ int queue_count(struct store *store, const char *state, int64_t *count)
   if (queue_prepare(store,
                     "SELECT COUNT(*) FROM messages "
                     "WHERE ?1 IS NULL OR state = ?1",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
   rc = sqlite3_step(st);
@@ -648,8 +662,8 @@ int queue_count(struct store *store, const char *state, int64_t *count)
   return rc == SQLITE_ROW ? 0 : -EIO;
 }
 
-int queue_list(struct store *store, const char *state,
-               struct queue_entry **out, size_t max)
+int queue_list(struct store *store, const char *state, struct queue_entry **out,
+               size_t max)
 {
   sqlite3_stmt *st = NULL;
   struct queue_entry *v = NULL;
@@ -658,7 +672,8 @@ int queue_list(struct store *store, const char *state,
   if (queue_prepare(store,
                     "SELECT " QUEUE_COLUMNS " FROM messages "
                     "WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
@@ -681,7 +696,8 @@ int queue_find_all(struct store *store, const char *message_id,
   if (queue_prepare(store,
                     "SELECT " QUEUE_COLUMNS " FROM messages "
                     "WHERE message_id = ? ORDER BY id DESC LIMIT ?",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
@@ -705,7 +721,8 @@ int queue_each_sent_since(struct store *store, int64_t since_ms,
                     "SELECT sender, sent_at, json_array_length(recipients) "
                     "FROM messages WHERE state = 'sent' AND sent_at >= ? "
                     "ORDER BY sent_at",
-                    &st) < 0)
+                    &st)
+      < 0)
     return -EIO;
   sqlite3_bind_int64(st, 1, since_ms);
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -733,7 +750,8 @@ int queue_each_due_except(struct store *store, int64_t now_ms, size_t max,
                     "AND (?3 IS NULL OR sender NOT IN "
                     "(SELECT value FROM json_each(?3))) "
                     "ORDER BY next_attempt_at, id LIMIT ?2",
-                    &st) < 0) {
+                    &st)
+      < 0) {
     free(rows);
     return -EIO;
   }

@@ -149,9 +149,9 @@ int store_schema_version(struct store *store)
   sqlite3_stmt *st = NULL;
   int version = -1;
 
-  if (sqlite3_prepare_v2(store->db, "PRAGMA user_version", -1, &st, NULL) ==
-          SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
+  if (sqlite3_prepare_v2(store->db, "PRAGMA user_version", -1, &st, NULL)
+          == SQLITE_OK
+      && sqlite3_step(st) == SQLITE_ROW)
     version = sqlite3_column_int(st, 0);
   sqlite3_finalize(st);
   return version;
@@ -184,8 +184,8 @@ static int store_migrate(struct store *store, char *err, size_t errlen)
       continue;
     }
     snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", version + 1);
-    if (store_exec(store, store_migrations[version]) < 0 ||
-        store_exec(store, bump) < 0 || store_commit(store) < 0) {
+    if (store_exec(store, store_migrations[version]) < 0
+        || store_exec(store, bump) < 0 || store_commit(store) < 0) {
       store_rollback(store);
       snprintf(err, errlen, "%s: migration to schema %d failed", store->path,
                version + 1);
@@ -196,17 +196,15 @@ static int store_migrate(struct store *store, char *err, size_t errlen)
   return 0;
 }
 
-int store_open(const char *path, struct store **out, char *err,
-               size_t errlen)
+int store_open(const char *path, struct store **out, char *err, size_t errlen)
 {
   struct store *store = xcalloc(1, sizeof(*store));
   int rc;
 
   store->path = xstrdup(path);
-  rc = sqlite3_open_v2(path, &store->db,
-                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                           SQLITE_OPEN_NOMUTEX,
-                       NULL);
+  rc = sqlite3_open_v2(
+      path, &store->db,
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK) {
     snprintf(err, errlen, "%s: cannot open database: %s", path,
              store->db ? sqlite3_errmsg(store->db) : sqlite3_errstr(rc));
@@ -216,9 +214,9 @@ int store_open(const char *path, struct store **out, char *err,
   sqlite3_busy_timeout(store->db, 5000);
   /* WAL lets the CLI read while the agent writes; FULL makes every commit
    * durable before we answer 250. */
-  if (store_exec(store, "PRAGMA journal_mode = WAL") < 0 ||
-      store_exec(store, "PRAGMA synchronous = FULL") < 0 ||
-      store_exec(store, "PRAGMA foreign_keys = ON") < 0) {
+  if (store_exec(store, "PRAGMA journal_mode = WAL") < 0
+      || store_exec(store, "PRAGMA synchronous = FULL") < 0
+      || store_exec(store, "PRAGMA foreign_keys = ON") < 0) {
     snprintf(err, errlen, "%s: cannot set up database: %s", path,
              sqlite3_errmsg(store->db));
     rc = -EIO;

@@ -45,9 +45,9 @@ struct smtp_intake_msg {
   char text[320];
 };
 
-int smtp_intake_new(uv_loop_t *loop, const char *spool_dir,
-                    const char *db_path, smtp_intake_queued_cb queued,
-                    void *arg, struct smtp_intake **out)
+int smtp_intake_new(uv_loop_t *loop, const char *spool_dir, const char *db_path,
+                    smtp_intake_queued_cb queued, void *arg,
+                    struct smtp_intake **out)
 {
   struct smtp_intake *intake = xcalloc(1, sizeof(*intake));
   char err[512];
@@ -75,8 +75,7 @@ int smtp_intake_new(uv_loop_t *loop, const char *spool_dir,
   return 0;
 }
 
-void smtp_intake_set_dedup_window(struct smtp_intake *intake,
-                                  unsigned seconds)
+void smtp_intake_set_dedup_window(struct smtp_intake *intake, unsigned seconds)
 {
   intake->dedup_window_ms = (int64_t) seconds * 1000;
 }
@@ -91,8 +90,7 @@ void smtp_intake_free(struct smtp_intake *intake)
   free(intake);
 }
 
-int smtp_intake_begin(struct smtp_intake *intake,
-                      struct smtp_intake_msg **out)
+int smtp_intake_begin(struct smtp_intake *intake, struct smtp_intake_msg **out)
 {
   struct smtp_intake_msg *msg = xcalloc(1, sizeof(*msg));
   int rc;
@@ -110,8 +108,7 @@ int smtp_intake_begin(struct smtp_intake *intake,
   return 0;
 }
 
-int smtp_intake_write(struct smtp_intake_msg *msg, const char *buf,
-                      size_t len)
+int smtp_intake_write(struct smtp_intake_msg *msg, const char *buf, size_t len)
 {
   int rc;
 

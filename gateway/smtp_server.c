@@ -37,7 +37,7 @@ struct smtp_server {
 };
 
 struct smtp_conn {
-  uv_tcp_t tcp; /* tcp.data = this */
+  uv_tcp_t tcp;     /* tcp.data = this */
   uv_timer_t timer; /* idle and data timeouts */
   uv_shutdown_t shutdown_req;
   struct smtp_server *server;
@@ -47,7 +47,7 @@ struct smtp_conn {
   char id[24];
   char peer[64];
   char sender[POLICY_ADDRESS_MAX]; /* normalised MAIL FROM */
-  int handles_open; /* 2 until both handles have closed */
+  int handles_open;                /* 2 until both handles have closed */
   int closing;
   int committing; /* a commit runs on the thread pool */
   int reading;
@@ -73,8 +73,8 @@ static void smtp_conn_on_write(uv_write_t *req, int status)
   free(w);
   if (status < 0 && status != UV_ECANCELED)
     log_debug("%s smtp write_failed error=%s", conn->id, uv_strerror(status));
-  if (!conn->closing && !conn->reading &&
-      conn->tcp.write_queue_size < SMTP_WRITE_BACKLOG_MAX)
+  if (!conn->closing && !conn->reading
+      && conn->tcp.write_queue_size < SMTP_WRITE_BACKLOG_MAX)
     smtp_conn_read_start(conn);
 }
 
@@ -90,8 +90,8 @@ static void smtp_conn_reply(void *ctx, const char *text, size_t len)
   w->conn = conn;
   memcpy(w->data, text, len);
   buf = uv_buf_init(w->data, (unsigned) len);
-  if (uv_write(&w->req, (uv_stream_t *) &conn->tcp, &buf, 1,
-               smtp_conn_on_write) < 0)
+  if (uv_write(&w->req, (uv_stream_t *) &conn->tcp, &buf, 1, smtp_conn_on_write)
+      < 0)
     free(w);
 }
 
@@ -125,27 +125,25 @@ static int smtp_conn_check_service(void *ctx, char *reason, size_t len)
   return -EPERM;
 }
 
-static int smtp_conn_decide_sender(struct smtp_conn *conn,
-                                   const char *address, char *reason,
-                                   size_t len)
+static int smtp_conn_decide_sender(struct smtp_conn *conn, const char *address,
+                                   char *reason, size_t len)
 {
   struct policy_decision d;
 
-  policy_gate_check(conn->server->deps.gate, POLICY_REQUEST_SMTP, address,
-                    &d);
+  policy_gate_check(conn->server->deps.gate, POLICY_REQUEST_SMTP, address, &d);
   if (d.reason == POLICY_ALLOW)
     return 0;
   smtp_conn_deny_text(&d, reason, len);
   return -EPERM;
 }
 
-static int smtp_conn_check_sender(void *ctx, const char *address,
-                                  char *reason, size_t len)
+static int smtp_conn_check_sender(void *ctx, const char *address, char *reason,
+                                  size_t len)
 {
   struct smtp_conn *conn = ctx;
 
-  if (policy_address_normalize(address, conn->sender, sizeof(conn->sender)) <
-      0) {
+  if (policy_address_normalize(address, conn->sender, sizeof(conn->sender))
+      < 0) {
     snprintf(reason, len,
              "invalid_address: the sender must be the linked user's "
              "address");
@@ -204,8 +202,7 @@ static void smtp_conn_data_close(void *ctx, const struct smtp_envelope *env)
   conn->msg = NULL;
   smtp_conn_restart_timer(conn, conn->server->idle_timeout_ms);
   /* The policy may have changed while the data arrived. */
-  if (smtp_conn_decide_sender(conn, conn->sender, reason, sizeof(reason)) <
-      0) {
+  if (smtp_conn_decide_sender(conn, conn->sender, reason, sizeof(reason)) < 0) {
     smtp_intake_abort(msg);
     smtp_session_data_done(conn->session, 550, "5.7.1", reason);
     return;
@@ -299,7 +296,8 @@ static void smtp_conn_on_read(uv_stream_t *stream, ssize_t nread,
 static void smtp_conn_read_start(struct smtp_conn *conn)
 {
   if (uv_read_start((uv_stream_t *) &conn->tcp, smtp_conn_alloc,
-                    smtp_conn_on_read) == 0)
+                    smtp_conn_on_read)
+      == 0)
     conn->reading = 1;
 }
 
@@ -380,7 +378,8 @@ static void smtp_conn_begin_close(struct smtp_conn *conn)
   uv_read_stop((uv_stream_t *) &conn->tcp);
   conn->shutdown_req.data = conn;
   if (uv_shutdown(&conn->shutdown_req, (uv_stream_t *) &conn->tcp,
-                  smtp_conn_on_shutdown) < 0)
+                  smtp_conn_on_shutdown)
+      < 0)
     smtp_conn_close_handles(conn);
 }
 
@@ -396,9 +395,9 @@ static int smtp_peer_is_loopback(const struct sockaddr_storage *ss)
   if (ss->ss_family == AF_INET6) {
     const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) ss;
 
-    return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) ||
-           (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
-            in6->sin6_addr.s6_addr[12] == 127);
+    return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)
+           || (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)
+               && in6->sin6_addr.s6_addr[12] == 127);
   }
   return 0;
 }
@@ -470,8 +469,7 @@ static void smtp_server_on_connection(uv_stream_t *listener, int status)
   if (server->nconns > server->max_connections) {
     log_warn("%s smtp connection_limit peer=%s max=%u", conn->id, conn->peer,
              server->max_connections);
-    smtp_conn_reply(conn, "421 4.7.0 Too many connections, try later\r\n",
-                    44);
+    smtp_conn_reply(conn, "421 4.7.0 Too many connections, try later\r\n", 44);
     smtp_conn_begin_close(conn);
     return;
   }
@@ -545,11 +543,10 @@ int smtp_server_new(uv_loop_t *loop, const struct config *cfg,
   server->open_handles = 1;
   rc = smtp_server_bind(server, cfg->smtp_listen);
   if (rc < 0) {
-    log_error("- smtp listen_failed address=%s error=\"%s\"",
-              cfg->smtp_listen, uv_strerror(rc));
+    log_error("- smtp listen_failed address=%s error=\"%s\"", cfg->smtp_listen,
+              uv_strerror(rc));
     server->closing = 1;
-    uv_close((uv_handle_t *) &server->listener,
-             smtp_server_on_listener_close);
+    uv_close((uv_handle_t *) &server->listener, smtp_server_on_listener_close);
     return rc;
   }
   log_info("- smtp listening address=%s port=%d", cfg->smtp_listen,

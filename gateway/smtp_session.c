@@ -61,7 +61,7 @@ struct smtp_session {
   char *mail_from; /* NULL outside a transaction */
   char **rcpts;
   size_t nrcpts;
-  unsigned nrefused; /* RCPT refused in this transaction (RFC 2920) */
+  unsigned nrefused;     /* RCPT refused in this transaction (RFC 2920) */
   unsigned limit_logged; /* recipient limit already logged this time */
 
   enum smtp_scan scan;
@@ -675,7 +675,8 @@ static void smtp_cmd_auth(struct smtp_session *s, char *args)
     smtp_session_enter_state(s, SMTP_STATE_AUTH_LOGIN_USER);
     smtp_session_send(s, "334 VXNlcm5hbWU6\r\n");
   } else if (args[0] == '\0') {
-    smtp_session_reply(s, 501, "5.5.4", "AUTH needs a mechanism: PLAIN or LOGIN");
+    smtp_session_reply(s, 501, "5.5.4",
+                       "AUTH needs a mechanism: PLAIN or LOGIN");
   } else {
     smtp_session_reply(s, 504, "5.5.4", "Unrecognized authentication type");
   }

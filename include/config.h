@@ -9,32 +9,32 @@
 #include <stdint.h>
 
 enum config_link_mode {
-  CONFIG_LINK_DELEGATED, /* each user signs in (authorization code) */
+  CONFIG_LINK_DELEGATED,   /* each user signs in (authorization code) */
   CONFIG_LINK_APPLICATION, /* client credentials for every mailbox */
 };
 
 struct config {
   /* [agent] */
-  char *database; /* SQLite file */
+  char *database;  /* SQLite file */
   char *spool_dir; /* accepted message bodies */
   char *policy_file;
   char *log_level;
-  char *trace; /* comma list of trace categories */
+  char *trace;    /* comma list of trace categories */
   char *key_file; /* encrypts refresh tokens; default "<database>.key" */
 
   /* [smtp] */
-  char *smtp_listen; /* host:port */
+  char *smtp_listen;              /* host:port */
   uint64_t smtp_max_message_size; /* bytes, advertised in SIZE */
   unsigned smtp_max_recipients;
   unsigned smtp_max_connections;
   unsigned smtp_max_commands; /* before MAIL, and between transactions */
   unsigned smtp_idle_timeout; /* seconds waiting for a command */
   unsigned smtp_data_timeout; /* seconds waiting for message data */
-  char *smtp_hostname; /* greeting and Received header */
+  char *smtp_hostname;        /* greeting and Received header */
 
   /* [http] */
   char *http_listen;
-  char *http_public_url; /* how browsers reach the HTTP listener */
+  char *http_public_url;  /* how browsers reach the HTTP listener */
   uint64_t http_max_body; /* bytes */
 
   /* [service]: Nextal's own credential for SMTP AUTH and HTTP Basic. */
@@ -59,9 +59,9 @@ struct config {
   unsigned delivery_max_age; /* seconds before a transient failure is final */
   unsigned delivery_recovery_delay; /* seconds before an unknown outcome is
                                      * looked up in Sent Items */
-  unsigned delivery_dedup_window; /* seconds a resubmission is recognised */
-  unsigned delivery_keep_sent; /* seconds a sent message stays queryable */
-  unsigned delivery_keep_failed; /* seconds a failure stays queryable */
+  unsigned delivery_dedup_window;   /* seconds a resubmission is recognised */
+  unsigned delivery_keep_sent;      /* seconds a sent message stays queryable */
+  unsigned delivery_keep_failed;    /* seconds a failure stays queryable */
   unsigned delivery_max_per_minute; /* sends a mailbox starts per minute */
   unsigned delivery_max_rcpts_per_day; /* recipients per mailbox, 24 h */
 };
@@ -69,8 +69,7 @@ struct config {
 /* Loads path into cfg (which it initialises with defaults first). On error
  * returns a negative errno and writes "path:line: what is wrong" to err.
  * Relative paths inside the file are resolved against its directory. */
-int config_load(struct config *cfg, const char *path, char *err,
-                size_t errlen);
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
 
 /* Fills cfg with the built-in defaults only. */
 void config_defaults(struct config *cfg);

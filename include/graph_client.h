@@ -17,7 +17,7 @@
 struct graph_client;
 
 struct graph_response {
-  long status; /* HTTP status, 0 on a transport failure */
+  long status;      /* HTTP status, 0 on a transport failure */
   const char *body; /* raw body, NUL-terminated */
   size_t body_len;
   double retry_after; /* seconds, -1 if absent */
@@ -37,7 +37,7 @@ typedef void (*graph_done_cb)(void *arg, const struct graph_response *resp);
 struct graph_request {
   const char *mailbox; /* the user; the concurrency and token key */
   const char *method;
-  const char *path; /* after the base URL: "/v1.0/users/x/sendMail" */
+  const char *path;         /* after the base URL: "/v1.0/users/x/sendMail" */
   const char *content_type; /* NULL when there is no body */
   const char *body;
   size_t body_len;

@@ -12,12 +12,12 @@
 struct http_client;
 
 struct http_response {
-  long status; /* 0 when no HTTP answer came (see curl_error) */
+  long status;    /* 0 when no HTTP answer came (see curl_error) */
   int curl_error; /* CURLcode, 0 if the transfer completed */
-  char *body; /* NUL-terminated, owned by the response */
+  char *body;     /* NUL-terminated, owned by the response */
   size_t body_len;
   double retry_after; /* seconds from Retry-After, -1 when absent */
-  char *location; /* Location header or NULL */
+  char *location;     /* Location header or NULL */
   char curl_message[256];
 };
 
@@ -29,7 +29,7 @@ struct http_request {
   const char *method; /* "GET", "POST", "PATCH", "PUT", "DELETE" */
   const char *url;
   const char *const *headers; /* "Name: value", NULL-terminated, or NULL */
-  const char *body; /* copied before http_client_send returns */
+  const char *body;           /* copied before http_client_send returns */
   size_t body_len;
   long timeout_ms; /* whole transfer; 0 means 60 s */
   /* Instead of body: send body_len bytes of this file from body_offset,
@@ -45,9 +45,8 @@ int http_client_new(uv_loop_t *loop, struct http_client **out);
 /* Starts a request; done is called exactly once, on the loop, never from
  * inside http_client_send. Returns 0 or a negative errno (then done is
  * not called). */
-int http_client_send(struct http_client *client,
-                     const struct http_request *req, http_client_done_cb done,
-                     void *arg);
+int http_client_send(struct http_client *client, const struct http_request *req,
+                     http_client_done_cb done, void *arg);
 
 /* Number of transfers in progress. */
 size_t http_client_active(const struct http_client *client);

@@ -12,8 +12,8 @@
 #include "policy.h"
 #include "store.h"
 
-#define LINKS_LIST_MAX 100000 /* rows links_list returns at most */
-#define LINKS_PENDING_MAX 1000  /* sign-ins and consent links in progress */
+#define LINKS_LIST_MAX 100000  /* rows links_list returns at most */
+#define LINKS_PENDING_MAX 1000 /* sign-ins and consent links in progress */
 
 /* The admin consent link's state is kept as a pending row with an empty
  * address and this verifier, for as long as IT may take to open it. */

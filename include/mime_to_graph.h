@@ -29,26 +29,26 @@
 
 /* How a message goes to Graph (docs/mail-forms.md). */
 enum mime_graph_form {
-  MIME_GRAPH_FORM_JSON, /* POST sendMail, JSON message */
-  MIME_GRAPH_FORM_MIME, /* POST sendMail, text/plain base64 of the MIME */
+  MIME_GRAPH_FORM_JSON,  /* POST sendMail, JSON message */
+  MIME_GRAPH_FORM_MIME,  /* POST sendMail, text/plain base64 of the MIME */
   MIME_GRAPH_FORM_LARGE, /* draft, attachments one by one, then send */
 };
 
 /* One attachment of a large message: where its encoded bytes lie in the
  * spool file, and what Graph is told about it. */
 struct mime_graph_part {
-  uint64_t offset; /* first byte of the encoded body in the file */
-  uint64_t length; /* encoded bytes */
-  int encoding; /* libetpan MAILMIME_MECHANISM_*, 0 when none */
+  uint64_t offset;        /* first byte of the encoded body in the file */
+  uint64_t length;        /* encoded bytes */
+  int encoding;           /* libetpan MAILMIME_MECHANISM_*, 0 when none */
   uint64_t size_estimate; /* decoded bytes, estimated from the encoding */
-  char *name; /* UTF-8 */
+  char *name;             /* UTF-8 */
   char *content_type;
   char *content_id; /* without brackets, or NULL */
   bool is_inline;
 };
 
 struct mime_graph_envelope {
-  const char *sender; /* the linked user the message is sent as */
+  const char *sender;       /* the linked user the message is sent as */
   const char *const *rcpts; /* envelope recipients: the only receivers */
   size_t nrcpts;
 };
@@ -56,20 +56,20 @@ struct mime_graph_envelope {
 /* Why a translation failed, mapped by the caller to an SMTP reply. */
 enum mime_graph_error {
   MIME_GRAPH_OK = 0,
-  MIME_GRAPH_EPARSE = -1, /* not a message libetpan can read: 554 5.6.0 */
-  MIME_GRAPH_ECHARSET = -2, /* a text part we cannot convert: 554 5.6.3 */
-  MIME_GRAPH_ETOOBIG = -3, /* request over MIME_GRAPH_REQUEST_MAX: 552 */
+  MIME_GRAPH_EPARSE = -1,     /* not a message libetpan can read: 554 5.6.0 */
+  MIME_GRAPH_ECHARSET = -2,   /* a text part we cannot convert: 554 5.6.3 */
+  MIME_GRAPH_ETOOBIG = -3,    /* request over MIME_GRAPH_REQUEST_MAX: 552 */
   MIME_GRAPH_ERECIPIENT = -4, /* an envelope recipient is unusable: 553 */
-  MIME_GRAPH_EIO = -5, /* the spool file cannot be read: ours, retry */
+  MIME_GRAPH_EIO = -5,        /* the spool file cannot be read: ours, retry */
 };
 
 struct mime_graph_result {
   /* JSON form: {"message": {...}, "saveToSentItems": true}. Large form:
    * the draft message, without attachments. MIME form: NULL. */
   json_t *request;
-  char *message_id; /* Message-ID without brackets, or NULL */
+  char *message_id;    /* Message-ID without brackets, or NULL */
   size_t request_size; /* bytes of the compact JSON encoding */
-  char error[256]; /* sentence for the SMTP reply when translation failed */
+  char error[256];     /* sentence for the SMTP reply when translation failed */
   enum mime_graph_form form; /* set by mime_to_graph_file */
   /* The message carries what only the MIME form keeps: In-Reply-To or
    * References, or a text/calendar part. */
@@ -103,8 +103,7 @@ int mime_to_graph(const char *data, size_t len,
  * size. Returns MIME_GRAPH_OK or a negative mime_graph_error (ETOOBIG for
  * a message over MIME_GRAPH_MESSAGE_MAX or with a body text too long for
  * a draft; EIO when the file cannot be read). */
-int mime_to_graph_file(const char *path,
-                       const struct mime_graph_envelope *env,
+int mime_to_graph_file(const char *path, const struct mime_graph_envelope *env,
                        struct mime_graph_result *res);
 
 /* The MIME form's request body: base64 of "Bcc: ..." (when res->mime_bcc)

@@ -26,7 +26,7 @@ struct policy {
 enum policy_request {
   POLICY_REQUEST_SMTP,
   POLICY_REQUEST_CALDAV,
-  POLICY_REQUEST_LINK, /* a user linking or re-linking */
+  POLICY_REQUEST_LINK,     /* a user linking or re-linking */
   POLICY_REQUEST_DELIVERY, /* the queue about to call Graph */
 };
 
@@ -56,7 +56,7 @@ struct policy_facts {
 
 struct policy_decision {
   enum policy_reason reason;
-  const char *code; /* stable: "org_disabled", "user_not_linked", ... */
+  const char *code;   /* stable: "org_disabled", "user_not_linked", ... */
   char sentence[256]; /* for a person: what refused and what to do */
 };
 

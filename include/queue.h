@@ -29,7 +29,7 @@ struct queue_entry {
   int64_t sent_at; /* 0 if not sent */
   char *error_code;
   char *error_text;
-  int verify_first; /* outcome of an earlier send unknown: look it up */
+  int verify_first;   /* outcome of an earlier send unknown: look it up */
   int64_t retried_at; /* last operator retry, ms; 0 if none */
 };
 
@@ -38,10 +38,9 @@ void queue_id_generate(char out[QUEUE_ID_SIZE]);
 
 /* Inserts an accepted message in state queued and commits (durable when it
  * returns 0). The spool file must already be durable. */
-int queue_insert(struct store *store, const char *queue_id,
-                 const char *sender, const char *const *rcpts, size_t nrcpts,
-                 const char *message_id, uint64_t size,
-                 const char *spool_path);
+int queue_insert(struct store *store, const char *queue_id, const char *sender,
+                 const char *const *rcpts, size_t nrcpts,
+                 const char *message_id, uint64_t size, const char *spool_path);
 
 #define QUEUE_DIGEST_SIZE 65 /* SHA-256 in hex plus NUL */
 
@@ -152,15 +151,15 @@ int queue_release_held(struct store *store, const char *sender);
 
 /* Fails every queued or held message of sender with code and text (the
  * offboarding path); returns how many. */
-int queue_fail_sender(struct store *store, const char *sender,
-                      const char *code, const char *text);
+int queue_fail_sender(struct store *store, const char *sender, const char *code,
+                      const char *text);
 
 /* Counts rows in a state (NULL: all). */
 int queue_count(struct store *store, const char *state, int64_t *count);
 
 /* Lists rows in a state (NULL: all), newest first, up to max. */
-int queue_list(struct store *store, const char *state,
-               struct queue_entry **out, size_t max);
+int queue_list(struct store *store, const char *state, struct queue_entry **out,
+               size_t max);
 
 void queue_entry_free(struct queue_entry *e);
 void queue_entries_free(struct queue_entry *v, size_t n);

@@ -20,14 +20,14 @@ typedef void (*smtp_intake_queued_cb)(void *arg);
 
 /* The SMTP reply for a commit: 250 with the queue id as text, or a
  * failure. */
-typedef void (*smtp_intake_done_cb)(void *arg, int code,
-                                    const char *enhanced, const char *text);
+typedef void (*smtp_intake_done_cb)(void *arg, int code, const char *enhanced,
+                                    const char *text);
 
 /* Opens its own database connection (commits run on worker threads) and
  * prepares the spool directory. */
-int smtp_intake_new(uv_loop_t *loop, const char *spool_dir,
-                    const char *db_path, smtp_intake_queued_cb queued,
-                    void *arg, struct smtp_intake **out);
+int smtp_intake_new(uv_loop_t *loop, const char *spool_dir, const char *db_path,
+                    smtp_intake_queued_cb queued, void *arg,
+                    struct smtp_intake **out);
 
 void smtp_intake_free(struct smtp_intake *intake);
 
@@ -36,16 +36,13 @@ void smtp_intake_free(struct smtp_intake *intake);
  * last seconds is answered 250 with that message's queue id and not queued
  * again. 0 (the default) queues every submission. Set before the first
  * message. */
-void smtp_intake_set_dedup_window(struct smtp_intake *intake,
-                                  unsigned seconds);
+void smtp_intake_set_dedup_window(struct smtp_intake *intake, unsigned seconds);
 
 /* Starts a message with a fresh queue id. */
-int smtp_intake_begin(struct smtp_intake *intake,
-                      struct smtp_intake_msg **out);
+int smtp_intake_begin(struct smtp_intake *intake, struct smtp_intake_msg **out);
 
 /* Appends message bytes to the spool file. */
-int smtp_intake_write(struct smtp_intake_msg *msg, const char *buf,
-                      size_t len);
+int smtp_intake_write(struct smtp_intake_msg *msg, const char *buf, size_t len);
 
 /* Commits the message as sent by sender (the normalised linked user) to
  * the envelope's recipients. done runs on the loop exactly once; msg is

@@ -11,34 +11,34 @@
 #include <stdint.h>
 
 enum smtp_state {
-  SMTP_STATE_CONNECTED, /* greeting sent, no EHLO yet */
-  SMTP_STATE_READY, /* EHLO/HELO done, no transaction */
-  SMTP_STATE_AUTH_PLAIN, /* waiting for the PLAIN response line */
+  SMTP_STATE_CONNECTED,       /* greeting sent, no EHLO yet */
+  SMTP_STATE_READY,           /* EHLO/HELO done, no transaction */
+  SMTP_STATE_AUTH_PLAIN,      /* waiting for the PLAIN response line */
   SMTP_STATE_AUTH_LOGIN_USER, /* waiting for the base64 user name */
   SMTP_STATE_AUTH_LOGIN_PASS, /* waiting for the base64 password */
-  SMTP_STATE_MAIL, /* MAIL accepted, waiting for RCPT */
-  SMTP_STATE_RCPT, /* at least one RCPT accepted */
-  SMTP_STATE_DATA, /* reading message data */
-  SMTP_STATE_COMMITTING, /* end of data seen, waiting for data_done */
-  SMTP_STATE_CLOSING, /* QUIT, fatal limit or shutdown: no more input */
+  SMTP_STATE_MAIL,            /* MAIL accepted, waiting for RCPT */
+  SMTP_STATE_RCPT,            /* at least one RCPT accepted */
+  SMTP_STATE_DATA,            /* reading message data */
+  SMTP_STATE_COMMITTING,      /* end of data seen, waiting for data_done */
+  SMTP_STATE_CLOSING,         /* QUIT, fatal limit or shutdown: no more input */
 };
 
 /* Fixed by the protocol; the configurable ones are in smtp_limits. */
-#define SMTP_COMMAND_LINE_MAX 512 /* RFC 5321 4.5.3.1.4, with CRLF */
-#define SMTP_ADDRESS_MAX 256 /* RFC 5321 4.5.3.1.3 path length */
+#define SMTP_COMMAND_LINE_MAX 512      /* RFC 5321 4.5.3.1.4, with CRLF */
+#define SMTP_ADDRESS_MAX 256           /* RFC 5321 4.5.3.1.3 path length */
 #define SMTP_PIPELINE_BUFFER_MAX 65536 /* input held while committing */
 
 struct smtp_limits {
   uint64_t max_message_size; /* bytes after dot-unstuffing; SIZE value */
-  unsigned max_recipients; /* RCPT beyond this: 452 4.5.3 */
-  unsigned max_commands; /* commands outside a transaction: then 421 */
+  unsigned max_recipients;   /* RCPT beyond this: 452 4.5.3 */
+  unsigned max_commands;     /* commands outside a transaction: then 421 */
 };
 
 /* The transaction handed over at the end of data. */
 struct smtp_envelope {
-  const char *helo; /* EHLO/HELO argument */
-  const char *auth_user; /* authenticated service user */
-  const char *mail_from; /* reverse path without brackets */
+  const char *helo;         /* EHLO/HELO argument */
+  const char *auth_user;    /* authenticated service user */
+  const char *mail_from;    /* reverse path without brackets */
   const char *const *rcpts; /* forward paths without brackets */
   size_t nrcpts;
   uint64_t size; /* message bytes received */
@@ -55,9 +55,9 @@ struct smtp_session_ops {
   int (*authenticate)(void *ctx, const char *user, const char *password);
 
   /* Decides whether the service may still be used at all before each
-   * command other than EHLO, HELO, AUTH, QUIT, RSET and NOOP (the organisation switch).
-   * Returns 0, or negative with a sentence in reason: the command is then
-   * answered 550 5.7.1 with that sentence. May be NULL. */
+   * command other than EHLO, HELO, AUTH, QUIT, RSET and NOOP (the organisation
+   * switch). Returns 0, or negative with a sentence in reason: the command is
+   * then answered 550 5.7.1 with that sentence. May be NULL. */
   int (*check_service)(void *ctx, char *reason, size_t reasonlen);
 
   /* Decides MAIL FROM: 0 allows, negative refuses with reason (550 5.7.1

@@ -11,7 +11,7 @@
 struct spool_file {
   int fd;
   char *tmp_path; /* "<dir>/tmp/<id>" while being written */
-  char *path; /* "<dir>/<id>.eml" once committed */
+  char *path;     /* "<dir>/<id>.eml" once committed */
   uint64_t size;
 };
 

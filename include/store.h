@@ -18,8 +18,7 @@ struct store {
  * synchronous=FULL and a busy timeout, and applies every migration the file
  * has not seen. Returns 0 and a new store, or a negative errno with a
  * sentence in err. */
-int store_open(const char *path, struct store **out, char *err,
-               size_t errlen);
+int store_open(const char *path, struct store **out, char *err, size_t errlen);
 
 /* Closes the database and frees the store; NULL is allowed. */
 void store_close(struct store *store);

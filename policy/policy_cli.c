@@ -32,7 +32,7 @@
 #include "xalloc.h"
 
 #define CLI_DEFAULT_CONFIG "/etc/nextal-agent/agent.ini"
-#define CLI_HELD_MAX 1000 /* messages `held` lists at most */
+#define CLI_HELD_MAX 1000   /* messages `held` lists at most */
 #define CLI_REASON_MAX 1000 /* bytes of a drop reason */
 #define CLI_ACTOR_MAX 64
 
@@ -956,8 +956,8 @@ static int cli_retry(struct cli *cli, int argc, char **argv)
   if ((rc = cli_message_find(cli, argv[0], &e)) != EX_OK)
     return rc;
   if (strcmp(e.state, "failed") != 0 && strcmp(e.state, "held") != 0) {
-    cli_error("%s is %s; only failed or held mail can be retried",
-              e.queue_id, e.state);
+    cli_error("%s is %s; only failed or held mail can be retried", e.queue_id,
+              e.state);
     queue_entry_free(&e);
     return EX_DATAERR;
   }
@@ -987,8 +987,7 @@ static int cli_drop(struct cli *cli, const char *queue_id, const char *reason)
   if ((rc = cli_message_find(cli, queue_id, &e)) != EX_OK)
     return rc;
   if (strcmp(e.state, "sending") == 0) {
-    cli_error("%s is being sent right now; try again in a minute",
-              e.queue_id);
+    cli_error("%s is being sent right now; try again in a minute", e.queue_id);
     queue_entry_free(&e);
     return EX_TEMPFAIL;
   }
@@ -1239,8 +1238,8 @@ static int cli_dispatch(struct cli *cli, int argc, char **argv)
 
     if (strcmp(argv[0], cmd->name) != 0)
       continue;
-    if (cmd->run == cli_disable_run || cmd->run == cli_audit_run ||
-        cmd->run == cli_drop_run)
+    if (cmd->run == cli_disable_run || cmd->run == cli_audit_run
+        || cmd->run == cli_drop_run)
       return cmd->run(cli, argc, argv);
     rc = cli_options(cli, cmd, argc, argv, NULL, NULL);
     if (rc >= 0)

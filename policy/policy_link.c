@@ -79,16 +79,17 @@ static char *policy_link_token(const struct config *cfg, char *msg,
 {
   char *form = NULL;
   char *grant = NULL;
-  char *url = xasprintf("%s/%s/oauth2/v2.0/token", cfg->login_base_url,
-                        cfg->tenant);
+  char *url
+      = xasprintf("%s/%s/oauth2/v2.0/token", cfg->login_base_url, cfg->tenant);
   json_t *body = NULL;
   long status = 0;
   const char *token = NULL;
   char *out = NULL;
 
   if (client_auth_form_add(cfg, (int64_t) time(NULL), &form) < 0) {
-    snprintf(msg, msglen, "the client certificate or key cannot be used "
-                          "(see the message above)");
+    snprintf(msg, msglen,
+             "the client certificate or key cannot be used "
+             "(see the message above)");
     goto out;
   }
   grant = xasprintf("%s&grant_type=client_credentials&scope=https%%3A%%2F%%2F"
@@ -156,9 +157,8 @@ static int policy_link_lookup(const struct config *cfg, const char *token,
   char *url = xasprintf("%s/v1.0/users/%s?$select=id,displayName,mail",
                         cfg->graph_base_url, who);
   long status = policy_link_fetch(url, NULL, token, user);
-  const char *code =
-      json_string_value(json_object_get(json_object_get(*user, "error"),
-                                        "code"));
+  const char *code = json_string_value(
+      json_object_get(json_object_get(*user, "error"), "code"));
 
   curl_free(who);
   free(url);
@@ -197,10 +197,9 @@ int policy_link_application(const struct config *cfg, struct store *store,
   rc = policy_link_lookup(cfg, token, address, &user, msg, msglen);
   if (rc < 0)
     goto out;
-  rc = links_set_linked(store, address,
-                        json_string_value(json_object_get(user, "id")),
-                        json_string_value(json_object_get(user,
-                                                          "displayName")));
+  rc = links_set_linked(
+      store, address, json_string_value(json_object_get(user, "id")),
+      json_string_value(json_object_get(user, "displayName")));
   if (rc == 0)
     snprintf(msg, msglen, "%s is linked (application mode)", address);
   else

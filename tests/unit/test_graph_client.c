@@ -46,7 +46,7 @@ struct fixture {
   int arrivals_a[32]; /* X-Seq of mailbox a's requests, in arrival order */
   unsigned narrivals_a;
   char last_headers[1024]; /* of the last Graph request, "name=value;" */
-  bool upload_had_auth; /* the last upload URL request had Authorization */
+  bool upload_had_auth;    /* the last upload URL request had Authorization */
   char upload_range[64];
   unsigned done;
   unsigned done_order; /* completion counter */
