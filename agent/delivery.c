@@ -271,22 +271,24 @@ static void delivery_refused(struct delivery_job *job, const char *code,
 
 /* A transient failure: retry after Retry-After or the backoff, whichever
  * is later, unless the message has run out of attempts or time. */
-static void delivery_retry(struct delivery_job *job, double retry_after,
-                           const char *code, const char *text)
+static void delivery_retry(struct delivery_job *job, long status,
+                           double retry_after, const char *code,
+                           const char *text)
 {
   struct delivery *d = job->d;
   int64_t now = store_now_ms();
   int64_t wait = delivery_backoff_ms(job->attempts + 1);
   int told = retry_after >= 0;
+  int throttled = told && status == 429;
 
   delivery_pace_refund(job);
-  /* When Graph says how long to wait, that is the wait (graph-api.md 4.2:
-   * throttled requests are retried after Retry-After, again and again);
-   * our own backoff is for answers that do not say. Waits Graph asked
-   * for do not use up attempts either: only max_age ends them. */
+  /* When Graph says how long to wait, that is the wait (graph-api.md 4.2,
+   * 4.3); our own backoff is for answers that do not say. Throttling
+   * (429) is Graph pacing us, not a failure, so it does not use up
+   * attempts: only max_age ends it. */
   if (told)
     wait = (int64_t) (retry_after * 1000.0 + 0.5);
-  if ((!told && (unsigned) job->attempts + 1 >= d->max_attempts)
+  if ((!throttled && (unsigned) job->attempts + 1 >= d->max_attempts)
       || now + wait - job->created_at > d->max_age_ms) {
     char *why
         = xasprintf("gave up after %d attempts: %s", job->attempts + 1, text);
@@ -345,7 +347,7 @@ static void delivery_on_sent(void *arg, const struct graph_response *resp)
     log_warn("%s queue outcome_unknown sender=%s code=%s", job->queue_id,
              job->sender, resp->error_code);
   } else if (delivery_is_transient(resp->status)) {
-    delivery_retry(job, resp->retry_after, resp->error_code,
+    delivery_retry(job, resp->status, resp->retry_after, resp->error_code,
                    resp->error_message);
   } else {
     char *why = xasprintf("Graph answered %ld: %s", resp->status,
@@ -470,7 +472,7 @@ static void delivery_after_translate(uv_work_t *work, int status)
     return;
   }
   if (job->local_error) {
-    delivery_retry(job, -1, "local_file", job->translate_error);
+    delivery_retry(job, 0, -1, "local_file", job->translate_error);
     delivery_job_finish(job);
     return;
   }
