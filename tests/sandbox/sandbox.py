@@ -327,6 +327,19 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def watch(box):
+    """Waits for Ctrl-C or SIGTERM; says so if the agent dies meanwhile."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while box.agent.poll() is None:
+            time.sleep(0.5)
+        print("\nnextal-agent exited with status %s; the last lines of %s:\n%s"
+              % (box.agent.returncode, box.path("agent.log"),
+                 "\n".join(box.agent_output().splitlines()[-15:])))
+    except KeyboardInterrupt:
+        pass
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build-dir", default=os.path.join(REPO, "build"))
@@ -353,7 +366,7 @@ def main():
         if args.keep:
             print("\nRunning; Ctrl-C stops it. Logs: %s, %s"
                   % (box.path("agent.log"), box.path("graphsim.log")))
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            watch(box)
     finally:
         if args.keep or args.dir:
             os.environ["NEXTAL_KEEP_SANDBOX"] = "1"
