@@ -662,21 +662,13 @@ int queue_count(struct store *store, const char *state, int64_t *count)
   return rc == SQLITE_ROW ? 0 : -EIO;
 }
 
-int queue_list(struct store *store, const char *state, struct queue_entry **out,
-               size_t max)
+/* Loads every row a prepared, bound statement returns, then finalizes
+ * it; returns the count. */
+static int queue_collect(sqlite3_stmt *st, struct queue_entry **out)
 {
-  sqlite3_stmt *st = NULL;
   struct queue_entry *v = NULL;
   size_t n = 0;
 
-  if (queue_prepare(store,
-                    "SELECT " QUEUE_COLUMNS " FROM messages "
-                    "WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2",
-                    &st)
-      < 0)
-    return -EIO;
-  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
   while (sqlite3_step(st) == SQLITE_ROW) {
     v = xrealloc(v, sizeof(*v) * (n + 1));
     queue_entry_load(&v[n++], st);
@@ -686,12 +678,26 @@ int queue_list(struct store *store, const char *state, struct queue_entry **out,
   return (int) n;
 }
 
+int queue_list(struct store *store, const char *state, struct queue_entry **out,
+               size_t max)
+{
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "SELECT " QUEUE_COLUMNS " FROM messages "
+                    "WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2",
+                    &st)
+      < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
+  return queue_collect(st, out);
+}
+
 int queue_find_all(struct store *store, const char *message_id,
                    struct queue_entry **out, size_t max)
 {
   sqlite3_stmt *st = NULL;
-  struct queue_entry *v = NULL;
-  size_t n = 0;
 
   if (queue_prepare(store,
                     "SELECT " QUEUE_COLUMNS " FROM messages "
@@ -701,13 +707,7 @@ int queue_find_all(struct store *store, const char *message_id,
     return -EIO;
   sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    v = xrealloc(v, sizeof(*v) * (n + 1));
-    queue_entry_load(&v[n++], st);
-  }
-  sqlite3_finalize(st);
-  *out = v;
-  return (int) n;
+  return queue_collect(st, out);
 }
 
 int queue_each_sent_since(struct store *store, int64_t since_ms,

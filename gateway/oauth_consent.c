@@ -11,44 +11,10 @@
 
 #include "links.h"
 #include "log.h"
+#include "http_page.h"
 #include "xalloc.h"
 
 #define OAUTH_CONSENT_PARAM_MAX 1024
-
-/* Builds a small HTML page; libxml2 escapes the text we did not write. */
-static char *oauth_consent_page(const char *title, const char *text)
-{
-  xmlDocPtr doc = htmlNewDocNoDtD(NULL, NULL);
-  xmlNodePtr html = xmlNewNode(NULL, BAD_CAST "html");
-  xmlNodePtr body;
-  xmlChar *out = NULL;
-  int len = 0;
-  char *page;
-
-  xmlDocSetRootElement(doc, html);
-  xmlNewTextChild(xmlNewChild(html, NULL, BAD_CAST "head", NULL), NULL,
-                  BAD_CAST "title", BAD_CAST title);
-  body = xmlNewChild(html, NULL, BAD_CAST "body", NULL);
-  xmlNewTextChild(body, NULL, BAD_CAST "h1", BAD_CAST title);
-  xmlNewTextChild(body, NULL, BAD_CAST "p", BAD_CAST text);
-  htmlDocDumpMemory(doc, &out, &len);
-  page = xstrndup((const char *) out, (size_t) len);
-  xmlFree(out);
-  xmlFreeDoc(doc);
-  return page;
-}
-
-static void oauth_consent_reply(struct http_exchange *ex, int status,
-                                const char *title, const char *text)
-{
-  static const char *const headers[]
-      = { "Content-Type: text/html; charset=utf-8", "Cache-Control: no-store",
-          NULL };
-  char *page = oauth_consent_page(title, text);
-
-  http_exchange_respond(ex, status, headers, page, strlen(page));
-  free(page);
-}
 
 static const char *oauth_consent_param(struct http_exchange *ex,
                                        const char *name)
@@ -75,7 +41,7 @@ static void oauth_consent_refused(struct http_exchange *ex, struct store *store,
                    "stays inactive; an administrator can open the consent "
                    "link again.",
                    error, description ? description : "");
-  oauth_consent_reply(ex, 403, "Consent not granted", text);
+  http_page_respond(ex, 403, "Consent not granted", text);
   free(text);
   free(why);
 }
@@ -109,11 +75,11 @@ static void oauth_consent_handle(void *arg, struct http_exchange *ex)
     log_warn("%s http consent_state_unknown peer=%s",
              http_exchange_request(ex)->conn_id,
              http_exchange_request(ex)->peer);
-    oauth_consent_reply(ex, 400, "Consent answer not recognised",
-                        "This answer does not belong to a consent link this "
-                        "agent issued, or it was already used; nothing was "
-                        "recorded. Run nextal-policy consent-link for a new "
-                        "link.");
+    http_page_respond(ex, 400, "Consent answer not recognised",
+                      "This answer does not belong to a consent link this "
+                      "agent issued, or it was already used; nothing was "
+                      "recorded. Run nextal-policy consent-link for a new "
+                      "link.");
     return;
   }
 
@@ -125,10 +91,10 @@ static void oauth_consent_handle(void *arg, struct http_exchange *ex)
     return;
   }
   if (granted == NULL || strcasecmp(granted, "true") != 0) {
-    oauth_consent_reply(ex, 400, "Not a consent answer",
-                        "This address receives Microsoft's answer to the "
-                        "admin consent link; open the link from "
-                        "nextal-policy consent-link instead.");
+    http_page_respond(ex, 400, "Not a consent answer",
+                      "This address receives Microsoft's answer to the "
+                      "admin consent link; open the link from "
+                      "nextal-policy consent-link instead.");
     return;
   }
   /* The returned tenant is recorded for the operator, not trusted for
@@ -136,10 +102,10 @@ static void oauth_consent_handle(void *arg, struct http_exchange *ex)
    * configured tenant. */
   tenant_consent_record(store, true, tenant, NULL);
   log_info("- http consent_granted tenant=%s", tenant ? tenant : "-");
-  oauth_consent_reply(ex, 200, "Consent granted",
-                      "Nextal may now work with your organisation's Microsoft "
-                      "365 mailboxes and calendars. Each user links their own "
-                      "mailbox from Nextal.");
+  http_page_respond(ex, 200, "Consent granted",
+                    "Nextal may now work with your organisation's Microsoft "
+                    "365 mailboxes and calendars. Each user links their own "
+                    "mailbox from Nextal.");
 }
 
 int oauth_consent_register(struct http_router *router, struct store *store)

@@ -21,6 +21,7 @@
 #include "link_url.h"
 #include "links.h"
 #include "log.h"
+#include "http_page.h"
 #include "xalloc.h"
 
 #define USER_LINK_PARAM_MAX 2048 /* longest query value we accept */
@@ -43,41 +44,6 @@ struct user_link_call {
 };
 
 /* ---- answers ------------------------------------------------------------ */
-
-/* Builds a small HTML page; libxml2 escapes text we did not write. */
-static char *user_link_page_build(const char *title, const char *text)
-{
-  xmlDocPtr doc = htmlNewDocNoDtD(NULL, NULL);
-  xmlNodePtr html = xmlNewNode(NULL, BAD_CAST "html");
-  xmlNodePtr body;
-  xmlChar *out = NULL;
-  int len = 0;
-  char *page;
-
-  xmlDocSetRootElement(doc, html);
-  xmlNewTextChild(xmlNewChild(html, NULL, BAD_CAST "head", NULL), NULL,
-                  BAD_CAST "title", BAD_CAST title);
-  body = xmlNewChild(html, NULL, BAD_CAST "body", NULL);
-  xmlNewTextChild(body, NULL, BAD_CAST "h1", BAD_CAST title);
-  xmlNewTextChild(body, NULL, BAD_CAST "p", BAD_CAST text);
-  htmlDocDumpMemory(doc, &out, &len);
-  page = xstrndup((const char *) out, (size_t) len);
-  xmlFree(out);
-  xmlFreeDoc(doc);
-  return page;
-}
-
-static void user_link_page(struct http_exchange *ex, int status,
-                           const char *title, const char *text)
-{
-  static const char *const headers[]
-      = { "Content-Type: text/html; charset=utf-8", "Cache-Control: no-store",
-          NULL };
-  char *page = user_link_page_build(title, text);
-
-  http_exchange_respond(ex, status, headers, page, strlen(page));
-  free(page);
-}
 
 /* Answers with a JSON value and releases it. */
 static void user_link_json(struct http_exchange *ex, int status, json_t *value)
@@ -204,10 +170,10 @@ static int user_link_start_check(struct user_link_deps *deps,
 
   if (user == NULL || exp == NULL || sig == NULL
       || policy_address_normalize(user, address, POLICY_ADDRESS_MAX) < 0) {
-    user_link_page(ex, 400, "Not a start link",
-                   "This address links a mailbox when opened from the link "
-                   "Nextal gives you; this one lacks its user, expiry or "
-                   "signature.");
+    http_page_respond(ex, 400, "Not a start link",
+                      "This address links a mailbox when opened from the link "
+                      "Nextal gives you; this one lacks its user, expiry or "
+                      "signature.");
     return -EINVAL;
   }
   verdict = link_url_verify(deps->cfg->link_secret, user, exp, sig,
@@ -218,7 +184,7 @@ static int user_link_start_check(struct user_link_deps *deps,
              log_escape(esc, sizeof(esc), user, strlen(user)), (int) verdict,
              http_exchange_request(ex)->peer);
     text = xasprintf("Nothing was linked: %s.", link_url_verdict_text(verdict));
-    user_link_page(ex, 403, "Link refused", text);
+    http_page_respond(ex, 403, "Link refused", text);
     free(text);
     return -EPERM;
   }
@@ -228,7 +194,7 @@ static int user_link_start_check(struct user_link_deps *deps,
     text = xasprintf("Your organisation's policy does not let %s link a "
                      "mailbox (%s): %s",
                      address, d.code, d.sentence);
-    user_link_page(ex, 403, "Link refused", text);
+    http_page_respond(ex, 403, "Link refused", text);
     free(text);
     return -EPERM;
   }
@@ -285,10 +251,10 @@ static void user_link_start_delegated(struct user_link_deps *deps,
   rc = links_pending_put(deps->store, state, address, verifier,
                          USER_LINK_PENDING_S);
   if (rc < 0) {
-    user_link_page(ex, 503, "Try again later",
-                   rc == -ENOSPC ? "Too many sign-ins are in progress; try "
-                                   "again in a few minutes."
-                                 : "The agent cannot record the sign-in.");
+    http_page_respond(ex, 503, "Try again later",
+                      rc == -ENOSPC ? "Too many sign-ins are in progress; try "
+                                      "again in a few minutes."
+                                    : "The agent cannot record the sign-in.");
     goto out;
   }
   url = user_link_authorize_url(deps->cfg, address, state, challenge);
@@ -328,24 +294,24 @@ static void user_link_on_lookup(void *arg, const struct graph_response *resp)
     text = xasprintf("%s is linked: Nextal may now send mail and manage "
                      "interviews for this mailbox.",
                      call->address);
-    user_link_page(call->ex, 200, "Mailbox linked", text);
+    http_page_respond(call->ex, 200, "Mailbox linked", text);
   } else if (resp->status == 404) {
     text = xasprintf("Microsoft 365 has no mailbox %s in your organisation "
                      "(%s), so nothing was linked.",
                      call->address, resp->error_code);
-    user_link_page(call->ex, 404, "No such mailbox", text);
+    http_page_respond(call->ex, 404, "No such mailbox", text);
   } else if (resp->status == 401 || resp->status == 403) {
     text = xasprintf("Microsoft refused to look up %s (%s): your "
                      "organisation's administrator must grant admin consent "
                      "first. Nothing was linked.",
                      call->address, resp->error_code);
-    user_link_page(call->ex, 403, "Not linked", text);
+    http_page_respond(call->ex, 403, "Not linked", text);
   } else {
     text = xasprintf("Microsoft did not answer the lookup of %s (%ld %s %s); "
                      "try again later.",
                      call->address, resp->status, resp->error_code,
                      resp->error_message);
-    user_link_page(call->ex, 502, "Not linked", text);
+    http_page_respond(call->ex, 502, "Not linked", text);
   }
   free(text);
   json_decref(user);
@@ -455,11 +421,11 @@ static void user_link_accept(struct user_link_call *call, json_t *root)
     text = xasprintf("Your organisation's policy no longer lets %s link a "
                      "mailbox (%s): %s",
                      call->address, d.code, d.sentence);
-    user_link_page(call->ex, 403, "Link refused", text);
+    http_page_respond(call->ex, 403, "Link refused", text);
   } else if (who == NULL || refresh == NULL) {
-    user_link_page(call->ex, 502, "Not linked",
-                   "Microsoft's answer named no signed-in account or "
-                   "carried no refresh token; nothing was linked.");
+    http_page_respond(call->ex, 502, "Not linked",
+                      "Microsoft's answer named no signed-in account or "
+                      "carried no refresh token; nothing was linked.");
   } else if (strcasecmp(who, call->address) != 0) {
     /* Linking someone else's mailbox must be impossible. */
     log_warn("- link wrong_account expected=%s signed_in=%s", call->address,
@@ -471,10 +437,10 @@ static void user_link_accept(struct user_link_call *call, json_t *root)
                      "was linked; sign out of Microsoft and open the link "
                      "again as %s.",
                      who, call->address, call->address);
-    user_link_page(call->ex, 403, "Wrong account", text);
+    http_page_respond(call->ex, 403, "Wrong account", text);
   } else if (user_link_store(deps, call->address, refresh, claims) < 0) {
-    user_link_page(call->ex, 500, "Not linked",
-                   "The agent could not store the link; try again later.");
+    http_page_respond(call->ex, 500, "Not linked",
+                      "The agent could not store the link; try again later.");
   } else {
     token_cache_invalidate(deps->tokens, call->address);
     user_link_audit(deps, "link", call->address,
@@ -483,7 +449,7 @@ static void user_link_accept(struct user_link_call *call, json_t *root)
     text = xasprintf("%s is linked: Nextal may now send mail and manage "
                      "interviews as you. You can close this page.",
                      call->address);
-    user_link_page(call->ex, 200, "Mailbox linked", text);
+    http_page_respond(call->ex, 200, "Mailbox linked", text);
   }
   free(text);
   json_decref(claims);
@@ -509,7 +475,7 @@ static void user_link_on_token(void *arg, const struct http_response *resp)
                      : resp->status ? "no answer"
                                     : "network",
                      desc ? desc : resp->curl_message);
-    user_link_page(call->ex, 502, "Not linked", text);
+    http_page_respond(call->ex, 502, "Not linked", text);
     free(text);
   }
   json_decref(root);
@@ -549,9 +515,9 @@ static void user_link_redeem(struct user_link_call *call, const char *code)
                               .timeout_ms = USER_LINK_TIMEOUT_MS };
 
   if (client_auth_form_add(cfg, (int64_t) time(NULL), &form) < 0) {
-    user_link_page(call->ex, 500, "Not linked",
-                   "The agent cannot authenticate to Microsoft (its client "
-                   "certificate is unusable); tell your administrator.");
+    http_page_respond(call->ex, 500, "Not linked",
+                      "The agent cannot authenticate to Microsoft (its client "
+                      "certificate is unusable); tell your administrator.");
     user_link_call_free(call);
     goto out;
   }
@@ -563,8 +529,8 @@ static void user_link_redeem(struct user_link_call *call, const char *code)
   req.body = form;
   req.body_len = strlen(form);
   if (http_client_send(call->deps->http, &req, user_link_on_token, call) < 0) {
-    user_link_page(call->ex, 503, "Not linked",
-                   "The agent is shutting down; try again in a minute.");
+    http_page_respond(call->ex, 503, "Not linked",
+                      "The agent is shutting down; try again in a minute.");
     user_link_call_free(call);
   }
   explicit_bzero(form, strlen(form));
@@ -594,13 +560,13 @@ static void user_link_callback(void *arg, struct http_exchange *ex)
     rc = -ENOENT;
   }
   if (rc < 0) {
-    user_link_page(ex, 400, "Sign-in not recognised",
-                   rc == -ETIMEDOUT
-                       ? "This sign-in took too long or was already used; "
-                         "open the link from Nextal again."
-                       : "This sign-in was not started by this agent, or was "
-                         "already completed; open the link from Nextal "
-                         "again.");
+    http_page_respond(
+        ex, 400, "Sign-in not recognised",
+        rc == -ETIMEDOUT ? "This sign-in took too long or was already used; "
+                           "open the link from Nextal again."
+                         : "This sign-in was not started by this agent, or was "
+                           "already completed; open the link from Nextal "
+                           "again.");
     return;
   }
   if (error != NULL || code == NULL) {
@@ -612,7 +578,7 @@ static void user_link_callback(void *arg, struct http_exchange *ex)
                      "you can open the link from Nextal again.",
                      address, error ? error : "no authorization code",
                      desc ? desc : "");
-    user_link_page(ex, 403, "Not linked", text);
+    http_page_respond(ex, 403, "Not linked", text);
     free(text);
     free(address);
     free(verifier);
