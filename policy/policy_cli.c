@@ -683,21 +683,30 @@ static int cli_validate(struct cli *cli, int argc, char **argv)
 
 /* unlink */
 
+/* The common start of the one-address commands: exactly one argument,
+ * a mail address (normalised into norm), and an open store. Returns EX_OK
+ * or the exit status, having said what was wrong. */
+static int cli_one_address(struct cli *cli, const char *verb, int argc,
+                           char **argv, char norm[POLICY_ADDRESS_MAX])
+{
+  if (argc != 1) {
+    cli_error("%s takes one address", verb);
+    return EX_USAGE;
+  }
+  if (policy_address_normalize(argv[0], norm, POLICY_ADDRESS_MAX) < 0) {
+    cli_error("\"%s\" is not a mail address", argv[0]);
+    return EX_DATAERR;
+  }
+  return cli_open(cli);
+}
+
 static int cli_unlink(struct cli *cli, int argc, char **argv)
 {
   char norm[POLICY_ADDRESS_MAX];
   char *detail = NULL;
   int rc;
 
-  if (argc != 1) {
-    cli_error("unlink takes one address");
-    return EX_USAGE;
-  }
-  if (policy_address_normalize(argv[0], norm, sizeof(norm)) < 0) {
-    cli_error("\"%s\" is not a mail address", argv[0]);
-    return EX_DATAERR;
-  }
-  if ((rc = cli_open(cli)) != EX_OK)
+  if ((rc = cli_one_address(cli, "unlink", argc, argv, norm)) != EX_OK)
     return rc;
 
   rc = links_unlink(cli->store, cli->actor, norm, &detail);
@@ -1018,15 +1027,7 @@ static int cli_link(struct cli *cli, int argc, char **argv)
   char *detail;
   int rc;
 
-  if (argc != 1) {
-    cli_error("link takes one address");
-    return EX_USAGE;
-  }
-  if (policy_address_normalize(argv[0], norm, sizeof(norm)) < 0) {
-    cli_error("\"%s\" is not a mail address", argv[0]);
-    return EX_DATAERR;
-  }
-  if ((rc = cli_open(cli)) != EX_OK)
+  if ((rc = cli_one_address(cli, "link", argc, argv, norm)) != EX_OK)
     return rc;
   if (cli->cfg.link_mode != CONFIG_LINK_APPLICATION) {
     cli_error("link_mode is delegated: %s links their own mailbox through "
@@ -1055,15 +1056,7 @@ static int cli_link_url(struct cli *cli, int argc, char **argv)
   int64_t exp = 0;
   int rc;
 
-  if (argc != 1) {
-    cli_error("link-url takes one address");
-    return EX_USAGE;
-  }
-  if (policy_address_normalize(argv[0], norm, sizeof(norm)) < 0) {
-    cli_error("\"%s\" is not a mail address", argv[0]);
-    return EX_DATAERR;
-  }
-  if ((rc = cli_open(cli)) != EX_OK)
+  if ((rc = cli_one_address(cli, "link-url", argc, argv, norm)) != EX_OK)
     return rc;
   rc = link_url_build(&cli->cfg, norm, (int64_t) time(NULL), &url, &exp);
   if (rc == -ENOKEY) {
