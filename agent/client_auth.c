@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "base64url.h"
 #include "xalloc.h"
 
 #define CLIENT_AUTH_ASSERTION_TYPE                                             \
@@ -45,27 +46,6 @@ static void client_auth_add(char **form, const char *name, const char *value)
   curl_free(esc);
   free(*form);
   *form = next;
-}
-
-static char *client_auth_b64url(const void *data, size_t len)
-{
-  gnutls_datum_t in = { (unsigned char *) data, (unsigned) len };
-  gnutls_datum_t out = { NULL, 0 };
-  char *text;
-  size_t n;
-
-  if (gnutls_base64_encode2(&in, &out) < 0)
-    abort(); /* GnuTLS fails here only when out of memory */
-  text = xstrndup((const char *) out.data, out.size);
-  gnutls_free(out.data);
-  for (n = 0; text[n] != '\0' && text[n] != '='; n++) {
-    if (text[n] == '+')
-      text[n] = '-';
-    else if (text[n] == '/')
-      text[n] = '_';
-  }
-  text[n] = '\0';
-  return text;
 }
 
 static int client_auth_read(const char *path, gnutls_datum_t *out, char *err,
@@ -142,7 +122,7 @@ static char *client_auth_thumbprint(gnutls_x509_crt_t crt)
 
   if (gnutls_x509_crt_get_fingerprint(crt, GNUTLS_DIG_SHA256, digest, &len) < 0)
     return NULL;
-  return client_auth_b64url(digest, len);
+  return base64url_encode(digest, len);
 }
 
 /* Encodes a JSON object as base64url and releases it. */
@@ -154,7 +134,7 @@ static char *client_auth_part(json_t *obj)
   json_decref(obj);
   if (text == NULL)
     abort(); /* jansson fails here only when out of memory */
-  part = client_auth_b64url(text, strlen(text));
+  part = base64url_encode(text, strlen(text));
   free(text);
   return part;
 }
@@ -190,7 +170,7 @@ static char *client_auth_assertion(const struct config *cfg,
   if (gnutls_privkey_sign_data2(k->key, GNUTLS_SIGN_RSA_PSS_RSAE_SHA256, 0,
                                 &data, &sig)
       == 0) {
-    sig_text = client_auth_b64url(sig.data, sig.size);
+    sig_text = base64url_encode(sig.data, sig.size);
     jwt = xasprintf("%s.%s", input, sig_text);
     gnutls_free(sig.data);
   }

@@ -21,6 +21,7 @@
 #include "link_url.h"
 #include "links.h"
 #include "log.h"
+#include "base64url.h"
 #include "http_page.h"
 #include "xalloc.h"
 
@@ -97,59 +98,13 @@ static void user_link_audit(struct user_link_deps *deps, const char *action,
   free(detail);
 }
 
-/* ---- base64url (RFC 4648 section 5) over GnuTLS's base64 ---------------- */
-
-static char *user_link_b64url_encode(const unsigned char *data, size_t len)
-{
-  gnutls_datum_t in = { (unsigned char *) data, (unsigned) len };
-  gnutls_datum_t out = { NULL, 0 };
-  char *text;
-  size_t n;
-
-  if (gnutls_base64_encode2(&in, &out) < 0)
-    abort(); /* GnuTLS fails here only when out of memory */
-  text = xstrndup((const char *) out.data, out.size);
-  gnutls_free(out.data);
-  for (n = 0; text[n] != '\0' && text[n] != '='; n++) {
-    if (text[n] == '+')
-      text[n] = '-';
-    else if (text[n] == '/')
-      text[n] = '_';
-  }
-  text[n] = '\0';
-  return text;
-}
-
-/* Decodes base64url without padding into a new NUL-terminated buffer;
- * NULL when the text is not base64url. */
-static char *user_link_b64url_decode(const char *text, size_t len)
-{
-  gnutls_datum_t in, out = { NULL, 0 };
-  char *std = xmalloc(len + 4);
-  char *result = NULL;
-  size_t n;
-
-  for (n = 0; n < len; n++)
-    std[n] = text[n] == '-' ? '+' : text[n] == '_' ? '/' : text[n];
-  while (n % 4 != 0)
-    std[n++] = '=';
-  in.data = (unsigned char *) std;
-  in.size = (unsigned) n;
-  if (gnutls_base64_decode2(&in, &out) == 0) {
-    result = xstrndup((const char *) out.data, out.size);
-    gnutls_free(out.data);
-  }
-  free(std);
-  return result;
-}
-
 static char *user_link_random(void)
 {
   unsigned char rnd[USER_LINK_RANDOM_BYTES];
 
   if (gnutls_rnd(GNUTLS_RND_NONCE, rnd, sizeof(rnd)) < 0)
     abort(); /* no randomness: going on would hand out guessable state */
-  return user_link_b64url_encode(rnd, sizeof(rnd));
+  return base64url_encode(rnd, sizeof(rnd));
 }
 
 /* ---- GET /link/start ---------------------------------------------------- */
@@ -247,7 +202,7 @@ static void user_link_start_delegated(struct user_link_deps *deps,
   if (gnutls_hash_fast(GNUTLS_DIG_SHA256, verifier, strlen(verifier), digest)
       < 0)
     abort(); /* SHA-256 is always available in GnuTLS */
-  challenge = user_link_b64url_encode(digest, sizeof(digest));
+  challenge = base64url_encode(digest, sizeof(digest));
   rc = links_pending_put(deps->store, state, address, verifier,
                          USER_LINK_PENDING_S);
   if (rc < 0) {
@@ -366,7 +321,7 @@ static json_t *user_link_id_claims(const char *id_token)
 
   if (dot2 == NULL)
     return NULL;
-  payload = user_link_b64url_decode(dot1 + 1, (size_t) (dot2 - dot1 - 1));
+  payload = base64url_decode(dot1 + 1, (size_t) (dot2 - dot1 - 1));
   if (payload == NULL)
     return NULL;
   claims = json_loads(payload, 0, NULL);
