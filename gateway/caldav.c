@@ -119,6 +119,11 @@ struct caldav_req {
   size_t next_pending;
   json_t *fb_attendees; /* outbox request: addresses asked about */
   char *fb_uid;         /* outbox request's UID, echoed */
+  /* PUTs in progress, so that two at once cannot both create an object
+   * (same name) or two objects with one UID: the list is deps->writes. */
+  struct caldav_req **writes;
+  struct caldav_req *write_next;
+  bool writing;
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -134,8 +139,21 @@ static void caldav_row_clear(struct caldav_row *row)
 
 static void caldav_load_reset(struct caldav_load *ld);
 
+static void caldav_write_end(struct caldav_req *r)
+{
+  struct caldav_req **pp = r->writes;
+
+  if (!r->writing)
+    return;
+  while (*pp != r)
+    pp = &(*pp)->write_next;
+  *pp = r->write_next;
+  r->writing = false;
+}
+
 static void caldav_req_free(struct caldav_req *r)
 {
+  caldav_write_end(r);
   free(r->name);
   if (r->have_tr)
     ical_graph_result_free(&r->tr);
@@ -1176,6 +1194,37 @@ static void caldav_put_on_current(struct caldav_req *r, bool found)
   caldav_put_update(r, graph_etag);
 }
 
+/* Claims the object's name and UID for this PUT while it talks to Graph.
+ * A PUT that meets another in progress is answered as if that one had
+ * finished: a second create of a name fails its If-None-Match, a second
+ * object for a UID is a UID conflict, and an update waits for nobody but
+ * asks the client to retry. Returns 0, or -EBUSY after answering. */
+static int caldav_write_begin(struct caldav_req *r, const char *if_none)
+{
+  for (struct caldav_req *w = *r->writes; w != NULL; w = w->write_next) {
+    if (strcmp(w->address, r->address) != 0)
+      continue;
+    if (strcmp(w->name, r->name) == 0) {
+      if (if_none != NULL)
+        caldav_text(r, 412, "the calendar object is being created already");
+      else
+        caldav_text(r, 409,
+                    "another write to this calendar object is in "
+                    "progress; retry");
+      return -EBUSY;
+    }
+    if (strcmp(w->tr.uid, r->tr.uid) == 0) {
+      caldav_error(r, 403, WEBDAV_NS_CALDAV, "no-uid-conflict",
+                   "the UID is being written to another calendar object");
+      return -EBUSY;
+    }
+  }
+  r->write_next = *r->writes;
+  *r->writes = r;
+  r->writing = true;
+  return 0;
+}
+
 static void caldav_put(struct caldav_req *r)
 {
   const struct http_server_request *hreq = http_exchange_request(r->ex);
@@ -1206,6 +1255,8 @@ static void caldav_put(struct caldav_req *r)
     caldav_put_refused(r, rc);
     return;
   }
+  if (caldav_write_begin(r, if_none) < 0)
+    return;
   rc = caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row);
   if (rc == -EIO) {
     caldav_text(r, 500, "the agent's database failed");
@@ -2755,6 +2806,7 @@ static void caldav_handle(void *arg, struct http_exchange *ex)
   char esc[128];
 
   r->deps = arg;
+  r->writes = &((struct caldav_deps *) arg)->writes;
   r->ex = ex;
   r->method = m;
   log_trace(LOG_TRACE_CALDAV, "%s caldav request method=%s path=%s",
@@ -2809,7 +2861,7 @@ static void caldav_handle(void *arg, struct http_exchange *ex)
     caldav_not_allowed(r);
 }
 
-int caldav_register(struct http_router *router, const struct caldav_deps *deps)
+int caldav_register(struct http_router *router, struct caldav_deps *deps)
 {
   void *arg = (void *) deps;
   int rc;

@@ -26,12 +26,13 @@ struct caldav_deps {
   struct graph_client *graph;
   struct policy_gate *gate;
   struct credential *credential; /* HTTP Basic, the same as SMTP AUTH */
+  struct caldav_req *writes; /* PUTs in progress: caldav.c's own, start NULL */
 };
 
 /* Routes /.well-known/caldav (301 to /dav/) and everything under /dav to
  * the CalDAV handler. deps itself is kept (not copied) as the handlers'
  * argument, so it must outlive the router. Returns 0 or the negative
  * error of http_router_add(). */
-int caldav_register(struct http_router *router, const struct caldav_deps *deps);
+int caldav_register(struct http_router *router, struct caldav_deps *deps);
 
 #endif

@@ -317,6 +317,33 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(r.status, 200)
         self.assertIn("UID:" + uid, r.body)
 
+    def test_concurrent_creates_make_one_object(self):
+        """PUTs racing each other must not all be told they created the
+        object: one wins, the others see what a later PUT would see."""
+        from concurrent.futures import ThreadPoolExecutor
+        self.box.sim_post("/_sim/latency", {"ms": 300})
+        try:
+            same_name = self.unique("race")
+            subject = self.unique("Race")
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(
+                    lambda i: self.put(same_name + ".ics",
+                                       vevent(self.unique("uid%d" % i), subject),
+                                       "If-None-Match: *").status, range(4)))
+            self.assertEqual(sorted(answers), [201, 412, 412, 412])
+            uid = self.unique("shared-uid")
+            subject2 = self.unique("Same UID")
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(
+                    lambda i: self.put(self.unique("n%d" % i) + ".ics",
+                                       vevent(uid, subject2),
+                                       "If-None-Match: *").status, range(4)))
+            self.assertEqual(sorted(answers), [201, 403, 403, 403])
+        finally:
+            self.box.sim_post("/_sim/latency", {"ms": 0})
+        self.assertEqual(len(self.events_with(subject)), 1)
+        self.assertEqual(len(self.events_with(subject2)), 1)
+
     def test_refused_user(self):
         stranger = "erin@contoso.example"
         r = self.put("x.ics", vevent(self.unique("refused")), "If-None-Match: *",
