@@ -2178,6 +2178,15 @@ static bool caldav_range_time(xmlNodePtr range, const char *attr, char *out,
   return ok;
 }
 
+static bool caldav_range_has(xmlNodePtr range, const char *attr)
+{
+  xmlChar *value = xmlGetProp(range, BAD_CAST attr);
+  bool has = value != NULL;
+
+  xmlFree(value);
+  return has;
+}
+
 /* Remembers the master of an Outlook series met in calendarView. */
 static void caldav_pending_add(struct caldav_req *r, const char *master)
 {
@@ -2304,7 +2313,7 @@ static void caldav_report_query(struct caldav_req *r)
   const char *uid_match = NULL;
   xmlChar *uid_text = NULL;
   char start[32], end[32];
-  time_t ts, te;
+  time_t ts = 0, te = 0;
   struct caldav_row *rows;
   int n;
 
@@ -2367,6 +2376,16 @@ static void caldav_report_query(struct caldav_req *r)
     if (!has_start && !has_end) {
       caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-filter",
                    "time-range needs a start or an end in UTC");
+      return;
+    }
+    /* A bound that is there but unreadable is an error, not "no bound";
+     * and the end must come after the start (RFC 4791 9.9). */
+    if ((!has_start && caldav_range_has(range, "start"))
+        || (!has_end && caldav_range_has(range, "end"))
+        || (has_start && has_end && te <= ts)) {
+      caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-filter",
+                   "time-range start and end must be UTC date-times "
+                   "(YYYYMMDDTHHMMSSZ), the end after the start");
       return;
     }
     /* Graph's calendarView needs both ends of the window. */

@@ -6,6 +6,7 @@
 
 #include <assert.h>
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -734,6 +735,22 @@ static int ig_range(struct ig_in *in, const struct icalrecurrencetype *r,
   return ICAL_GRAPH_OK;
 }
 
+/* libical reads COUNT into an int without a range check, so a huge COUNT
+ * comes back wrapped; the rule's text is checked first. */
+#define ICAL_GRAPH_COUNT_MAX 99999
+
+static bool ig_count_too_large(const char *rule)
+{
+  const char *c = rule ? strcasestr(rule, "COUNT=") : NULL;
+  long long n;
+
+  if (c == NULL)
+    return false;
+  errno = 0;
+  n = strtoll(c + 6, NULL, 10);
+  return errno != 0 || n > ICAL_GRAPH_COUNT_MAX;
+}
+
 static int ig_add_recurrence(struct ig_in *in, icalcomponent *ev,
                              const struct ig_when *start, json_t *obj)
 {
@@ -747,9 +764,14 @@ static int ig_add_recurrence(struct ig_in *in, icalcomponent *ev,
                    "RDATE: Graph series have no extra dates");
   if (!p)
     return ICAL_GRAPH_OK;
-  if (icalcomponent_get_next_property(ev, ICAL_RRULE_PROPERTY))
+  if (icalcomponent_count_properties(ev, ICAL_RRULE_PROPERTY) > 1)
     return IN_FAIL(in, ICAL_GRAPH_ERRULE,
                    "several RRULEs: Graph series have one pattern");
+  if (ig_count_too_large(icalproperty_get_value_as_string(p)))
+    return IN_FAIL(in, ICAL_GRAPH_ERRULE,
+                   "COUNT above %d: no interview series is that long, and "
+                   "libical would wrap the number",
+                   ICAL_GRAPH_COUNT_MAX);
   r = icalproperty_get_rrule(p);
   rc = ig_rule_check(in, &r);
   if (rc < 0)

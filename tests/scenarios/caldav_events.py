@@ -344,6 +344,20 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(len(self.events_with(subject)), 1)
         self.assertEqual(len(self.events_with(subject2)), 1)
 
+    def test_unreadable_time_range_is_refused(self):
+        for attrs in ('start="garbage" end="20301201T000000Z"',
+                      'start="20301201T000000Z" end="20300101T000000Z"'):
+            body = ('<?xml version="1.0"?><C:calendar-query xmlns:D="DAV:" '
+                    'xmlns:C="urn:ietf:params:xml:ns:caldav"><D:prop><D:getetag/>'
+                    '</D:prop><C:filter><C:comp-filter name="VCALENDAR">'
+                    '<C:comp-filter name="VEVENT"><C:time-range %s/>'
+                    '</C:comp-filter></C:comp-filter></C:filter>'
+                    '</C:calendar-query>' % attrs)
+            r = self.curl("REPORT", "/dav/calendars/%s/default/" % ALICE, body,
+                          ("Content-Type: application/xml", "Depth: 1"))
+            self.assertEqual(r.status, 403, r.body)
+            self.assertIn("valid-filter", r.body)
+
     def test_refused_user(self):
         stranger = "erin@contoso.example"
         r = self.put("x.ics", vevent(self.unique("refused")), "If-None-Match: *",

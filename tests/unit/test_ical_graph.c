@@ -448,6 +448,12 @@ static void test_unsupported_rules(void **state)
                  "not an occurrence");
   assert_refused("RRULE:FREQ=WEEKLY\r\nRDATE:20260320T090000Z\r\n",
                  ICAL_GRAPH_ERRULE, "RDATE");
+  /* Found by a newcomer: a second rule was dropped and a huge COUNT came
+   * back wrapped by libical. */
+  assert_refused("RRULE:FREQ=DAILY\r\nRRULE:FREQ=WEEKLY\r\n", ICAL_GRAPH_ERRULE,
+                 "several RRULEs");
+  assert_refused("RRULE:FREQ=DAILY;COUNT=99999999999\r\n", ICAL_GRAPH_ERRULE,
+                 "COUNT above");
   /* RFC 5545 forbids COUNT with UNTIL; libical rejects the value. */
   assert_refused("RRULE:FREQ=WEEKLY;COUNT=3;UNTIL=20260401T000000Z\r\n",
                  ICAL_GRAPH_EPARSE, "RRULE");
