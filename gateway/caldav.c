@@ -1013,6 +1013,41 @@ static const char *caldav_instance_at(struct caldav_req *r, const json_t *key)
   return NULL;
 }
 
+static void caldav_put_on_undone(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+
+  if (resp->status == 204 || resp->status == 200 || resp->status == 404) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
+                 "a RECURRENCE-ID names no occurrence of the series; nothing "
+                 "was stored (the series Graph had created was deleted)");
+    return;
+  }
+  caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
+               "a RECURRENCE-ID names no occurrence of the series; the series "
+               "was written without its overrides and could not be removed");
+}
+
+/* An override names no occurrence, which only Graph's instances show, so
+ * after the series is written. A series this PUT created is deleted again
+ * so that the 403 means nothing was stored; an updated series keeps the
+ * update (the previous version cannot be restored). */
+static void caldav_put_undo(struct caldav_req *r)
+{
+  char *path;
+
+  if (r->put_status != 201) {
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
+                 "a RECURRENCE-ID names no occurrence of the series; the "
+                 "series was updated without its overrides");
+    return;
+  }
+  path = caldav_event_path(r->address, r->row.event_id, "");
+  caldav_graph(r, "DELETE", path, NULL, NULL, caldav_put_on_undone);
+  free(path);
+}
+
 static void caldav_put_on_series(struct caldav_req *r, bool found)
 {
   const json_t *x;
@@ -1038,9 +1073,7 @@ static void caldav_put_on_series(struct caldav_req *r, bool found)
     const char *id = caldav_instance_at(r, json_object_get(x, "originalStart"));
 
     if (id == NULL) {
-      caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
-                   "a RECURRENCE-ID names no occurrence of the series; the "
-                   "series was written without its overrides");
+      caldav_put_undo(r);
       return;
     }
     json_array_append_new(r->ops,

@@ -344,6 +344,27 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(len(self.events_with(subject)), 1)
         self.assertEqual(len(self.events_with(subject2)), 1)
 
+    def test_override_of_no_occurrence_stores_nothing(self):
+        uid = self.unique("bad-override")
+        subject = self.unique("Series with a stray override")
+        ics = "\r\n".join([
+            "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Nextal//scenario//EN",
+            "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z",
+            "DTSTART;TZID=Europe/Berlin:20300304T100000",
+            "DTEND;TZID=Europe/Berlin:20300304T110000",
+            "RRULE:FREQ=DAILY;COUNT=5", "SUMMARY:" + subject, "END:VEVENT",
+            "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z",
+            "RECURRENCE-ID;TZID=Europe/Berlin:20300305T093000",
+            "DTSTART;TZID=Europe/Berlin:20300305T120000",
+            "DTEND;TZID=Europe/Berlin:20300305T130000",
+            "SUMMARY:" + subject, "END:VEVENT", "END:VCALENDAR", ""])
+        name = uid + ".ics"
+        r = self.put(name, ics, "If-None-Match: *")
+        self.assertEqual(r.status, 403, r.body)
+        self.assertIn("nothing was stored", r.body)
+        self.assertEqual(self.curl("GET", self.obj_path(name)).status, 404)
+        self.assertEqual(self.events_with(subject), [])
+
     def test_unreadable_time_range_is_refused(self):
         for attrs in ('start="garbage" end="20301201T000000Z"',
                       'start="20301201T000000Z" end="20300101T000000Z"'):
