@@ -185,6 +185,17 @@ static void caldav_finish(struct caldav_req *r, int status,
   caldav_req_free(r);
 }
 
+/* Why a WebDAV body was refused, in words a client author can act on. */
+static const char *caldav_xml_error(int rc, const char *method)
+{
+  if (rc == -EPERM)
+    return "DOCTYPE is not allowed";
+  if (rc == -E2BIG)
+    return "the request names more properties than the agent answers (256)";
+  return strcmp(method, "REPORT") == 0 ? "the REPORT body is not valid XML"
+                                       : "the PROPFIND body is not valid XML";
+}
+
 static void caldav_text(struct caldav_req *r, int status, const char *text)
 {
   static const char *const headers[]
@@ -1883,9 +1894,7 @@ static void caldav_propfind(struct caldav_req *r)
 
   rc = webdav_request_parse(hreq->body, hreq->body_len, &r->wreq);
   if (rc < 0) {
-    caldav_text(r, 400,
-                rc == -EPERM ? "DOCTYPE is not allowed"
-                             : "the PROPFIND body is not valid XML");
+    caldav_text(r, 400, caldav_xml_error(rc, "PROPFIND"));
     return;
   }
   if (r->wreq->doc != NULL
@@ -2539,9 +2548,7 @@ static void caldav_report(struct caldav_req *r)
   }
   rc = webdav_request_parse(hreq->body, hreq->body_len, &r->wreq);
   if (rc < 0 || r->wreq->doc == NULL) {
-    caldav_text(r, 400,
-                rc == -EPERM ? "DOCTYPE is not allowed"
-                             : "the REPORT body is not valid XML");
+    caldav_text(r, 400, caldav_xml_error(rc, "REPORT"));
     return;
   }
   r->want_etag = r->wreq->kind != WEBDAV_PROPFIND_PROP;
