@@ -59,6 +59,17 @@ static int queue_run(struct store *store, sqlite3_stmt *st)
   return sqlite3_changes(store->db);
 }
 
+/* queue_run for a statement meant to change one row: 0 when it did,
+ * none_err when no row matched (the row is gone or in another state). */
+static int queue_run_one(struct store *store, sqlite3_stmt *st, int none_err)
+{
+  int rc = queue_run(store, st);
+
+  if (rc < 0)
+    return rc;
+  return rc == 1 ? 0 : none_err;
+}
+
 static char *queue_rcpts_json(const char *const *rcpts, size_t n)
 {
   json_t *arr = json_array();
@@ -225,7 +236,7 @@ int queue_defer(struct store *store, int64_t rowid, int64_t at)
     return -EIO;
   sqlite3_bind_int64(st, 1, at);
   sqlite3_bind_int64(st, 2, rowid);
-  return queue_run(store, st) == 1 ? 0 : -ENOENT;
+  return queue_run_one(store, st, -ENOENT);
 }
 
 /* What the purge removes: records past their keep time. */
@@ -311,14 +322,7 @@ int queue_retry(struct store *store, int64_t rowid)
     return -EIO;
   sqlite3_bind_int64(st, 1, now);
   sqlite3_bind_int64(st, 2, rowid);
-  switch (queue_run(store, st)) {
-    case 1:
-      return 0;
-    case 0:
-      return -EAGAIN;
-    default:
-      return -EIO;
-  }
+  return queue_run_one(store, st, -EAGAIN);
 }
 
 int queue_drop(struct store *store, int64_t rowid, const char *reason)
@@ -336,14 +340,7 @@ int queue_drop(struct store *store, int64_t rowid, const char *reason)
   sqlite3_bind_text(st, 1, reason, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 2, store_now_ms());
   sqlite3_bind_int64(st, 3, rowid);
-  switch (queue_run(store, st)) {
-    case 1:
-      return 0;
-    case 0:
-      return -EAGAIN;
-    default:
-      return -EIO;
-  }
+  return queue_run_one(store, st, -EAGAIN);
 }
 
 int queue_recover(struct store *store, int64_t delay_ms)
@@ -426,40 +423,6 @@ void queue_entries_free(struct queue_entry *v, size_t n)
   for (size_t i = 0; i < n; i++)
     queue_entry_free(&v[i]);
   free(v);
-}
-
-/* The rows are read and the statement finished before any visit: a visit
- * writes (queue_mark_sending), and a write inside an open read
- * transaction fails with SQLITE_BUSY when another connection (the intake)
- * has committed meanwhile, without waiting for the busy timeout. */
-int queue_each_due(struct store *store, int64_t now_ms, size_t max,
-                   queue_visit_cb visit, void *arg)
-{
-  sqlite3_stmt *st = NULL;
-  struct queue_entry *rows = xcalloc(max ? max : 1, sizeof(*rows));
-  size_t n = 0;
-  int rc;
-
-  if (queue_prepare(store,
-                    "SELECT " QUEUE_COLUMNS " FROM messages "
-                    "WHERE state = 'queued' AND next_attempt_at <= ? "
-                    "ORDER BY next_attempt_at, id LIMIT ?",
-                    &st)
-      < 0) {
-    free(rows);
-    return -EIO;
-  }
-  sqlite3_bind_int64(st, 1, now_ms);
-  sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
-  while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
-    queue_entry_load(&rows[n++], st);
-  sqlite3_finalize(st);
-  for (size_t i = 0; i < n; i++) {
-    if (visit(arg, &rows[i]))
-      break;
-  }
-  queue_entries_free(rows, n);
-  return (int) n;
 }
 
 int64_t queue_next_due(struct store *store)
@@ -555,7 +518,7 @@ static int queue_set_state(struct store *store, int64_t rowid,
   sqlite3_bind_int64(st, 8, now);
   sqlite3_bind_int(st, 9, verify_first);
   sqlite3_bind_int64(st, 10, rowid);
-  return queue_run(store, st) == 1 ? 0 : -ENOENT;
+  return queue_run_one(store, st, -ENOENT);
 }
 
 int queue_mark_sending(struct store *store, int64_t rowid)
@@ -571,7 +534,7 @@ int queue_mark_sending(struct store *store, int64_t rowid)
     return -EIO;
   sqlite3_bind_int64(st, 1, store_now_ms());
   sqlite3_bind_int64(st, 2, rowid);
-  return queue_run(store, st) == 1 ? 0 : -ENOENT;
+  return queue_run_one(store, st, -ENOENT);
 }
 
 int queue_mark_sent(struct store *store, int64_t rowid)

@@ -103,17 +103,13 @@ int queue_each_sent_since(struct store *store, int64_t since_ms,
 int queue_recover(struct store *store, int64_t delay_ms);
 
 /* Visits due rows (state queued, next_attempt_at <= now), earliest
- * first, until visit returns nonzero or max rows were seen. The entry is
- * valid only during the call (copy what you keep). Returns the number of
- * rows visited or a negative errno. */
+ * first, until visit returns nonzero or max rows were seen, leaving out
+ * the rows of the senders in skip (a JSON array of addresses, or NULL),
+ * so that a mailbox with a long backlog it cannot start now does not fill
+ * every batch. The rows are read before the first visit, so visits may
+ * write; an entry is valid only during its visit (copy what you keep).
+ * Returns the number of rows read or a negative errno. */
 typedef int (*queue_visit_cb)(void *arg, const struct queue_entry *e);
-int queue_each_due(struct store *store, int64_t now_ms, size_t max,
-                   queue_visit_cb visit, void *arg);
-
-/* Like queue_each_due, but without the rows of the senders in skip (a
- * JSON array of addresses, or NULL), so that a mailbox with a long
- * backlog it cannot start now does not fill every batch. The rows are
- * read before the first visit, so visits may write. */
 int queue_each_due_except(struct store *store, int64_t now_ms, size_t max,
                           const char *skip, queue_visit_cb visit, void *arg);
 
