@@ -202,12 +202,30 @@ static char *links_column_dup(sqlite3_stmt *st, int col)
   return text ? xstrdup((const char *) text) : NULL;
 }
 
+/* The columns of a link_entry, in the order links_entry_read takes them. */
+#define LINKS_ENTRY_COLUMNS                                                    \
+  "address, state, reason, graph_id, display_name,"                            \
+  " refresh_token IS NOT NULL, linked_at, updated_at"
+
+/* Fills e from the current row of a statement that selected
+ * LINKS_ENTRY_COLUMNS first; the strings are new copies. */
+static void links_entry_read(sqlite3_stmt *st, struct link_entry *e)
+{
+  e->address = links_column_dup(st, 0);
+  e->state = links_state_parse(sqlite3_column_text(st, 1));
+  e->reason = links_column_dup(st, 2);
+  e->graph_id = links_column_dup(st, 3);
+  e->display_name = links_column_dup(st, 4);
+  e->has_token = sqlite3_column_int(st, 5) != 0;
+  e->linked_at = sqlite3_column_int64(st, 6);
+  e->updated_at = sqlite3_column_int64(st, 7);
+}
+
 int links_list(struct store *store, struct link_entry **out, size_t *n)
 {
-  sqlite3_stmt *st = links_prepare(
-      store, "SELECT address, state, reason, graph_id, display_name,"
-             " refresh_token IS NOT NULL, linked_at, updated_at FROM users"
-             " ORDER BY address LIMIT ?");
+  sqlite3_stmt *st
+      = links_prepare(store, "SELECT " LINKS_ENTRY_COLUMNS " FROM users"
+                             " ORDER BY address LIMIT ?");
   struct link_entry *v = NULL;
   size_t count = 0;
   int step;
@@ -216,18 +234,8 @@ int links_list(struct store *store, struct link_entry **out, size_t *n)
     return -EIO;
   sqlite3_bind_int(st, 1, LINKS_LIST_MAX);
   while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-    struct link_entry *e;
-
     v = xrealloc(v, (count + 1) * sizeof(*v));
-    e = &v[count++];
-    e->address = links_column_dup(st, 0);
-    e->state = links_state_parse(sqlite3_column_text(st, 1));
-    e->reason = links_column_dup(st, 2);
-    e->graph_id = links_column_dup(st, 3);
-    e->display_name = links_column_dup(st, 4);
-    e->has_token = sqlite3_column_int(st, 5) != 0;
-    e->linked_at = sqlite3_column_int64(st, 6);
-    e->updated_at = sqlite3_column_int64(st, 7);
+    links_entry_read(st, &v[count++]);
   }
   sqlite3_finalize(st);
   if (step != SQLITE_DONE) {
@@ -429,10 +437,8 @@ fail:
 int links_entry_get(struct store *store, const char *address,
                     struct link_entry *out)
 {
-  sqlite3_stmt *st = links_prepare(
-      store, "SELECT address, state, reason, graph_id, display_name,"
-             " refresh_token IS NOT NULL, linked_at, updated_at FROM users"
-             " WHERE address=?");
+  sqlite3_stmt *st = links_prepare(store, "SELECT " LINKS_ENTRY_COLUMNS
+                                          " FROM users WHERE address=?");
   int step;
 
   memset(out, 0, sizeof(*out));
@@ -440,16 +446,8 @@ int links_entry_get(struct store *store, const char *address,
     return -EIO;
   links_bind_text(st, 1, address);
   step = sqlite3_step(st);
-  if (step == SQLITE_ROW) {
-    out->address = links_column_dup(st, 0);
-    out->state = links_state_parse(sqlite3_column_text(st, 1));
-    out->reason = links_column_dup(st, 2);
-    out->graph_id = links_column_dup(st, 3);
-    out->display_name = links_column_dup(st, 4);
-    out->has_token = sqlite3_column_int(st, 5) != 0;
-    out->linked_at = sqlite3_column_int64(st, 6);
-    out->updated_at = sqlite3_column_int64(st, 7);
-  }
+  if (step == SQLITE_ROW)
+    links_entry_read(st, out);
   sqlite3_finalize(st);
   if (step == SQLITE_ROW)
     return 0;
