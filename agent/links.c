@@ -177,21 +177,38 @@ int links_remove(struct store *store, const char *address)
   return rc == 0 ? -ENOENT : 0;
 }
 
-int links_count(struct store *store, int64_t *linked, int64_t *needs_relink)
+/* Runs sql, a query of one row of n integers, into counts[0..n-1].
+ * Returns 0, leaving counts untouched on failure, or -EIO. */
+static int links_count_query(struct store *store, const char *sql,
+                             int64_t *counts, int n)
 {
-  sqlite3_stmt *st = links_prepare(
-      store, "SELECT coalesce(sum(state='linked'), 0),"
-             " coalesce(sum(state='needs_relink'), 0) FROM users");
+  sqlite3_stmt *st = links_prepare(store, sql);
   int rc = -EIO;
 
   if (st == NULL)
     return -EIO;
   if (sqlite3_step(st) == SQLITE_ROW) {
-    *linked = sqlite3_column_int64(st, 0);
-    *needs_relink = sqlite3_column_int64(st, 1);
+    for (int i = 0; i < n; i++)
+      counts[i] = sqlite3_column_int64(st, i);
     rc = 0;
   }
   sqlite3_finalize(st);
+  return rc;
+}
+
+int links_count(struct store *store, int64_t *linked, int64_t *needs_relink)
+{
+  int64_t counts[2];
+  int rc = links_count_query(store,
+                             "SELECT coalesce(sum(state='linked'), 0),"
+                             " coalesce(sum(state='needs_relink'), 0)"
+                             " FROM users",
+                             counts, 2);
+
+  if (rc == 0) {
+    *linked = counts[0];
+    *needs_relink = counts[1];
+  }
   return rc;
 }
 
@@ -365,18 +382,9 @@ int tenant_consent_record(struct store *store, bool granted, const char *tenant,
 
 int links_token_count(struct store *store, int64_t *n)
 {
-  sqlite3_stmt *st = links_prepare(
-      store, "SELECT count(*) FROM users WHERE refresh_token IS NOT NULL");
-  int rc = -EIO;
-
-  if (st == NULL)
-    return -EIO;
-  if (sqlite3_step(st) == SQLITE_ROW) {
-    *n = sqlite3_column_int64(st, 0);
-    rc = 0;
-  }
-  sqlite3_finalize(st);
-  return rc;
+  return links_count_query(
+      store, "SELECT count(*) FROM users WHERE refresh_token IS NOT NULL", n,
+      1);
 }
 
 /* Deletes what else is kept per user: CalDAV's resource mappings and

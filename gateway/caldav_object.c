@@ -1,0 +1,548 @@
+/* SPDX-License-Identifier: MIT */
+/* PUT, GET, HEAD and DELETE of one calendar object (see
+ * include/caldav_request.h): an event of the user's Outlook calendar, a
+ * series written as the master, then its cancelled and moved
+ * occurrences. */
+#include <errno.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "caldav_request.h"
+#include "log.h"
+#include "xalloc.h"
+
+/* Maps a translation error to its CalDAV precondition. */
+static void caldav_put_refused(struct caldav_req *r, int rc)
+{
+  const char *pre;
+
+  switch (rc) {
+    case ICAL_GRAPH_EPARSE:
+      pre = "valid-calendar-data";
+      break;
+    case ICAL_GRAPH_ECOMPONENT:
+      pre = "supported-calendar-component";
+      break;
+    case ICAL_GRAPH_EORGANIZER:
+      pre = "same-organizer-in-all-components";
+      break;
+    case ICAL_GRAPH_ELIMIT:
+      pre = "max-resource-size";
+      break;
+    default:
+      pre = "valid-calendar-object-resource";
+      break;
+  }
+  log_info("%s caldav put_refused address=%s precondition=%s",
+           http_exchange_request(r->ex)->conn_id, r->address, pre);
+  caldav_error(r, 403, WEBDAV_NS_CALDAV, pre, r->tr.error);
+}
+
+/* Stores the mapping with etag and answers the PUT. */
+static void caldav_put_answer(struct caldav_req *r, const char *etag)
+{
+  char *header = NULL;
+  const char *headers[2] = { NULL, NULL };
+
+  free(r->row.etag);
+  r->row.etag = etag != NULL ? xstrdup(etag) : NULL;
+  if (caldav_row_put(r->deps->store, r->address, &r->row) < 0) {
+    caldav_text(r, 500,
+                "the event was written but its mapping was not "
+                "stored; retry the request");
+    return;
+  }
+  caldav_row_unalias(r->deps->store, r->address, r->row.name, r->row.event_id);
+  if (etag != NULL) {
+    header = xasprintf("ETag: %s", etag);
+    headers[0] = header;
+  }
+  log_info("%s caldav %s address=%s event=%s",
+           http_exchange_request(r->ex)->conn_id,
+           r->put_status == 201 ? "created" : "updated", r->address,
+           r->row.event_id);
+  caldav_finish(r, r->put_status, headers, NULL, 0);
+  free(header);
+}
+
+static void caldav_put_on_final(struct caldav_req *r, bool found)
+{
+  if (!found) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_text(r, 409, "the event was deleted in Outlook meanwhile");
+    return;
+  }
+  caldav_put_answer(r, r->ld.etag);
+}
+
+static void caldav_put_next_op(struct caldav_req *r);
+
+static void caldav_put_on_op(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+
+  /* An occurrence already gone is what a DELETE wanted. */
+  if (resp->status / 100 != 2 && resp->status != 404) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  r->next_op++;
+  caldav_put_next_op(r);
+}
+
+/* Applies the next EXDATE (DELETE) or override (PATCH) to its instance;
+ * after the last one, reloads the series for its ETag. */
+static void caldav_put_next_op(struct caldav_req *r)
+{
+  json_t *op = json_array_get(r->ops, r->next_op);
+  char *path;
+
+  if (op == NULL) {
+    caldav_load(r, r->row.event_id, caldav_put_on_final);
+    return;
+  }
+  path = caldav_event_path(r->address,
+                           json_string_value(json_object_get(op, "id")), "");
+  caldav_graph(r, json_string_value(json_object_get(op, "method")), path,
+               json_object_get(op, "event"), NULL, caldav_put_on_op);
+  free(path);
+}
+
+/* The instance of the loaded series that starts originally at key (a
+ * {dateTime, timeZone: UTC} object), or NULL. */
+static const char *caldav_instance_at(struct caldav_req *r, const json_t *key)
+{
+  const json_t *x;
+  time_t want, t;
+  size_t i;
+
+  if (!caldav_parse_utc(json_string_value(json_object_get(key, "dateTime")),
+                        &want))
+    return NULL;
+  json_array_foreach(r->ld.instances, i, x)
+  {
+    if (caldav_parse_utc(json_string_value(json_object_get(x, "originalStart")),
+                         &t)
+        && t == want)
+      return json_string_value(json_object_get(x, "id"));
+  }
+  return NULL;
+}
+
+static void caldav_put_on_undone(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+
+  if (resp->status == 204 || resp->status == 200 || resp->status == 404) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
+                 "a RECURRENCE-ID names no occurrence of the series; nothing "
+                 "was stored (the series Graph had created was deleted)");
+    return;
+  }
+  caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
+               "a RECURRENCE-ID names no occurrence of the series; the series "
+               "was written without its overrides and could not be removed");
+}
+
+/* An override names no occurrence, which only Graph's instances show, so
+ * after the series is written. A series this PUT created is deleted again
+ * so that the 403 means nothing was stored; an updated series keeps the
+ * update (the previous version cannot be restored). */
+static void caldav_put_undo(struct caldav_req *r)
+{
+  char *path;
+
+  if (r->put_status != 201) {
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
+                 "a RECURRENCE-ID names no occurrence of the series; the "
+                 "series was updated without its overrides");
+    return;
+  }
+  path = caldav_event_path(r->address, r->row.event_id, "");
+  caldav_graph(r, "DELETE", path, NULL, NULL, caldav_put_on_undone);
+  free(path);
+}
+
+static void caldav_put_on_series(struct caldav_req *r, bool found)
+{
+  const json_t *x;
+  size_t i;
+
+  if (!found) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_text(r, 409, "the event was deleted in Outlook meanwhile");
+    return;
+  }
+  r->ops = json_array();
+  json_array_foreach(r->tr.exdates, i, x)
+  {
+    const char *id = caldav_instance_at(r, x);
+
+    /* An EXDATE that names no occurrence changes nothing (RFC 5545). */
+    if (id != NULL)
+      json_array_append_new(
+          r->ops, json_pack("{s:s, s:s}", "method", "DELETE", "id", id));
+  }
+  json_array_foreach(r->tr.overrides, i, x)
+  {
+    const char *id = caldav_instance_at(r, json_object_get(x, "originalStart"));
+
+    if (id == NULL) {
+      caldav_put_undo(r);
+      return;
+    }
+    json_array_append_new(r->ops,
+                          json_pack("{s:s, s:s, s:O}", "method", "PATCH", "id",
+                                    id, "event", json_object_get(x, "event")));
+  }
+  r->next_op = 0;
+  caldav_put_next_op(r);
+}
+
+/* After the master was written: the occurrences, then the answer. */
+static void caldav_put_written(struct caldav_req *r, const json_t *event)
+{
+  char *etag;
+
+  if (json_array_size(r->tr.exdates) > 0
+      || json_array_size(r->tr.overrides) > 0) {
+    /* Keep the mapping now: the event exists whatever happens next. */
+    caldav_row_put(r->deps->store, r->address, &r->row);
+    caldav_load(r, r->row.event_id, caldav_put_on_series);
+    return;
+  }
+  etag = caldav_event_etag(event);
+  caldav_put_answer(r, etag);
+  free(etag);
+}
+
+static void caldav_put_on_created(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+  json_t *event;
+  const char *id;
+
+  if (resp->status != 201 && resp->status != 200) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  event = caldav_json(resp);
+  id = json_string_value(json_object_get(event, "id"));
+  if (id == NULL) {
+    json_decref(event);
+    caldav_text(r, 502, "Microsoft Graph answered without an event id");
+    return;
+  }
+  r->row.event_id = xstrdup(id);
+  r->put_status = 201;
+  caldav_put_written(r, event);
+  json_decref(event);
+}
+
+static void caldav_put_create(struct caldav_req *r)
+{
+  char *path;
+
+  if (r->tr.cancelled) {
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-object-resource",
+                 "a new calendar object cannot be cancelled already "
+                 "(STATUS:CANCELLED); there is no meeting to cancel");
+    return;
+  }
+  json_object_set_new(r->tr.event, "transactionId",
+                      json_string(r->tr.transaction_id));
+  path = xasprintf("/v1.0/users/%s/events", r->address);
+  caldav_graph(r, "POST", path, r->tr.event, NULL, caldav_put_on_created);
+  free(path);
+}
+
+static void caldav_put_on_patched(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+  json_t *event;
+
+  if (resp->status == 404 && http_exchange_header(r->ex, "If-Match") == NULL) {
+    /* Deleted in Outlook meanwhile: without a precondition the PUT makes
+     * the event again. */
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    free(r->row.event_id);
+    r->row.event_id = NULL;
+    caldav_put_create(r);
+    return;
+  }
+  if (resp->status == 404) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_text(r, 412, "the event no longer exists in Outlook");
+    return;
+  }
+  if (resp->status != 200 && resp->status != 204) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  event = caldav_json(resp);
+  r->put_status = 204;
+  caldav_put_written(r, event);
+  json_decref(event);
+}
+
+static void caldav_put_on_cancelled(void *arg,
+                                    const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+
+  if (resp->status != 202 && resp->status != 204 && resp->status != 404) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  /* Graph removes a cancelled meeting from the organizer's calendar, so
+   * the object is gone too. */
+  caldav_row_delete(r->deps->store, r->address, r->name);
+  log_info("%s caldav cancelled address=%s event=%s",
+           http_exchange_request(r->ex)->conn_id, r->address, r->row.event_id);
+  caldav_finish(r, 204, NULL, NULL, 0);
+}
+
+/* Updates the mapped event; graph_etag (Graph's @odata.etag) guards the
+ * PATCH when the client sent If-Match. */
+static void caldav_put_update(struct caldav_req *r, const char *graph_etag)
+{
+  char *path;
+
+  if (r->tr.cancelled) {
+    json_t *body = json_pack("{s:s}", "comment", "");
+
+    path = caldav_event_path(r->address, r->row.event_id, "/cancel");
+    caldav_graph(r, "POST", path, body, NULL, caldav_put_on_cancelled);
+    json_decref(body);
+  } else {
+    path = caldav_event_path(r->address, r->row.event_id, "");
+    caldav_graph(r, "PATCH", path, r->tr.event, graph_etag,
+                 caldav_put_on_patched);
+  }
+  free(path);
+}
+
+static void caldav_put_on_current(struct caldav_req *r, bool found)
+{
+  const char *graph_etag;
+
+  if (!found) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_text(r, 412, "the event no longer exists in Outlook");
+    return;
+  }
+  if (!caldav_etag_listed(http_exchange_header(r->ex, "If-Match"),
+                          r->ld.etag)) {
+    caldav_text(r, 412,
+                "If-Match does not name the current ETag; the "
+                "event changed (perhaps in Outlook)");
+    return;
+  }
+  graph_etag = json_string_value(json_object_get(r->ld.event, "@odata.etag"));
+  caldav_put_update(r, graph_etag);
+}
+
+/* Claims the object's name and UID for this PUT while it talks to Graph.
+ * A PUT that meets another in progress is answered as if that one had
+ * finished: a second create of a name fails its If-None-Match, a second
+ * object for a UID is a UID conflict, and an update waits for nobody but
+ * asks the client to retry. Returns 0, or -EBUSY after answering. */
+static int caldav_write_begin(struct caldav_req *r, const char *if_none)
+{
+  for (struct caldav_req *w = *r->writes; w != NULL; w = w->write_next) {
+    if (strcmp(w->address, r->address) != 0)
+      continue;
+    if (strcmp(w->name, r->name) == 0) {
+      if (if_none != NULL)
+        caldav_text(r, 412, "the calendar object is being created already");
+      else
+        caldav_text(r, 409,
+                    "another write to this calendar object is in "
+                    "progress; retry");
+      return -EBUSY;
+    }
+    if (strcmp(w->tr.uid, r->tr.uid) == 0) {
+      caldav_error(r, 403, WEBDAV_NS_CALDAV, "no-uid-conflict",
+                   "the UID is being written to another calendar object");
+      return -EBUSY;
+    }
+  }
+  r->write_next = *r->writes;
+  *r->writes = r;
+  r->writing = true;
+  return 0;
+}
+
+void caldav_put(struct caldav_req *r)
+{
+  const struct http_server_request *hreq = http_exchange_request(r->ex);
+  const char *ctype = http_exchange_header(r->ex, "Content-Type");
+  const char *if_none = http_exchange_header(r->ex, "If-None-Match");
+  const char *if_match = http_exchange_header(r->ex, "If-Match");
+  struct ical_graph_options opt = {
+    .user = r->address,
+    /* The mailbox's own zone (mailboxSettings) is not read yet, so floating
+     * times and all-day events are placed in UTC. */
+    .default_zone = "UTC",
+  };
+  struct caldav_row other = { 0 };
+  int rc;
+
+  if (r->kind != CALDAV_KIND_OBJECT) {
+    caldav_not_allowed(r);
+    return;
+  }
+  if (ctype != NULL && strncasecmp(ctype, "text/calendar", 13) != 0) {
+    caldav_error(r, 415, WEBDAV_NS_CALDAV, "supported-calendar-data",
+                 "calendar objects are sent as text/calendar");
+    return;
+  }
+  r->have_tr = true;
+  rc = ical_graph_from_ical(hreq->body, hreq->body_len, &opt, &r->tr);
+  if (rc != ICAL_GRAPH_OK) {
+    caldav_put_refused(r, rc);
+    return;
+  }
+  if (caldav_write_begin(r, if_none) < 0)
+    return;
+  rc = caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row);
+  if (rc == -EIO) {
+    caldav_text(r, 500, "the agent's database failed");
+    return;
+  }
+  if (rc == 0) {
+    if (if_none != NULL && caldav_etag_listed(if_none, r->row.etag)) {
+      caldav_text(r, 412, "the calendar object already exists");
+      return;
+    }
+    if (strcmp(r->row.uid, r->tr.uid) != 0) {
+      caldav_error(r, 403, WEBDAV_NS_CALDAV, "no-uid-conflict",
+                   "a calendar object's UID cannot change");
+      return;
+    }
+    if (if_match != NULL)
+      caldav_load(r, r->row.event_id, caldav_put_on_current);
+    else
+      caldav_put_update(r, NULL);
+    return;
+  }
+  if (if_match != NULL) {
+    caldav_text(r, 412,
+                "If-Match names a calendar object that does not "
+                "exist");
+    return;
+  }
+  rc = caldav_row_find(r->deps->store, r->address, "uid", r->tr.uid, &other);
+  if (rc == 0) {
+    char *href = caldav_href_object(r->address, other.name);
+    char *text = xasprintf("the UID is already used by %s", href);
+
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "no-uid-conflict", text);
+    free(text);
+    free(href);
+    caldav_row_clear(&other);
+    return;
+  }
+  r->row.name = xstrdup(r->name);
+  r->row.uid = xstrdup(r->tr.uid);
+  caldav_put_create(r);
+}
+
+static void caldav_get_on_loaded(struct caldav_req *r, bool found)
+{
+  char *text;
+  char *etag_header;
+  char err[256];
+
+  if (!found) {
+    /* Deleted in Outlook: the object is gone for Nextal too. */
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_text(r, 404, "the event was deleted in Outlook");
+    return;
+  }
+  text = caldav_load_ical(r, r->row.uid, err, sizeof(err));
+  if (text == NULL || r->ld.etag == NULL) {
+    caldav_text(r, 502, text == NULL ? err : "Graph sent no changeKey");
+    free(text);
+    return;
+  }
+  if (r->row.etag == NULL || strcmp(r->row.etag, r->ld.etag) != 0)
+    caldav_row_set_etag(r->deps->store, r->address, r->name, r->ld.etag);
+  etag_header = xasprintf("ETag: %s", r->ld.etag);
+  {
+    const char *headers[]
+        = { "Content-Type: " CALDAV_CONTENT_TYPE_ICAL, etag_header, NULL };
+
+    caldav_finish(r, 200, headers, text, strlen(text));
+  }
+  free(etag_header);
+  free(text);
+}
+
+static void caldav_delete_on_done(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+
+  if (resp->status != 204 && resp->status != 200 && resp->status != 404) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  caldav_row_delete(r->deps->store, r->address, r->name);
+  log_info("%s caldav deleted address=%s event=%s",
+           http_exchange_request(r->ex)->conn_id, r->address, r->row.event_id);
+  caldav_finish(r, 204, NULL, NULL, 0);
+}
+
+static void caldav_delete_now(struct caldav_req *r)
+{
+  char *path = caldav_event_path(r->address, r->row.event_id, "");
+
+  caldav_graph(r, "DELETE", path, NULL, NULL, caldav_delete_on_done);
+  free(path);
+}
+
+static void caldav_delete_on_current(struct caldav_req *r, bool found)
+{
+  if (!found) {
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    caldav_text(r, 412, "the event no longer exists in Outlook");
+    return;
+  }
+  if (!caldav_etag_listed(http_exchange_header(r->ex, "If-Match"),
+                          r->ld.etag)) {
+    caldav_text(r, 412,
+                "If-Match does not name the current ETag; the "
+                "event changed (perhaps in Outlook)");
+    return;
+  }
+  caldav_delete_now(r);
+}
+
+void caldav_object_method(struct caldav_req *r)
+{
+  bool is_delete = strcmp(r->method, "DELETE") == 0;
+  int rc;
+
+  if (r->kind != CALDAV_KIND_OBJECT) {
+    caldav_not_allowed(r);
+    return;
+  }
+  rc = caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row);
+  if (rc < 0) {
+    caldav_text(r, rc == -ENOENT ? 404 : 500,
+                rc == -ENOENT ? "no such calendar object"
+                              : "the agent's database failed");
+    return;
+  }
+  if (!is_delete)
+    caldav_load(r, r->row.event_id, caldav_get_on_loaded);
+  else if (http_exchange_header(r->ex, "If-Match") != NULL)
+    caldav_load(r, r->row.event_id, caldav_delete_on_current);
+  else
+    caldav_delete_now(r);
+}

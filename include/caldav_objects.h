@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/* The CalDAV mapping table (caldav_objects, migration 3): for each linked
+ * user, Nextal's object names and UIDs against Graph event ids and the
+ * ETags last served, and the tags derived from them. */
+#ifndef NX_CALDAV_OBJECTS_H
+#define NX_CALDAV_OBJECTS_H
+
+#include "store.h"
+
+/* Hex digits of a derived ETag, collection tag or adopted name. */
+#define CALDAV_ETAG_HEX 32
+
+/* One row: the object's name and UID, its Graph event id, and the ETag
+ * last served (NULL before the first). Every string is owned by the row;
+ * caldav_row_clear() frees them. */
+struct caldav_row {
+  char *name;
+  char *uid;
+  char *event_id;
+  char *etag;
+};
+
+/* Frees the strings of row and zeroes it; a zeroed row is a no-op. */
+void caldav_row_clear(struct caldav_row *row);
+
+/* Reads the row of address whose column key ("name", "uid" or "event_id",
+ * never client text) equals value into row. Returns 0, -ENOENT or -EIO. */
+int caldav_row_find(struct store *store, const char *address, const char *key,
+                    const char *value, struct caldav_row *row);
+
+/* Inserts or replaces the row of address named row->name. Returns 0 or
+ * -EIO. */
+int caldav_row_put(struct store *store, const char *address,
+                   const struct caldav_row *row);
+
+/* Records the ETag last served for a name; a store error is logged. */
+void caldav_row_set_etag(struct store *store, const char *address,
+                         const char *name, const char *etag);
+
+/* Forgets a name; a store error is logged. */
+void caldav_row_delete(struct store *store, const char *address,
+                       const char *name);
+
+/* Makes an event that was not written through CalDAV (made in Outlook, or
+ * an invitation the user received) an object of the calendar, named
+ * "outlook-<digest of its event id>.ics", with Graph's iCalUId as UID. An
+ * event already mapped keeps its row. Returns 0, or -EIO. */
+int caldav_row_adopt(struct store *store, const char *address,
+                     const char *event_id, const char *ical_uid);
+
+/* Drops every other name of event_id: an adopted name of an event whose
+ * PUT answer was lost and that its own name now maps again. */
+void caldav_row_unalias(struct store *store, const char *address,
+                        const char *name, const char *event_id);
+
+/* Lists the rows of address by name, at most CALDAV_OBJECTS_MAX, into a
+ * new array (caldav_rows_free()). Returns the count, or -EIO. */
+int caldav_rows_list(struct store *store, const char *address,
+                     struct caldav_row **out);
+
+/* Frees n rows and the array. */
+void caldav_rows_free(struct caldav_row *rows, int n);
+
+/* The ETag of a Graph change key, a quoted string of hex digits so that it
+ * never holds a character that needs care in a header. free() it. */
+char *caldav_etag(const char *change_key);
+
+/* The collection tag of rows: a digest of every name and ETag, so that any
+ * create, change or delete the agent has seen changes it. free() it. */
+char *caldav_ctag(const struct caldav_row *rows, int n);
+
+#endif
