@@ -56,6 +56,7 @@ static void caldav_req_free(struct caldav_req *r)
   for (size_t i = 0; i < r->nitems; i++) {
     free(r->items[i].href);
     caldav_row_clear(&r->items[i].row);
+    json_decref(r->items[i].view);
   }
   free(r->items);
   free(r);
@@ -243,6 +244,7 @@ void caldav_item_add(struct caldav_req *r, char *href, struct caldav_row *row,
   item = &r->items[r->nitems++];
   item->href = href;
   item->found = found;
+  item->view = NULL;
   if (found) {
     item->row = *row;
     memset(row, 0, sizeof(*row));

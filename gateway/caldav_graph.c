@@ -342,6 +342,22 @@ void caldav_load(struct caldav_req *r, const char *event_id,
   free(path);
 }
 
+bool caldav_load_given(struct caldav_req *r, const char *event_id,
+                       json_t *event)
+{
+  const char *type = json_string_value(json_object_get(event, "type"));
+
+  /* A series needs its instances: only a single event is whole here. */
+  if (type == NULL || strcmp(type, "singleInstance") != 0
+      || json_is_object(json_object_get(event, "recurrence")))
+    return false;
+  caldav_load_reset(&r->ld);
+  r->ld.event_id = xstrdup(event_id);
+  r->ld.event = json_incref(event);
+  r->ld.etag = caldav_load_etag(&r->ld);
+  return true;
+}
+
 char *caldav_load_ical(struct caldav_req *r, const char *uid, char *err,
                        size_t errsize)
 {

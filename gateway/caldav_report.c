@@ -19,7 +19,8 @@
 
 static void caldav_report_next(struct caldav_req *r);
 
-static void caldav_report_on_loaded(struct caldav_req *r, bool found)
+/* Adds the item loaded into r->ld (or gone from Graph) to the answer. */
+static void caldav_report_add_loaded(struct caldav_req *r, bool found)
 {
   struct caldav_item *item = &r->items[r->next];
   struct webdav_response *wr;
@@ -30,8 +31,6 @@ static void caldav_report_on_loaded(struct caldav_req *r, bool found)
   if (!found) {
     caldav_row_delete(r->deps->store, r->address, item->row.name);
     webdav_response_set_status(webdav_multistatus_add(r->ms, item->href), 404);
-    r->next++;
-    caldav_report_next(r);
     return;
   }
   if (r->want_data)
@@ -63,17 +62,31 @@ static void caldav_report_on_loaded(struct caldav_req *r, bool found)
       webdav_response_prop(wr, p->ns, p->name, 404, NULL);
   }
   free(text);
+}
+
+static void caldav_report_on_loaded(struct caldav_req *r, bool found)
+{
+  caldav_report_add_loaded(r, found);
   r->next++;
   caldav_report_next(r);
 }
 
-/* Fetches the next item of the work list, or sends the answer. */
+/* Adds the items of the work list that need no Graph call, fetches the
+ * next one that does, or sends the answer. */
 static void caldav_report_next(struct caldav_req *r)
 {
-  while (r->next < r->nitems && !r->items[r->next].found) {
-    webdav_response_set_status(
-        webdav_multistatus_add(r->ms, r->items[r->next].href), 404);
-    r->next++;
+  for (; r->next < r->nitems; r->next++) {
+    struct caldav_item *item = &r->items[r->next];
+
+    if (!item->found) {
+      webdav_response_set_status(webdav_multistatus_add(r->ms, item->href),
+                                 404);
+      continue;
+    }
+    if (item->view == NULL
+        || !caldav_load_given(r, item->row.event_id, item->view))
+      break;
+    caldav_report_add_loaded(r, true);
   }
   if (r->next == r->nitems) {
     caldav_multistatus_send(r);
@@ -270,6 +283,11 @@ static void caldav_query_on_view(void *arg, const struct graph_response *resp)
       continue;
     }
     caldav_item_add(r, caldav_href_object(r->address, row.name), &row, true);
+    /* calendarView lists events with the properties a GET of each gives
+     * (learn.microsoft.com/graph/api/user-list-calendarview, its example
+     * response): a single event needs no second request. */
+    if (!occurrence)
+      r->items[r->nitems - 1].view = json_incref(item);
   }
   next = json_string_value(json_object_get(page, "@odata.nextLink"));
   if (next != NULL && strstr(next, "/v1.0/") != NULL

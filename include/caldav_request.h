@@ -33,11 +33,12 @@ enum caldav_kind {
 };
 
 /* One object of a REPORT answer or of a PROPFIND refresh, fetched from
- * Graph in turn. */
+ * Graph in turn unless the answer that listed it already holds it. */
 struct caldav_item {
   char *href;
   struct caldav_row row;
-  bool found; /* the name is mapped */
+  bool found;   /* the name is mapped */
+  json_t *view; /* a single event as calendarView gave it, or NULL */
 };
 
 struct caldav_req;
@@ -175,6 +176,12 @@ char *caldav_event_path(const char *address, const char *event_id,
  * answered here, then is not called. */
 void caldav_load(struct caldav_req *r, const char *event_id,
                  caldav_loaded_cb then);
+
+/* Fills r->ld with event_id's event as a listing already gave it, without
+ * a Graph call, when that is the whole object: an event that is not a
+ * series. Returns true when it did, false when caldav_load() is needed. */
+bool caldav_load_given(struct caldav_req *r, const char *event_id,
+                       json_t *event);
 
 /* Frees what ld holds and zeroes it. */
 void caldav_load_reset(struct caldav_load *ld);

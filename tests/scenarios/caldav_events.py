@@ -710,6 +710,23 @@ class CalDAVEvents(AgentTestCase):
             "%sresponse/%shref" % (DAV, DAV))]
         self.assertEqual(hrefs, [cal + names[0]])
 
+        # With calendar-data, over both days: the events come whole from
+        # the one calendarView call, with the ETags a GET gives.
+        query = query.replace("<D:getetag/>", "<D:getetag/><C:calendar-data/>")
+        query = query.replace('end="20300506T000000Z"', 'end="20300507T000000Z"')
+        before = self.sim_stats_requests(ALICE)
+        r = self.curl("REPORT", cal, query, ["Depth: 1"])
+        self.assertEqual(r.status, 207)
+        self.assertEqual(self.sim_stats_requests(ALICE) - before, 1)
+        got = {x.find(DAV + "href").text: x
+               for x in ET.fromstring(r.body).findall(DAV + "response")}
+        self.assertEqual(set(got), {cal + n for n in names})
+        for name, subject in zip(names, subjects):
+            data = got[cal + name].find(".//%scalendar-data" % CAL).text
+            self.assertIn("SUMMARY:" + subject, data)
+            etag = got[cal + name].find(".//%sgetetag" % DAV).text
+            self.assertEqual(self.curl("GET", cal + name).header("ETag"), etag)
+
     def test_free_busy_query(self):
         uid = self.unique("busy")
         text = vevent(uid, self.unique("Busy"), start="DTSTART:20300702T130000Z",
