@@ -11,6 +11,7 @@ import json
 import random
 import signal
 import smtplib
+import sys
 import threading
 import time
 import urllib.request
@@ -93,10 +94,19 @@ class MailCrashLoad(AgentTestCase):
                    for s in SENDERS]
         for t in threads:
             t.start()
+        seed = random.randrange(1 << 30)
+        print("mail_crash_load: kill seed %d" % seed, file=sys.stderr)
         try:
-            rng = random.Random()
+            rng = random.Random(seed)
             for _ in range(KILLS):
-                time.sleep(rng.uniform(0.3, 2.0))
+                # Kill somewhere in the run, once the agent has taken more
+                # mail since its last start (or all of it, so that a late
+                # kill falls in the delivery of the backlog).
+                floor = len(accepted)
+                time.sleep(rng.uniform(0.3, 4.0))
+                wait_for(lambda: len(accepted) > floor
+                         or len(accepted) == MESSAGES, 60,
+                         "the agent to accept mail after its restart")
                 self.kill_and_restart()
             for t in threads:
                 t.join(timeout=120)
@@ -117,7 +127,10 @@ class MailCrashLoad(AgentTestCase):
         self.assertEqual(twice, [], "sent more than once")
         self.assertEqual(sorted(subjects), sorted(accepted))
         stats = box.sim_get("/_sim/stats")["mailboxes"]
-        self.assertGreater(sum(m["throttled_injected"] for m in stats.values()), 0)
+        # Every kind of fault really happened during the run.
+        for fault in ("429", "503", "drop"):
+            self.assertGreater(sum(m["faults_injected"].get(fault, 0)
+                                   for m in stats.values()), 0, fault)
         for tag, queue_id in accepted.items():
             self.assertEqual(self.status(queue_id)["state"], "sent", tag)
 
