@@ -302,6 +302,20 @@ static bool smtp_domain_valid(const char *p)
   }
 }
 
+/* Non-ASCII addresses need SMTPUTF8 (RFC 6531), which is not offered:
+ * such an address is refused with the code RFC 6531 section 3.5 gives. */
+#define SMTP_UTF8_ADDRESS_REFUSED                                              \
+  "Non-ASCII addresses are not supported here (no SMTPUTF8)"
+
+static bool smtp_address_is_utf8(const char *address)
+{
+  for (const unsigned char *p = (const unsigned char *) address; *p; p++) {
+    if (*p >= 0x80)
+      return true;
+  }
+  return false;
+}
+
 /* Checks local@domain; the last "@" splits, since a quoted local part may
  * hold one. */
 static bool smtp_address_valid(const char *address)
@@ -799,6 +813,10 @@ static void smtp_cmd_mail(struct smtp_session *s, char *args)
     smtp_session_reply(s, 550, "5.7.1", "A linked user must be the sender");
     return;
   }
+  if (smtp_address_is_utf8(path)) {
+    smtp_session_reply(s, 553, "5.6.7", SMTP_UTF8_ADDRESS_REFUSED);
+    return;
+  }
   if (!smtp_address_valid(path)) {
     smtp_session_reply(s, 501, "5.1.7", "Bad sender address syntax");
     return;
@@ -826,6 +844,10 @@ static int smtp_rcpt_parse(struct smtp_session *s, char *args, char **path)
   }
   if (arg == NULL || smtp_path_parse(arg, path, &params) < 0) {
     smtp_session_reply(s, 501, "5.5.4", "Syntax: RCPT TO:<address>");
+    return -1;
+  }
+  if (smtp_address_is_utf8(*path)) {
+    smtp_session_reply(s, 553, "5.6.7", SMTP_UTF8_ADDRESS_REFUSED);
     return -1;
   }
   if (!smtp_address_valid(*path)) {

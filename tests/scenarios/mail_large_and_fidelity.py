@@ -396,8 +396,13 @@ class Fidelity(LargeTestCase):
         code, _ = client.docmd("MAIL FROM:<%s>" % ALICE)
         self.assertEqual(code, 250)
         client.send("RCPT TO:<j\u00fcrgen@example.net>\r\n".encode())
-        code, _ = client.getreply()
-        self.assertIn(code, (501, 553))
+        code, text = client.getreply()
+        self.assertEqual((code, text[:5]), (553, b"5.6.7"))
+        self.assertIn(b"SMTPUTF8", text)
+        client.docmd("RSET")
+        client.send("MAIL FROM:<al\u00efce@contoso.example>\r\n".encode())
+        code, text = client.getreply()
+        self.assertEqual((code, text[:5]), (553, b"5.6.7"))
         client.docmd("RSET")
         # UTF-8 in display names and subjects (8BITMIME) is not SMTPUTF8
         # and goes through.

@@ -446,6 +446,9 @@ static void test_mail_syntax_and_params(void **state)
               "501 5.5.4 Invalid SIZE parameter\r\n");
   fake_expect(&f, "MAIL FROM:<ann@corp.test> SMTPUTF8\r\n",
               "555 5.5.4 SMTPUTF8 is not supported\r\n");
+  fake_expect(&f, "MAIL FROM:<ann\xc3\xa9@corp.test>\r\n",
+              "553 5.6.7 Non-ASCII addresses are not supported here (no "
+              "SMTPUTF8)\r\n");
   fake_expect(&f, "MAIL FROM:<ann@corp.test> RET=HDRS\r\n",
               "555 5.5.4 Unsupported parameter\r\n");
   fake_expect(&f, "MAIL FROM:<ann@corp.test> BODY=BINARYMIME\r\n",
