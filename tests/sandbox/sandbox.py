@@ -299,6 +299,23 @@ class Sandbox:
         quoted = urllib.parse.quote(address)
         return self.sim_get("/_sim/mailboxes/%s/sent" % quoted)["messages"]
 
+    def graph_get(self, path):
+        """GETs path from the simulator's Graph API as another application
+        of the tenant would read it (client credentials), not through the
+        /_sim/ control side."""
+        form = urllib.parse.urlencode({
+            "grant_type": "client_credentials", "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "scope": "https://graph.microsoft.com/.default"}).encode()
+        with urllib.request.urlopen(
+                self.sim_url("/%s/oauth2/v2.0/token" % TENANT_ID), form,
+                timeout=10) as r:
+            token = json.load(r)["access_token"]
+        req = urllib.request.Request(
+            self.sim_url(path), headers={"Authorization": "Bearer " + token})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)
+
     def wait_sent(self, address, count, timeout=30):
         def enough():
             items = self.sent(address)

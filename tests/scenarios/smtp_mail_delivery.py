@@ -6,6 +6,7 @@ content and recipients the SMTP transaction asked for."""
 import base64
 import hashlib
 import socket
+import urllib.parse
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
@@ -80,6 +81,40 @@ class MailDelivery(AgentTestCase):
         self.assertEqual(by_name["offer.pdf"]["size"], len(pdf))
         self.assertEqual(by_name["scores.csv"]["sha256"], hashlib.sha256(text).hexdigest())
         self.assertFalse(by_name["offer.pdf"]["isInline"])
+
+    def test_read_back_through_graphs_sent_items(self):
+        # What the recruiter sees in Outlook: Graph's own Sent Items folder
+        # holds the message, with its recipients and its attachment.
+        before = self.sent_count(ALICE)
+        pdf = b"%PDF-1.4\n" + bytes(range(256)) * 40
+        msg = EmailMessage()
+        msg["From"] = ALICE
+        msg["To"] = "Jordan <jordan@example.net>"
+        msg["Subject"] = "Offer letter"
+        msg["Message-ID"] = make_msgid(domain="nextal.example")
+        msg.set_content("Your offer is attached.")
+        msg.add_attachment(pdf, maintype="application", subtype="pdf",
+                           filename="offer.pdf")
+        self.send(ALICE, ["jordan@example.net", "hr@example.net"],
+                  msg.as_bytes())
+        self.wait_one_more(ALICE, before)
+        box = "/v1.0/users/%s" % urllib.parse.quote(ALICE)
+        found = self.box.graph_get(
+            box + "/mailFolders/sentitems/messages?$filter=" + urllib.parse.quote(
+                "internetMessageId eq '%s'" % msg["Message-ID"]))["value"]
+        self.assertEqual(len(found), 1)
+        item = found[0]
+        self.assertEqual(item["subject"], "Offer letter")
+        self.assertIn("Your offer is attached.", item["body"]["content"])
+        self.assertEqual([r["emailAddress"]["address"] for r in item["toRecipients"]],
+                         ["jordan@example.net"])
+        self.assertEqual([r["emailAddress"]["address"] for r in item["bccRecipients"]],
+                         ["hr@example.net"])
+        self.assertEqual(item["from"]["emailAddress"]["address"].lower(), ALICE)
+        atts = self.box.graph_get(
+            box + "/messages/%s/attachments" % urllib.parse.quote(item["id"]))["value"]
+        self.assertEqual([a["name"] for a in atts], ["offer.pdf"])
+        self.assertEqual(base64.b64decode(atts[0]["contentBytes"]), pdf)
 
     def test_non_ascii_subject_and_names(self):
         before = self.sent_count(ALICE)
