@@ -24,8 +24,9 @@ char *policy_edit_text(const struct policy_edit *edit, size_t *len);
 void policy_edit_free(struct policy_edit *edit);
 
 /* Sets [integration] enabled (or mode), rewriting only the value on its
- * line, or adding the line after the section header. *changed says whether
- * the text differs afterwards. Return 0. */
+ * line, or adding the line after the section header. A value already
+ * meaning the same ("yes" for true, any case) is left as written.
+ * *changed says whether the text differs afterwards. Return 0. */
 int policy_edit_set_enabled(struct policy_edit *edit, bool enabled,
                             bool *changed);
 int policy_edit_set_mode(struct policy_edit *edit, enum policy_mode mode,

@@ -34,7 +34,7 @@
 #define CLI_DEFAULT_CONFIG "/etc/nextal-agent/agent.ini"
 #define CLI_HELD_MAX 1000   /* messages `held` lists at most */
 #define CLI_REASON_MAX 1000 /* bytes of a drop reason */
-#define CLI_ACTOR_MAX 64
+#define CLI_ACTOR_MAX 128   /* "user (sudo by admin)" */
 
 struct cli {
   const char *config_path;
@@ -323,20 +323,25 @@ struct cli_set {
   bool set_enabled;
   bool enabled;
   enum policy_mode mode;
+  bool changed; /* set by the edit: the file differs afterwards */
 };
 
 static int cli_set_cb(struct policy_edit *edit, void *arg, bool *changed)
 {
   struct cli_set *set = arg;
+  int rc;
 
   if (set->set_enabled)
-    return policy_edit_set_enabled(edit, set->enabled, changed);
-  return policy_edit_set_mode(edit, set->mode, changed);
+    rc = policy_edit_set_enabled(edit, set->enabled, changed);
+  else
+    rc = policy_edit_set_mode(edit, set->mode, changed);
+  set->changed = *changed;
+  return rc;
 }
 
-/* Applies set to the file and audits it; the agent picks it up. */
-static int cli_edit(struct cli *cli, policy_edit_cb cb, void *arg,
-                    const char *action, const char *detail)
+/* Lets cb edit the policy file under its lock; the running agent picks a
+ * change up. The caller audits what changed, and only that. */
+static int cli_edit(struct cli *cli, policy_edit_cb cb, void *arg)
 {
   char err[512];
   int rc = policy_edit_file(cli->cfg.policy_file, cb, arg, err, sizeof(err));
@@ -345,8 +350,15 @@ static int cli_edit(struct cli *cli, policy_edit_cb cb, void *arg,
     cli_error("%s", err);
     return rc == -EINVAL ? EX_DATAERR : rc == -ENOENT ? EX_NOINPUT : EX_IOERR;
   }
-  return detail ? cli_audit(cli, action, detail) : EX_OK;
+  return EX_OK;
 }
+
+/* What becomes of held mail, said the same way by every text. */
+#define CLI_HELD_FATE                                                          \
+  "Held mail is sent by itself once the integration is on and its sender "     \
+  "has\nlinked again (and is listed, in mode specific), unless an "            \
+  "administrator\nfails it first with: nextal-policy drop --all-held "         \
+  "--reason TEXT\n"
 
 static int cli_enable(struct cli *cli, int argc, char **argv)
 {
@@ -354,30 +366,61 @@ static int cli_enable(struct cli *cli, int argc, char **argv)
   int rc = cli_open(cli);
 
   if (rc == EX_OK)
-    rc = cli_edit(cli, cli_set_cb, &set, "policy_enable", "enabled = true");
+    rc = cli_edit(cli, cli_set_cb, &set);
+  if (rc != EX_OK)
+    return rc;
+  if (!set.changed) {
+    printf("The integration is already enabled; nothing changed.\n");
+    return EX_OK;
+  }
+  rc = cli_audit(cli, "policy_enable", "enabled = true");
   if (rc == EX_OK)
-    printf("The integration is enabled. Users must link their mailboxes "
-           "again; held mail stays held until released.\n");
+    printf("The integration is enabled. Users disconnected by the switch-off "
+           "must link\nagain. " CLI_HELD_FATE);
   return rc;
 }
 
+/* Says what switching off does, before anything is done. On stderr, with
+ * the prompt, so that it reaches the administrator even when stdout goes
+ * to a file. */
+static void cli_disable_warn(int64_t linked, int64_t queued)
+{
+  fprintf(
+      stderr,
+      "Switching the integration off:\n"
+      "- stops all Graph traffic at once: every SMTP, CalDAV and "
+      "linking request\n  is refused;\n"
+      "- disconnects every linked user (%lld now): their tokens are "
+      "wiped, and each\n  must link again after the integration is "
+      "back on;\n"
+      "- holds queued mail (%lld now), neither sent nor lost.\n" CLI_HELD_FATE,
+      (long long) linked, (long long) queued);
+}
+
 /* Asks on the terminal; false unless the person types yes. */
-static bool cli_confirm(int64_t linked, int64_t queued)
+static bool cli_confirm(const char *what)
 {
   char answer[16];
 
-  fprintf(stderr,
-          "Switching the integration off stops every request at once.\n"
-          "Every linked user (%lld now) is disconnected: their tokens are "
-          "wiped and each\nmust link again after the integration is back "
-          "on. Queued mail (%lld now)\nis held, not sent and not lost, "
-          "until an administrator decides.\n"
-          "Type \"yes\" to switch off: ",
-          (long long) linked, (long long) queued);
+  fprintf(stderr, "Type \"yes\" to %s: ", what);
   if (fgets(answer, sizeof(answer), stdin) == NULL)
     return false;
   answer[strcspn(answer, "\r\n")] = '\0';
   return strcasecmp(answer, "yes") == 0;
+}
+
+/* Whether the policy file already has the switch off (false if it cannot
+ * be read: then the edit says what is wrong). */
+static bool cli_disabled_already(struct cli *cli)
+{
+  struct policy *policy = NULL;
+  char err[512];
+  bool off = false;
+
+  if (policy_load(cli->cfg.policy_file, &policy, err, sizeof(err)) == 0)
+    off = !policy->enabled;
+  policy_free(policy);
+  return off;
 }
 
 static int cli_disable(struct cli *cli, int argc, char **argv, bool yes)
@@ -391,21 +434,29 @@ static int cli_disable(struct cli *cli, int argc, char **argv, bool yes)
     return rc;
   links_count(cli->store, &linked, &relink);
   queue_count(cli->store, "queued", &queued);
+  if (linked == 0 && cli_disabled_already(cli)) {
+    printf("The integration is already switched off; nothing changed.\n");
+    return EX_OK;
+  }
+  cli_disable_warn(linked, queued);
   if (!yes && !isatty(STDIN_FILENO)) {
     cli_error("disable disconnects every linked user; confirm with --yes "
               "when not on a terminal");
     return EX_USAGE;
   }
-  if (!yes && !cli_confirm(linked, queued)) {
+  if (!yes && !cli_confirm("switch off")) {
     fprintf(stderr, "Nothing changed.\n");
     return EX_TEMPFAIL;
   }
-  rc = cli_edit(cli, cli_set_cb, &set, "policy_disable", "enabled = false");
+  rc = cli_edit(cli, cli_set_cb, &set);
+  if (rc == EX_OK && set.changed)
+    rc = cli_audit(cli, "policy_disable", "enabled = false");
   if (rc != EX_OK)
     return rc;
 
   /* Wipe tokens now rather than when the agent applies the file, so they
-   * are gone even if the agent is not running. */
+   * are gone even if the agent is not running; also when the switch was
+   * off already, as the agent would on its next start. */
   n = links_mark_all_relink(cli->store, "org_disabled");
   if (n < 0) {
     cli_error("the switch is off but stored tokens could not be wiped");
@@ -415,15 +466,19 @@ static int cli_disable(struct cli *cli, int argc, char **argv, bool yes)
            "%d linked users disconnected, tokens wiped (org_disabled)", n);
   if (n > 0 && (rc = cli_audit(cli, "users_disconnected", detail)) != EX_OK)
     return rc;
-  printf("The integration is switched off. %d linked users were "
-         "disconnected; queued mail is held.\n",
-         n);
+  if (!set.changed && n == 0)
+    printf("The integration is already switched off; nothing changed.\n");
+  else
+    printf("The integration is switched off%s. %d linked users were "
+           "disconnected; queued mail is held.\n",
+           set.changed ? "" : " (it was already)", n);
   return EX_OK;
 }
 
 static int cli_mode(struct cli *cli, int argc, char **argv)
 {
   struct cli_set set = { .set_enabled = false };
+  const char *name;
   char detail[32];
   int rc;
 
@@ -434,13 +489,20 @@ static int cli_mode(struct cli *cli, int argc, char **argv)
   }
   set.mode
       = strcmp(argv[0], "all") == 0 ? POLICY_MODE_ALL : POLICY_MODE_SPECIFIC;
+  name = set.mode == POLICY_MODE_ALL ? "all users" : "specific users";
   rc = cli_open(cli);
+  if (rc == EX_OK)
+    rc = cli_edit(cli, cli_set_cb, &set);
+  if (rc != EX_OK)
+    return rc;
+  if (!set.changed) {
+    printf("Access mode is already %s; nothing changed.\n", name);
+    return EX_OK;
+  }
   snprintf(detail, sizeof(detail), "mode = %s", argv[0]);
+  rc = cli_audit(cli, "policy_mode", detail);
   if (rc == EX_OK)
-    rc = cli_edit(cli, cli_set_cb, &set, "policy_mode", detail);
-  if (rc == EX_OK)
-    printf("Access mode is now %s.\n",
-           set.mode == POLICY_MODE_ALL ? "all users" : "specific users");
+    printf("Access mode is now %s.\n", name);
   return rc;
 }
 
@@ -494,7 +556,7 @@ static int cli_users(struct cli *cli, int argc, char **argv, bool remove)
   rc = cli_open(cli);
   u.done = xcalloc((size_t) argc, sizeof(*u.done));
   if (rc == EX_OK)
-    rc = cli_edit(cli, cli_users_cb, &u, NULL, NULL);
+    rc = cli_edit(cli, cli_users_cb, &u);
   for (int i = 0; rc == EX_OK && i < argc; i++) {
     char *next;
 
@@ -1020,6 +1082,132 @@ static int cli_drop(struct cli *cli, const char *queue_id, const char *reason)
   return rc;
 }
 
+/* A message drop --all-held failed, for the report after the commit. */
+struct cli_dropped {
+  char queue_id[QUEUE_ID_SIZE];
+  char *sender;
+  char *spool_path;
+};
+
+static void cli_dropped_free(struct cli_dropped *v, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    free(v[i].sender);
+    free(v[i].spool_path);
+  }
+  free(v);
+}
+
+/* Fails every held message in one transaction with one audit record, so
+ * that the administrator's decision is taken whole or not at all; the
+ * agent cannot release a row meanwhile, as the transaction holds the
+ * write lock. Returns 0 with the failed messages in *out (the caller
+ * removes their bodies), or -EIO with nothing changed. */
+static int cli_drop_held_all(struct cli *cli, const char *reason,
+                             struct cli_dropped **out, size_t *nout)
+{
+  struct cli_dropped *done = NULL;
+  struct queue_entry *v = NULL;
+  size_t ndone = 0;
+  char *detail = NULL;
+  int n, rc = -EIO;
+
+  if (store_begin(cli->store) < 0)
+    return -EIO;
+  /* Each batch leaves state held, so the next one reads the rest. */
+  while ((n = queue_list(cli->store, "held", &v, CLI_HELD_MAX)) > 0) {
+    int i = 0;
+
+    done = xrealloc(done, sizeof(*done) * (ndone + (size_t) n));
+    for (; i < n && queue_drop(cli->store, v[i].rowid, reason) == 0; i++) {
+      struct cli_dropped *d = &done[ndone++];
+
+      memcpy(d->queue_id, v[i].queue_id, sizeof(d->queue_id));
+      d->sender = xstrdup(v[i].sender);
+      d->spool_path = xstrdup(v[i].spool_path);
+    }
+    queue_entries_free(v, (size_t) n);
+    if (i < n)
+      goto out;
+  }
+  if (n < 0)
+    goto out;
+  if (ndone == 0) {
+    /* The agent released the last of it meanwhile: nothing to record. */
+    store_rollback(cli->store);
+    *out = NULL;
+    *nout = 0;
+    return 0;
+  }
+  detail
+      = xasprintf("%zu held messages -> failed (dropped: %s)", ndone, reason);
+  if (audit_record(cli->store, cli->actor, "mail_drop_held", detail) == 0
+      && store_commit(cli->store) == 0)
+    rc = 0;
+
+out:
+  free(detail);
+  if (rc < 0) {
+    store_rollback(cli->store);
+    cli_dropped_free(done, ndone);
+    return rc;
+  }
+  *out = done;
+  *nout = ndone;
+  return 0;
+}
+
+static int cli_drop_all(struct cli *cli, const char *reason, bool yes)
+{
+  struct cli_dropped *done = NULL;
+  size_t ndone = 0;
+  int64_t held = 0;
+  int rc = cli_open(cli);
+
+  if (rc != EX_OK)
+    return rc;
+  if (queue_count(cli->store, "held", &held) < 0) {
+    cli_error("cannot read %s", cli->cfg.database);
+    return EX_IOERR;
+  }
+  if (held == 0) {
+    printf("No mail is held; nothing changed.\n");
+    return EX_OK;
+  }
+  fprintf(stderr,
+          "Every held message (%lld now) fails with code dropped and the "
+          "reason \"%s\",\nwhich Nextal sees in its status; none of them "
+          "is sent and their bodies are\nremoved.\n",
+          (long long) held, reason);
+  if (!yes && !isatty(STDIN_FILENO)) {
+    cli_error("drop --all-held fails mail for good; confirm with --yes "
+              "when not on a terminal");
+    return EX_USAGE;
+  }
+  if (!yes && !cli_confirm("fail the held mail")) {
+    fprintf(stderr, "Nothing changed.\n");
+    return EX_TEMPFAIL;
+  }
+
+  if (cli_drop_held_all(cli, reason, &done, &ndone) < 0) {
+    cli_error("cannot update %s; nothing changed", cli->cfg.database);
+    return EX_IOERR;
+  }
+  if (ndone == 0) {
+    printf("No mail is held any more; nothing changed.\n");
+    return EX_OK;
+  }
+  /* After the commit, as for one message. */
+  for (size_t i = 0; i < ndone; i++) {
+    spool_remove(done[i].spool_path);
+    printf("%s from %s: held -> failed (dropped: %s)\n", done[i].queue_id,
+           done[i].sender, reason);
+  }
+  printf("%zu held messages failed (dropped: %s).\n", ndone, reason);
+  cli_dropped_free(done, ndone);
+  return EX_OK;
+}
+
 static int cli_link(struct cli *cli, int argc, char **argv)
 {
   char norm[POLICY_ADDRESS_MAX];
@@ -1087,11 +1275,15 @@ static const struct cli_command cli_commands[] = {
     "rejected, and held, queued and failed mail." },
   { "enable", cli_enable, "",
     "Switches the integration on. Users disconnected by a switch-off must\n"
-    "link again; held mail stays held until released." },
+    "link again. Held mail is sent by itself once its sender has linked\n"
+    "again (and is listed, in mode specific), unless drop --all-held\n"
+    "--reason TEXT fails it first. Changes nothing, and says so, if the\n"
+    "integration is on already." },
   { "disable", cli_disable_run, "[--yes]",
     "Switches the integration off: every request is refused, every linked\n"
     "user is disconnected (tokens wiped, they must link again) and queued\n"
-    "mail is held. Asks for confirmation unless --yes." },
+    "mail is held. Says all this first, then asks for confirmation unless\n"
+    "--yes." },
   { "mode", cli_mode, "all|specific",
     "Sets who may use the integration: all users of the tenant, or only the\n"
     "users listed in the policy file." },
@@ -1123,10 +1315,14 @@ static const struct cli_command cli_commands[] = {
     "attempts (held mail is held again if the policy still refuses its\n"
     "sender). Exits 66 (EX_NOINPUT) for an unknown id or a message whose\n"
     "body is gone, 65 (EX_DATAERR) for one in another state." },
-  { "drop", cli_drop_run, "--reason TEXT QUEUEID",
+  { "drop", cli_drop_run,
+    "--reason TEXT QUEUEID | --all-held --reason TEXT "
+    "[--yes]",
     "Gives up on a queued or held message: it fails with code dropped and\n"
     "the reason, which Nextal sees in its status, and its body is removed.\n"
-    "Exits 75 (EX_TEMPFAIL) while it is being sent." },
+    "Exits 75 (EX_TEMPFAIL) while it is being sent. With --all-held, every\n"
+    "held message of the organisation fails so, in one step with one audit\n"
+    "record; it asks for confirmation unless --yes." },
   { "link-url", cli_link_url, "[--json] ADDRESS",
     "Prints a start link for ADDRESS, valid for ten minutes: opening it\n"
     "links the mailbox (delegated mode: after signing in as ADDRESS)." },
@@ -1161,16 +1357,19 @@ static int cli_audit_run(struct cli *cli, int argc, char **argv)
   return cli_audit_list(cli, since);
 }
 
-/* drop has its own option, --reason. */
+/* drop has its own options: --reason, --all-held and --yes. */
 static int cli_drop_run(struct cli *cli, int argc, char **argv)
 {
   static const struct option opts[] = {
     { "help", no_argument, NULL, 'h' },
     { "reason", required_argument, NULL, 'r' },
+    { "all-held", no_argument, NULL, 'a' },
+    { "yes", no_argument, NULL, 'y' },
     { NULL, 0, NULL, 0 },
   };
   const struct cli_command *cmd = NULL;
   const char *reason = NULL;
+  bool all = false, yes = false;
   int c;
 
   for (size_t i = 0; cmd == NULL; i++) {
@@ -1178,26 +1377,35 @@ static int cli_drop_run(struct cli *cli, int argc, char **argv)
       cmd = &cli_commands[i];
   }
   optind = 0; /* GNU getopt: start over, argv[0] is the command */
-  while ((c = getopt_long(argc, argv, "+hr:", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "+hr:ay", opts, NULL)) != -1) {
     if (c == 'h') {
       printf("usage: nextal-policy [--config FILE] %s %s\n\n%s\n", cmd->name,
              cmd->usage, cmd->help);
       return EX_OK;
     }
-    if (c != 'r') {
+    if (c == 'r') {
+      reason = optarg;
+    } else if (c == 'a') {
+      all = true;
+    } else if (c == 'y') {
+      yes = true;
+    } else {
       fprintf(stderr, "usage: nextal-policy %s %s\n", cmd->name, cmd->usage);
       return EX_USAGE;
     }
-    reason = optarg;
   }
-  if (argc - optind != 1 || reason == NULL || reason[0] == '\0') {
-    cli_error("drop takes --reason TEXT and one queue id");
+  if (argc - optind != (all ? 0 : 1) || reason == NULL || reason[0] == '\0'
+      || (yes && !all)) {
+    cli_error("drop takes --reason TEXT and one queue id, or --all-held "
+              "--reason TEXT [--yes]");
     return EX_USAGE;
   }
   if (strlen(reason) > CLI_REASON_MAX) {
     cli_error("the reason is longer than %d bytes", CLI_REASON_MAX);
     return EX_USAGE;
   }
+  if (all)
+    return cli_drop_all(cli, reason, yes);
   return cli_drop(cli, argv[optind], reason);
 }
 
@@ -1213,14 +1421,30 @@ static void cli_usage(FILE *f)
     fprintf(f, "  %-13s %s\n", cli_commands[i].name, cli_commands[i].usage);
 }
 
+/* The OS user running the CLI, and under sudo the administrator behind
+ * it, e.g. "root (sudo by alice)". SUDO_USER comes from the environment,
+ * so it is kept beside the real user, never in its place. */
 static void cli_actor_init(struct cli *cli)
 {
   struct passwd *pw = getpwuid(getuid());
+  const char *sudo_user = getenv("SUDO_USER");
+  char name[CLI_ACTOR_MAX / 2];
 
   if (pw != NULL)
-    snprintf(cli->actor, sizeof(cli->actor), "%s", pw->pw_name);
+    snprintf(name, sizeof(name), "%s", pw->pw_name);
   else
-    snprintf(cli->actor, sizeof(cli->actor), "uid:%u", (unsigned) getuid());
+    snprintf(name, sizeof(name), "uid:%u", (unsigned) getuid());
+  if (sudo_user != NULL && sudo_user[0] != '\0' && strcmp(sudo_user, name) != 0)
+    snprintf(cli->actor, sizeof(cli->actor), "%s (sudo by %.*s)", name,
+             CLI_ACTOR_MAX / 3, sudo_user);
+  else
+    snprintf(cli->actor, sizeof(cli->actor), "%s", name);
+
+  /* The audit listing prints the actor as it is. */
+  for (char *p = cli->actor; *p != '\0'; p++) {
+    if ((unsigned char) *p < 0x20 || *p == 0x7f)
+      *p = '?';
+  }
 }
 
 static int cli_dispatch(struct cli *cli, int argc, char **argv)

@@ -192,10 +192,26 @@ static bool policy_edit_section(const struct policy_edit *edit,
   return true;
 }
 
-/* Sets key in [integration] to value, in place when the line exists. */
-static void policy_edit_set_key(struct policy_edit *edit, const char *key,
-                                const char *value, bool *changed)
+/* Whether the value written from start to end is one of same (any case):
+ * "yes" already says what "true" would. */
+static bool policy_edit_value_is(const char *line, size_t start, size_t end,
+                                 const char *const *same)
 {
+  for (; *same != NULL; same++) {
+    size_t len = strlen(*same);
+
+    if (end - start == len && strncasecmp(line + start, *same, len) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* Sets key in [integration] to same[0], in place when the line exists and
+ * leaving it alone when it holds any of same already. */
+static void policy_edit_set_key(struct policy_edit *edit, const char *key,
+                                const char *const *same, bool *changed)
+{
+  const char *value = same[0];
   size_t header, end;
   struct policy_line pl;
 
@@ -217,8 +233,7 @@ static void policy_edit_set_key(struct policy_edit *edit, const char *key,
     policy_line_classify(line, &pl);
     if (pl.kind != POLICY_LINE_KEY || strcmp(pl.name, key) != 0)
       continue;
-    if (pl.value_end - pl.value_start == strlen(value)
-        && strncasecmp(line + pl.value_start, value, strlen(value)) == 0)
+    if (policy_edit_value_is(line, pl.value_start, pl.value_end, same))
       return;
     edit->lines[i] = xasprintf("%.*s%s%s", (int) pl.value_start, line, value,
                                line + pl.value_end);
@@ -233,15 +248,22 @@ static void policy_edit_set_key(struct policy_edit *edit, const char *key,
 int policy_edit_set_enabled(struct policy_edit *edit, bool enabled,
                             bool *changed)
 {
-  policy_edit_set_key(edit, "enabled", enabled ? "true" : "false", changed);
+  /* The spellings policy_parse accepts for each. */
+  static const char *const on[] = { "true", "yes", "on", "1", NULL };
+  static const char *const off[] = { "false", "no", "off", "0", NULL };
+
+  policy_edit_set_key(edit, "enabled", enabled ? on : off, changed);
   return 0;
 }
 
 int policy_edit_set_mode(struct policy_edit *edit, enum policy_mode mode,
                          bool *changed)
 {
-  policy_edit_set_key(edit, "mode",
-                      mode == POLICY_MODE_ALL ? "all" : "specific", changed);
+  static const char *const all[] = { "all", NULL };
+  static const char *const specific[] = { "specific", NULL };
+
+  policy_edit_set_key(edit, "mode", mode == POLICY_MODE_ALL ? all : specific,
+                      changed);
   return 0;
 }
 

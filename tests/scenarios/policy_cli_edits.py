@@ -2,10 +2,15 @@
 # SPDX-License-Identifier: MIT
 """nextal-policy on its own, against a temporary configuration, database
 and policy file: racing edits both land, comments survive, validate names
-the bad line, unlink fails only that user's mail, and each change is
-audited. Needs NEXTAL_POLICY (the binary)."""
+the bad line, unlink fails only that user's mail, an edit that changes
+nothing says so and is not audited, disable says what it does before
+doing it, drop --all-held fails every held message at once, and each
+change is audited with the administrator behind sudo. Needs
+NEXTAL_POLICY (the binary)."""
 import json
 import os
+import pty
+import pwd
 import sqlite3
 import subprocess
 import sys
@@ -48,10 +53,14 @@ class PolicyCli(unittest.TestCase):
     def tearDown(self):
         self.tmp.cleanup()
 
-    def run_cli(self, *args, check=True, stdin=subprocess.DEVNULL):
+    def run_cli(self, *args, check=True, stdin=subprocess.DEVNULL, env=None):
+        # SUDO_USER only where a test sets it: the actor must not depend on
+        # how the suite itself was started.
+        full = {k: v for k, v in os.environ.items() if k != "SUDO_USER"}
+        full.update(env or {})
         p = subprocess.run([POLICY, "--config", self.config, *args],
                            stdin=stdin, capture_output=True, text=True,
-                           timeout=30)
+                           timeout=30, env=full)
         if check and p.returncode != 0:
             self.fail("%s exited %d: %s" % (args, p.returncode, p.stderr))
         return p
@@ -62,6 +71,55 @@ class PolicyCli(unittest.TestCase):
 
     def audit(self):
         return json.loads(self.run_cli("audit", "--json").stdout)
+
+    def actions(self):
+        return [a["action"] for a in self.audit()]
+
+    def seed(self, users=(), messages=()):
+        """Linked users with a token, and messages as (queue_id, sender,
+        state); each message gets a spool file, whose path is returned."""
+        self.run_cli("status")  # creates the database
+        spool = {}
+        db = sqlite3.connect(self.db)
+        for who in users:
+            db.execute("INSERT INTO users (address, state, refresh_token,"
+                       " linked_at, updated_at) VALUES (?, 'linked', x'01',"
+                       " 0, 0)", (who,))
+        for queue_id, who, state in messages:
+            spool[queue_id] = os.path.join(self.tmp.name, queue_id + ".eml")
+            with open(spool[queue_id], "w") as f:
+                f.write("Subject: %s\r\n\r\nbody\r\n" % queue_id)
+            db.execute("INSERT INTO messages (queue_id, sender, recipients,"
+                       " size, spool_path, state, next_attempt_at,"
+                       " created_at, updated_at) VALUES (?, ?, '[]', 1,"
+                       " ?, ?, 0, 0, 0)",
+                       (queue_id, who, spool[queue_id], state))
+        db.commit()
+        db.close()
+        return spool
+
+    def messages(self):
+        db = sqlite3.connect(self.db)
+        rows = {r[0]: r[1:] for r in db.execute(
+            "SELECT queue_id, state, error_code, error_text FROM messages")}
+        db.close()
+        return rows
+
+    def linked(self):
+        db = sqlite3.connect(self.db)
+        n = db.execute("SELECT COUNT(*) FROM users WHERE state = 'linked'"
+                       " AND refresh_token IS NOT NULL").fetchone()[0]
+        db.close()
+        return n
+
+    def assert_disable_warning(self, text, linked, queued):
+        """What disabling does, as the issue has it: Graph traffic stops,
+        tokens are wiped and each user must link again, mail is held."""
+        self.assertIn("stops all Graph traffic", text)
+        self.assertIn("disconnects every linked user (%d now)" % linked, text)
+        self.assertIn("tokens are wiped", text)
+        self.assertIn("must link again", text)
+        self.assertIn("holds queued mail (%d now)" % queued, text)
 
     def test_racing_edits_all_land_and_comments_survive(self):
         # Many CLI processes at once: the lock serialises them and none of
@@ -105,7 +163,141 @@ class PolicyCli(unittest.TestCase):
         p = self.run_cli("disable", check=False)
         self.assertEqual(p.returncode, 64)  # EX_USAGE
         self.assertIn("--yes", p.stderr)
+        self.assert_disable_warning(p.stderr, 0, 0)
         self.assertEqual(self.read_policy(), ORIGINAL)
+
+    def test_noop_edits_say_so_and_audit_nothing(self):
+        p = self.run_cli("enable")
+        self.assertEqual(p.stdout,
+                         "The integration is already enabled; nothing "
+                         "changed.\n")
+        p = self.run_cli("mode", "specific")
+        self.assertEqual(p.stdout, "Access mode is already specific users; "
+                         "nothing changed.\n")
+        self.assertEqual(self.read_policy(), ORIGINAL)
+        self.assertEqual(self.actions(), [])
+
+        self.run_cli("disable", "--yes")
+        self.run_cli("mode", "all")
+        p = self.run_cli("disable", "--yes")
+        self.assertEqual(p.stdout, "The integration is already switched off; "
+                         "nothing changed.\n")
+        self.assertNotIn("Graph", p.stderr)  # nothing to warn about
+        p = self.run_cli("mode", "all")
+        self.assertIn("already all users; nothing changed", p.stdout)
+        self.assertEqual(self.actions(), ["policy_disable", "policy_mode"])
+
+        # "yes" already means true: the file keeps what a person wrote.
+        with open(self.policy, "w") as f:
+            f.write(ORIGINAL.replace("enabled = true", "enabled = Yes"))
+        p = self.run_cli("enable")
+        self.assertIn("already enabled; nothing changed", p.stdout)
+        self.assertIn("enabled = Yes   ; the master switch\n",
+                      self.read_policy())
+        self.assertEqual(self.actions(), ["policy_disable", "policy_mode"])
+
+    def test_disable_says_what_it_does_before_acting(self):
+        self.seed(users=("alice@contoso.example", "bob@contoso.example"),
+                  messages=(("q1", "alice@contoso.example", "queued"),))
+
+        # The edit fails (its lock cannot be taken): the warning has been
+        # given already, before the error, and nothing was done.
+        lock = self.policy + ".lock"
+        os.mkdir(lock)
+        p = self.run_cli("disable", "--yes", check=False)
+        self.assertEqual(p.returncode, 74, p.stderr)  # EX_IOERR
+        self.assert_disable_warning(p.stderr, 2, 1)
+        self.assertLess(p.stderr.index("stops all Graph traffic"),
+                        p.stderr.index("cannot lock"))
+        self.assertEqual(self.read_policy(), ORIGINAL)
+        self.assertEqual(self.linked(), 2)
+        os.rmdir(lock)
+
+        # On a terminal the same warning comes with the prompt; "no"
+        # changes nothing.
+        master, slave = pty.openpty()
+        try:
+            os.write(master, b"no\n")
+            p = self.run_cli("disable", check=False, stdin=slave)
+        finally:
+            os.close(slave)
+            os.close(master)
+        self.assertEqual(p.returncode, 75, p.stderr)  # EX_TEMPFAIL
+        self.assert_disable_warning(p.stderr, 2, 1)
+        self.assertLess(p.stderr.index("must link again"),
+                        p.stderr.index('Type "yes"'))
+        self.assertEqual(self.read_policy(), ORIGINAL)
+        self.assertEqual(self.linked(), 2)
+
+        # With --yes too, then it acts.
+        p = self.run_cli("disable", "--yes")
+        self.assert_disable_warning(p.stderr, 2, 1)
+        self.assertIn("2 linked users were disconnected", p.stdout)
+        self.assertEqual(self.linked(), 0)
+        self.assertEqual(self.actions(),
+                         ["policy_disable", "users_disconnected"])
+
+    def test_audit_names_the_admin_behind_sudo(self):
+        me = pwd.getpwuid(os.getuid()).pw_name
+        self.run_cli("mode", "all", env={"SUDO_USER": "alice-admin"})
+        self.run_cli("mode", "specific", env={"SUDO_USER": me})
+        self.run_cli("allow", "bob@contoso.example")
+        actors = [(a["action"], a["actor"]) for a in self.audit()]
+        self.assertEqual(actors, [
+            ("policy_mode", "%s (sudo by alice-admin)" % me),
+            ("policy_mode", me), ("policy_allow", me)])
+        self.assertIn("%s (sudo by alice-admin)" % me,
+                      self.run_cli("audit").stdout)
+
+    def test_held_mail_is_sent_when_allowed_or_failed_by_drop_all(self):
+        # The texts say what the agent does: held mail goes out by itself
+        # once its sender is allowed and linked again, or an administrator
+        # fails it.
+        for text in (self.run_cli("enable", "--help").stdout,
+                     self.run_cli("disable", "--yes").stderr,
+                     self.run_cli("enable").stdout):
+            text = " ".join(text.split())
+            self.assertNotIn("until released", text)
+            self.assertIn("linked again", text)
+            self.assertIn("drop --all-held --reason TEXT", text)
+
+        spool = self.seed(messages=(
+            ("h1", "alice@contoso.example", "held"),
+            ("h2", "alice@contoso.example", "held"),
+            ("h3", "bob@contoso.example", "held"),
+            ("q1", "carol@contoso.example", "queued")))
+        before = self.actions()
+
+        p = self.run_cli("drop", "--all-held", "--reason", "offboarded",
+                         check=False)
+        self.assertEqual(p.returncode, 64, p.stderr)  # EX_USAGE: no --yes
+        self.assertIn("Every held message (3 now) fails", p.stderr)
+        self.assertEqual(self.messages()["h1"][0], "held")
+        p = self.run_cli("drop", "--all-held", "--reason", "x", "h1",
+                         check=False)
+        self.assertEqual(p.returncode, 64)
+
+        p = self.run_cli("drop", "--all-held", "--reason",
+                         "tenant offboarded", "--yes")
+        self.assertIn("3 held messages failed (dropped: tenant offboarded)",
+                      p.stdout)
+        self.assertEqual(self.messages(), {
+            "h1": ("failed", "dropped", "tenant offboarded"),
+            "h2": ("failed", "dropped", "tenant offboarded"),
+            "h3": ("failed", "dropped", "tenant offboarded"),
+            "q1": ("queued", None, None)})
+        for queue_id in ("h1", "h2", "h3"):
+            self.assertFalse(os.path.exists(spool[queue_id]), queue_id)
+        self.assertTrue(os.path.exists(spool["q1"]))
+        new = self.audit()[len(before):]
+        self.assertEqual([a["action"] for a in new], ["mail_drop_held"])
+        self.assertEqual(new[0]["detail"], "3 held messages -> failed "
+                         "(dropped: tenant offboarded)")
+
+        # Nothing held any more: nothing to do, nothing audited.
+        p = self.run_cli("drop", "--all-held", "--reason", "again", "--yes")
+        self.assertEqual(p.stdout, "No mail is held; nothing changed.\n")
+        self.assertEqual(len(self.audit()), len(before) + 1)
 
     def test_validate_names_the_line_and_edits_refuse_broken_file(self):
         with open(self.policy, "a") as f:

@@ -84,6 +84,24 @@ static void test_switch_and_mode_in_place(void **state)
   policy_edit_free(e);
 }
 
+/* A value spelt another way that policy_parse reads the same is already
+ * set: the CLI must not rewrite it and audit a change that is none. */
+static void test_switch_synonym_is_no_change(void **state)
+{
+  struct policy_edit *e = edit_of("[integration]\nenabled = Yes ; on\n"
+                                  "mode = SPECIFIC\n");
+  bool changed = true;
+
+  assert_int_equal(policy_edit_set_enabled(e, true, &changed), 0);
+  assert_false(changed);
+  assert_int_equal(policy_edit_set_mode(e, POLICY_MODE_SPECIFIC, &changed), 0);
+  assert_false(changed);
+  assert_int_equal(policy_edit_set_enabled(e, false, &changed), 0);
+  assert_true(changed);
+  assert_text(e, "[integration]\nenabled = false ; on\nmode = SPECIFIC\n");
+  policy_edit_free(e);
+}
+
 static void test_allow_and_remove(void **state)
 {
   struct policy_edit *e = edit_of(original);
@@ -192,6 +210,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_roundtrip),
     cmocka_unit_test(test_switch_and_mode_in_place),
+    cmocka_unit_test(test_switch_synonym_is_no_change),
     cmocka_unit_test(test_allow_and_remove),
     cmocka_unit_test(test_missing_sections),
     cmocka_unit_test(test_file_edit),
