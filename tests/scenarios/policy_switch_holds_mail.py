@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """The master switch as an administrator uses it: switching off while mail
-is queued sends nothing more to Graph and loses nothing (the mail is held),
+is queued sends nothing more to Graph (not one request for the user reaches
+the simulator once the switch is applied) and loses nothing (the mail is held),
 new SMTP transactions are refused with the reason, and switching back on
 (and re-linking, since switching off disconnects every user) delivers the
 held mail exactly once. Removing one user in specific mode holds only that
@@ -9,8 +10,10 @@ user's mail."""
 import smtplib
 import time
 
-from scenario import ALICE, BOB, CAROL, AgentTestCase, main
+from scenario import ALICE, BOB, CAROL, AgentTestCase, main, sandbox
 from sandbox import wait_for
+
+APPLY_S = 1.0  # the agent applies a policy edit within a second
 
 
 def message(sender, tag):
@@ -26,6 +29,32 @@ class PolicySwitchHoldsMail(AgentTestCase):
             (sender,)).fetchall()
         return dict(rows)
 
+    def graph_requests(self, address):
+        """Every Graph request for address the simulator has seen."""
+        boxes = self.box.sim_get("/_sim/stats")["mailboxes"]
+        return boxes.get(address, {}).get("requests", 0)
+
+    def mail_from_answer(self, sender):
+        """The reply to MAIL FROM (nothing is queued: RSET follows)."""
+        with smtplib.SMTP("127.0.0.1", self.box.smtp_port, timeout=15) as c:
+            c.login(sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+            code, text = c.mail(sender)
+            c.rset()
+            return code, text.decode()
+
+    def wait_refused(self, sender, reason):
+        """Until the agent refuses sender with reason: the policy just
+        edited is applied. The code must lead the text: "org_disabled"
+        alone also matches "link_expired: ... (reason: org_disabled)",
+        what the agent says while the CLI has wiped the tokens but the
+        agent has not read the file yet."""
+        prefix = "5.7.1 %s: " % reason
+
+        def refused():
+            code, text = self.mail_from_answer(sender)
+            return (code, text) if code == 550 and text.startswith(prefix) else None
+        return wait_for(refused, 3 * APPLY_S, "%s refused with %s" % (sender, reason))
+
     def test_disable_holds_then_enable_delivers_once(self):
         # Carol's sends fail transiently, so her mail sits in the queue.
         self.box.sim_post("/_sim/faults", {"fault": "503", "mailbox": CAROL,
@@ -35,19 +64,36 @@ class PolicySwitchHoldsMail(AgentTestCase):
         for tag in tags:
             self.send(CAROL, ["held@example.net"], message(CAROL, tag))
         self.box.policy_cli("disable", "--yes")
+        # The faults stay until the agent has applied the switch-off (up to
+        # a second after the CLI returns): a retry before that must not
+        # succeed. From then on not one Graph request for Carol may leave.
+        self.wait_refused(ALICE, "org_disabled")
+        requests_at_switch = self.graph_requests(CAROL)
+        self.assertGreater(requests_at_switch, 0, "the counter sees carol's failed sends")
         self.box.sim_post("/_sim/faults", {"clear": True})
         wait_for(lambda: self.states(CAROL).get("held") == 3, 15, "mail held")
         time.sleep(2.5)
         self.assertEqual(self.sent_count(CAROL), 0, "mail left after the switch-off")
+        self.assertEqual(self.graph_requests(CAROL), requests_at_switch,
+                         "a Graph request for carol reached the simulator while "
+                         "the integration was off")
 
         with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
             self.send(ALICE, ["x@example.net"], message(ALICE, "refused"))
         self.assertEqual(refused.exception.smtp_code, 550)
-        self.assertIn(b"org_disabled", refused.exception.smtp_error)
+        self.assertTrue(refused.exception.smtp_error.startswith(b"5.7.1 org_disabled: "),
+                        refused.exception.smtp_error)
 
+        # Back on, but switching off disconnected Carol: she must link
+        # again, and until she does nothing of hers goes to Graph.
         self.box.policy_cli("enable")
+        code, text = self.wait_refused(CAROL, "link_expired")
+        self.assertIn("(reason: org_disabled)", text)
         time.sleep(1.5)
         self.assertEqual(self.sent_count(CAROL), 0, "sent before the user linked again")
+        self.assertEqual(self.graph_requests(CAROL), requests_at_switch,
+                         "a Graph request for carol before she linked again")
+        self.assertEqual(self.states(CAROL), {"held": 3})
         self.box.link(CAROL)
         self.box.wait_sent(CAROL, 3, timeout=30)
         time.sleep(2)
