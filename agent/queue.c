@@ -201,27 +201,70 @@ static int queue_find_digest(struct store *store, const char *digest,
   return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
+/* One message of a batch, inside its transaction: rc as in
+ * struct queue_insert_req. */
+static int queue_insert_one(struct store *store, struct queue_insert_req *req,
+                            int64_t window_ms)
+{
+  int rc = 0;
+
+  if (req->digest != NULL && window_ms > 0)
+    rc = queue_find_digest(store, req->digest, store_now_ms() - window_ms,
+                           req->original);
+  if (rc == 0)
+    rc = queue_insert_row(store, req->queue_id, req->sender, req->rcpts,
+                          req->nrcpts, req->message_id, req->size,
+                          req->spool_path, req->digest);
+  return rc;
+}
+
+void queue_insert_batch(struct store *store, struct queue_insert_req **reqs,
+                        size_t n, int64_t window_ms)
+{
+  if (store_begin(store) < 0) {
+    for (size_t i = 0; i < n; i++)
+      reqs[i]->rc = -EIO;
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    int rc = queue_insert_one(store, reqs[i], window_ms);
+
+    reqs[i]->rc = rc < 0 ? -EIO : rc;
+    /* A failed statement undoes only itself, unless SQLite had to end the
+     * whole transaction (disk full, I/O error): then nothing after it may
+     * run in autocommit and be taken for part of a failed batch. */
+    if (rc < 0 && sqlite3_get_autocommit(store->db))
+      break;
+  }
+  if (sqlite3_get_autocommit(store->db) || store_commit(store) < 0) {
+    store_rollback(store);
+    for (size_t i = 0; i < n; i++)
+      reqs[i]->rc = -EIO;
+  }
+}
+
 int queue_insert_once(struct store *store, const char *queue_id,
                       const char *sender, const char *const *rcpts,
                       size_t nrcpts, const char *message_id, uint64_t size,
                       const char *spool_path, const char *digest,
                       int64_t window_ms, char original[QUEUE_ID_SIZE])
 {
-  int rc;
+  struct queue_insert_req req = {
+    .queue_id = queue_id,
+    .sender = sender,
+    .rcpts = rcpts,
+    .nrcpts = nrcpts,
+    .message_id = message_id,
+    .size = size,
+    .spool_path = spool_path,
+    .digest = digest,
+  };
+  struct queue_insert_req *reqs[1] = { &req };
 
-  if (store_begin(store) < 0)
-    return -EIO;
-  rc = 0;
-  if (digest != NULL && window_ms > 0)
-    rc = queue_find_digest(store, digest, store_now_ms() - window_ms, original);
-  if (rc == 0)
-    rc = queue_insert_row(store, queue_id, sender, rcpts, nrcpts, message_id,
-                          size, spool_path, digest);
-  if (rc < 0 || store_commit(store) < 0) {
-    store_rollback(store);
-    return -EIO;
-  }
-  return rc;
+  queue_insert_batch(store, reqs, 1, window_ms);
+  if (req.rc == 1)
+    memcpy(original, req.original, QUEUE_ID_SIZE);
+  return req.rc;
 }
 
 int queue_defer(struct store *store, int64_t rowid, int64_t at)

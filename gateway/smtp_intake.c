@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,11 +16,19 @@
 #include "store.h"
 #include "xalloc.h"
 
+/* Rows are committed in groups: a worker thread that finds no commit in
+ * progress commits every row waiting, its own included, in one
+ * transaction, while the others wait for it on committed. Messages whose
+ * data ended together then share one sync of the database, and each 250
+ * still follows its own row's commit. */
 struct smtp_intake {
   uv_loop_t *loop;
   char *spool_dir;
-  struct store *store; /* used only by worker threads, under lock */
+  struct store *store; /* used only by the worker thread committing */
   pthread_mutex_t lock;
+  pthread_cond_t committed;        /* a group commit ended */
+  struct smtp_intake_msg *waiting; /* rows for the next group, newest first */
+  bool committing;                 /* a worker thread is committing a group */
   smtp_intake_queued_cb queued;
   void *queued_arg;
   int64_t dedup_window_ms; /* 0: every submission is queued */
@@ -38,6 +47,11 @@ struct smtp_intake_msg {
   size_t nrcpts;
   smtp_intake_done_cb done;
   void *done_arg;
+
+  /* Its row, while it waits for a group commit (under intake->lock). */
+  struct queue_insert_req row;
+  struct smtp_intake_msg *next_waiting;
+  bool row_done;
 
   /* The worker's answer. */
   int code;
@@ -71,6 +85,7 @@ int smtp_intake_new(uv_loop_t *loop, const char *spool_dir, const char *db_path,
   intake->queued = queued;
   intake->queued_arg = arg;
   pthread_mutex_init(&intake->lock, NULL);
+  pthread_cond_init(&intake->committed, NULL);
   *out = intake;
   return 0;
 }
@@ -85,6 +100,7 @@ void smtp_intake_free(struct smtp_intake *intake)
   if (intake == NULL)
     return;
   store_close(intake->store);
+  pthread_cond_destroy(&intake->committed);
   pthread_mutex_destroy(&intake->lock);
   free(intake->spool_dir);
   free(intake);
@@ -203,9 +219,40 @@ static int smtp_intake_validate(struct smtp_intake_msg *msg, char **message_id)
   return 0;
 }
 
+/* Commits every row waiting, in one transaction, then wakes their
+ * threads. Called and returns with intake->lock held; drops it meanwhile. */
+static void smtp_intake_commit_group(struct smtp_intake *intake)
+{
+  struct queue_insert_req **rows;
+  struct smtp_intake_msg *group = intake->waiting;
+  size_t n = 0;
+  size_t i;
+
+  for (struct smtp_intake_msg *m = group; m != NULL; m = m->next_waiting)
+    n++;
+  rows = xcalloc(n, sizeof(*rows));
+  /* Oldest first, so that rows are numbered in the order data ended. */
+  i = n;
+  for (struct smtp_intake_msg *m = group; m != NULL; m = m->next_waiting)
+    rows[--i] = &m->row;
+  intake->waiting = NULL;
+  intake->committing = true;
+  pthread_mutex_unlock(&intake->lock);
+
+  queue_insert_batch(intake->store, rows, n, intake->dedup_window_ms);
+  free(rows);
+
+  pthread_mutex_lock(&intake->lock);
+  for (struct smtp_intake_msg *m = group; m != NULL; m = m->next_waiting)
+    m->row_done = true;
+  intake->committing = false;
+  pthread_cond_broadcast(&intake->committed);
+}
+
 /* Records the message, unless it is a resubmission of one recorded
  * within the window (same Message-ID and envelope): then its queue id is
- * copied to original and 1 returned. 0 when queued, or -EIO. */
+ * copied to original and 1 returned. 0 when queued, or -EIO. Returns once
+ * the row is durable, committed with the others waiting at that time. */
 static int smtp_intake_insert(struct smtp_intake_msg *msg,
                               const char *message_id,
                               char original[QUEUE_ID_SIZE])
@@ -213,20 +260,37 @@ static int smtp_intake_insert(struct smtp_intake_msg *msg,
   struct smtp_intake *intake = msg->intake;
   char digest[QUEUE_DIGEST_SIZE];
   int have_digest;
-  int rc;
 
   have_digest = queue_envelope_digest(message_id, msg->sender,
                                       (const char *const *) msg->rcpts,
                                       msg->nrcpts, digest)
                 == 0;
+  msg->row = (struct queue_insert_req){
+    .queue_id = msg->queue_id,
+    .sender = msg->sender,
+    .rcpts = (const char *const *) msg->rcpts,
+    .nrcpts = msg->nrcpts,
+    .message_id = message_id,
+    .size = msg->file->size,
+    .spool_path = msg->file->path,
+    .digest = have_digest ? digest : NULL,
+  };
+
   pthread_mutex_lock(&intake->lock);
-  rc = queue_insert_once(intake->store, msg->queue_id, msg->sender,
-                         (const char *const *) msg->rcpts, msg->nrcpts,
-                         message_id, msg->file->size, msg->file->path,
-                         have_digest ? digest : NULL, intake->dedup_window_ms,
-                         original);
+  msg->row_done = false;
+  msg->next_waiting = intake->waiting;
+  intake->waiting = msg;
+  while (!msg->row_done) {
+    if (!intake->committing)
+      smtp_intake_commit_group(intake);
+    else
+      pthread_cond_wait(&intake->committed, &intake->lock);
+  }
   pthread_mutex_unlock(&intake->lock);
-  return rc;
+
+  if (msg->row.rc == 1)
+    memcpy(original, msg->row.original, QUEUE_ID_SIZE);
+  return msg->row.rc;
 }
 
 /* Worker thread: durable file, validation, durable row. */

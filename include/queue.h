@@ -64,6 +64,28 @@ int queue_insert_once(struct store *store, const char *queue_id,
                       const char *spool_path, const char *digest,
                       int64_t window_ms, char original[QUEUE_ID_SIZE]);
 
+/* One message for queue_insert_batch: queue_insert_once's arguments (the
+ * strings are the caller's) and what became of it. */
+struct queue_insert_req {
+  const char *queue_id;
+  const char *sender;
+  const char *const *rcpts;
+  size_t nrcpts;
+  const char *message_id; /* may be NULL */
+  uint64_t size;
+  const char *spool_path;
+  const char *digest;           /* may be NULL */
+  int rc;                       /* 0 inserted, 1 resubmission, or -EIO */
+  char original[QUEUE_ID_SIZE]; /* the first submission's id, with rc 1 */
+};
+
+/* Does queue_insert_once for each of reqs[0..n-1] in one write
+ * transaction, so that n messages cost one commit and one sync rather than
+ * n. A resubmission is recognised within the batch too. When the commit
+ * fails, every rc is -EIO and nothing was recorded. */
+void queue_insert_batch(struct store *store, struct queue_insert_req **reqs,
+                        size_t n, int64_t window_ms);
+
 /* Moves a queued row's next attempt to at without counting an attempt
  * (pacing). Returns 0, or -ENOENT when the row is no longer queued. */
 int queue_defer(struct store *store, int64_t rowid, int64_t at);

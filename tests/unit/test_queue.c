@@ -128,6 +128,41 @@ static int64_t rowid_of(struct fixture *f, const char *qid)
   return rowid;
 }
 
+/* A group commit: several rows in one transaction, a resubmission found
+ * within the group itself, and ids numbered in the group's order. */
+static void test_insert_batch(void **state)
+{
+  struct fixture *f = *state;
+  struct queue_insert_req r1 = { .queue_id = "B1",
+                                 .sender = "alice@c",
+                                 .rcpts = rcpts_ab,
+                                 .nrcpts = 2,
+                                 .message_id = "m@x",
+                                 .size = 10,
+                                 .spool_path = "/nowhere/B1",
+                                 .digest = "d1" };
+  struct queue_insert_req r2 = r1;
+  struct queue_insert_req r3 = r1;
+  struct queue_insert_req *rows[] = { &r1, &r2, &r3 };
+  int64_t n = 0;
+
+  r2.queue_id = "B2";
+  r2.message_id = "n@x";
+  r2.spool_path = "/nowhere/B2";
+  r2.digest = NULL;
+  r3.queue_id = "B3";
+  r3.spool_path = "/nowhere/B3";
+
+  queue_insert_batch(f->store, rows, 3, 60000);
+  assert_int_equal(r1.rc, 0);
+  assert_int_equal(r2.rc, 0);
+  assert_int_equal(r3.rc, 1);
+  assert_string_equal(r3.original, "B1");
+  assert_int_equal(queue_count(f->store, NULL, &n), 0);
+  assert_int_equal(n, 2);
+  assert_true(rowid_of(f, "B1") < rowid_of(f, "B2"));
+}
+
 static void assert_state(struct fixture *f, const char *qid, const char *state)
 {
   struct queue_entry e;
@@ -309,6 +344,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_digest),
     cmocka_unit_test_setup_teardown(test_insert_once, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_insert_batch, setup, teardown),
     cmocka_unit_test_setup_teardown(test_retry_and_drop, setup, teardown),
     cmocka_unit_test_setup_teardown(test_defer, setup, teardown),
     cmocka_unit_test_setup_teardown(test_purge, setup, teardown),
