@@ -303,8 +303,10 @@ static void token_entry_on_http(void *arg, const struct http_response *resp)
   char fallback[96];
   json_t *root = NULL;
 
+  /* Not "network": to Graph's callers that means a request that may have
+   * reached Graph, and nothing has been sent to Graph yet. */
   if (resp->status == 0) {
-    res.error = "network";
+    res.error = "token_network";
     res.description = resp->curl_message;
     goto out;
   }
@@ -452,7 +454,7 @@ static void token_entry_refresh(struct token_entry *entry)
   req.body_len = strlen(form);
   req.timeout_ms = TOKEN_CACHE_TIMEOUT_MS;
   if (http_client_send(cache->http, &req, token_entry_on_http, entry) < 0) {
-    res.error = "network";
+    res.error = "token_network";
     res.description = "the HTTP client is shutting down";
     token_entry_finish(entry, &res);
   }

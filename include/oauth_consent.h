@@ -10,7 +10,12 @@
 
 #define OAUTH_CONSENT_PATH "/oauth/consent"
 
-/* Adds GET OAUTH_CONSENT_PATH to router; store must outlive it. */
+/* Adds GET OAUTH_CONSENT_PATH to router; store must outlive it. Only an
+ * answer carrying an unused state from `nextal-policy consent-link` is
+ * recorded. A refusal is shown as a plain sentence with what to do next,
+ * Microsoft's error and description below it, and recorded as the
+ * consent state unless a grant is already recorded (a later refusal does
+ * not undo Microsoft's grant). */
 int oauth_consent_register(struct http_router *router, struct store *store);
 
 #endif

@@ -25,7 +25,9 @@
 struct token_cache;
 
 /* token is NULL on failure; then error is the OAuth "error" value (or
- * "network") and description the error_description, and permanent says
+ * "token_network" when the token endpoint gave no answer; never
+ * "network", which Graph's callers read as a request that may have
+ * reached Graph) and description the error_description, and permanent says
  * whether the grant is gone (the user must link again). */
 typedef void (*token_cache_cb)(void *arg, const char *token, const char *error,
                                const char *description, bool permanent);

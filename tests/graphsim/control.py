@@ -8,6 +8,7 @@
   POST /_sim/throttle {"limit": 4, "retry_after": "0.5"}
   POST /_sim/signin   {"as": addr|null, "once": bool, "decline": N|bool}
   POST /_sim/consent  {"client_id"?, "granted": bool, "next_failure": ...}
+  GET  /_sim/tokens[?user=addr]              token requests, oldest first
   POST /_sim/users/{address} {"disabled","mailbox","revoke_tokens",
                               "expire_refresh_tokens"}
   POST /_sim/tokens   {"expire_access_tokens": true, "user"?: addr}
@@ -19,6 +20,7 @@
 import time
 
 import faults
+import identity
 import mail
 from simcore import json_reply
 
@@ -56,6 +58,7 @@ def handle(state, req):
         ("POST", "users"): lambda: modify_user(state, segs, body),
         ("GET", "users"): lambda: list_users(state),
         ("POST", "tokens"): lambda: expire_tokens(state, body),
+        ("GET", "tokens"): lambda: token_requests(state, req.query.get("user")),
         ("GET", "mailboxes"): lambda: mailbox_sent(state, segs),
         ("GET", "deliveries"): lambda: deliveries(state),
     }
@@ -71,6 +74,8 @@ def handle(state, req):
 def stats(state):
     with state.lock:
         snap = state.stats.snapshot()
+        for counters in snap.values():
+            counters["operations"] = dict(counters.get("operations", {}))
         inflight = {"%s|%s" % k: v for k, v in state.inflight.items() if v}
     return json_reply(200, {"mailboxes": snap, "inflight": inflight,
                             "latency_ms": state.latency_ms,
@@ -83,6 +88,7 @@ def reset(state):
         state.signin_override = None
         state.signin_decline = 0
         state.consent_failure = None
+        identity.token_log(state).clear()
     return json_reply(200, {"reset": True})
 
 
@@ -144,10 +150,14 @@ def default_client(state, body):
 
 def set_consent(state, body):
     """granted true/false sets admin consent; false also drops user consents.
-    next_failure: "consent_required" | "access_denied" for the next adminconsent."""
+    next_failure: a kind of identity.CONSENT_FAILURES for the next adminconsent."""
     cid = default_client(state, body)
     if cid is None:
         return bad_request("unknown client_id")
+    kind = body.get("next_failure")
+    if kind and kind not in identity.CONSENT_FAILURES:
+        return bad_request("next_failure must be one of %s"
+                           % ", ".join(sorted(identity.CONSENT_FAILURES)))
     with state.lock:
         entry = state.consent.setdefault(cid, {"admin": False, "users": set()})
         if "granted" in body:
@@ -217,6 +227,17 @@ def expire_tokens(state, body):
             who = body.get("user")
             expire_access(state, who.lower() if who else None)
     return json_reply(200, {"ok": True})
+
+
+def token_requests(state, user):
+    """Every token request kept (identity.TOKEN_LOG_MAX), or one user's:
+    grant_type, user, the refresh token presented and the one issued,
+    the status the client got (0: connection dropped) and the fault."""
+    log = identity.token_log(state)
+    with state.lock:
+        entries = [dict(e) for e in log
+                   if user is None or e["user"] == user.lower()]
+    return json_reply(200, {"requests": entries})
 
 
 def mailbox_sent(state, segs):

@@ -15,13 +15,19 @@ Error shapes:
 * "400": a permanent refusal, by default 400 ErrorInvalidRecipients as Graph
   sends for an unresolvable recipient (graph-api.md 5); "status", "code" and
   "message" in the rule replace it
+
+The token endpoint is the operation TOKEN_OPERATION ("token"). Only a rule
+that names it reaches it: a rule without an operation keeps meaning "every
+Graph operation", so adding token faults changed no existing rule. Its
+answers are OAuth-shaped (see token_fault_reply).
 """
 
 import random
 
-from simcore import drop_reply, graph_error, new_guid
+from simcore import drop_reply, graph_error, new_guid, oauth_error, text_reply
 
 FAULT_KINDS = ("429", "503", "500", "504", "drop", "400")
+TOKEN_OPERATION = "token"
 
 
 class FaultRule:
@@ -50,7 +56,10 @@ class FaultRule:
     def matches(self, mailbox, operation, client_id):
         if self.mailbox and self.mailbox != mailbox:
             return False
-        if self.operation and self.operation.lower() != (operation or "").lower():
+        wanted = (self.operation or "").lower()
+        if operation == TOKEN_OPERATION and wanted != TOKEN_OPERATION:
+            return False
+        if wanted and wanted != (operation or "").lower():
             return False
         if self.client_id and self.client_id != client_id:
             return False
@@ -65,8 +74,13 @@ class FaultRule:
 
 
 def pick_fault(state, mailbox, operation, client_id, after):
-    """Consume/roll the rules; return the FaultRule that fires, or None."""
+    """Consume/roll the rules; return the FaultRule that fires, or None.
+    Every request reaches here once with after=False, so that is where it
+    is counted per operation for /_sim/stats."""
     with state.lock:
+        if not after and mailbox:
+            ops = state.stats.bucket(mailbox).setdefault("operations", {})
+            ops[operation] = ops.get(operation, 0) + 1
         rules = [r for r in state.fault_rules
                  if r.after == after and r.matches(mailbox, operation, client_id)]
         for r in rules:
@@ -106,6 +120,38 @@ def fault_reply(rule, request_id):
         headers = [("Retry-After", ra)] if ra else None
         return graph_error(504, "UnknownError", "Gateway Timeout", request_id, headers)
     return drop_reply()
+
+
+def token_fault_reply(rule):
+    """A fault at the token endpoint, in the OAuth error shape [E-ERR]. The
+    `error` values are the documented retry ones (temporarily_unavailable:
+    "retry the request"; server_error); which HTTP status and AADSTS code
+    Entra pairs with them is [unverified]: 90006 ExternalServerRetryableError
+    "The service is temporarily unavailable", 90055 TenantThrottlingError
+    "There are too many incoming requests", 50000 TokenIssuanceError [E-ERR].
+    A 504 comes from a gateway in front, so it has no OAuth body."""
+    ra = str(rule.retry_after) if rule.retry_after is not None else None
+    if rule.fault == "drop":
+        return drop_reply()
+    if rule.fault == "504":
+        reply = text_reply(504, "Gateway Timeout")
+    elif rule.fault == "503":
+        reply = oauth_error(503, "temporarily_unavailable", 90006,
+                            "The service is temporarily unavailable.")
+        ra = ra or "5"
+    elif rule.fault == "429":
+        reply = oauth_error(429, "temporarily_unavailable", 90055,
+                            "There are too many incoming requests.")
+        ra = ra or "2"
+    elif rule.fault == "500":
+        reply = oauth_error(500, "server_error", 50000,
+                            "There's an issue with the sign-in service.")
+    else:
+        reply = oauth_error(rule.status, "invalid_request", 9002313,
+                            "Invalid request. Request is malformed or invalid.")
+    if ra:
+        reply.header("Retry-After", ra)
+    return reply
 
 
 def concurrency_reply(request_id, retry_after):

@@ -6,6 +6,10 @@
 * GET  /{tenant}/v2.0/adminconsent      admin consent (v2) [E-AC]
 * GET  /{tenant}/adminconsent           admin consent (v1 style) [E-CC]
 
+The token endpoint answers behind fault rules for the operation "token"
+(faults.py) and notes every request it gets (GET /_sim/tokens), so tests
+can see which refresh token a client presented.
+
 Error texts paraphrase the AADSTS reference [E-ERR]; which `error` string goes
 with which AADSTS code is partly [unverified] (graph-api.md §1.7), choices are
 commented where made.
@@ -13,12 +17,14 @@ commented where made.
 
 import base64
 import binascii
+import collections
 import hashlib
 import html
 import json
 import time
 import urllib.parse
 
+import faults
 from simcore import (Reply, b64url, json_reply, new_guid, oauth_error,
                      random_token, text_reply)
 
@@ -26,6 +32,7 @@ GRAPH_DEFAULT = "https://graph.microsoft.com/.default"
 GRAPH_PREFIX = "https://graph.microsoft.com/"
 OIDC_SCOPES = {"openid", "profile", "email", "offline_access"}
 CODE_LIFETIME_S = 600  # authorization codes live ~10 minutes [E-CODE]
+TOKEN_LOG_MAX = 500    # token requests kept for GET /_sim/tokens
 
 
 # ---------------------------------------------------------------------------
@@ -177,6 +184,50 @@ def authorize(state, req, tenant):
 # ---------------------------------------------------------------------------
 # admin consent
 
+# What POST /_sim/consent {"next_failure": kind} makes the next adminconsent
+# answer: kind -> (error, AADSTS code, description). Codes and meanings are
+# from [E-ERR] and the consent troubleshooting page [E-UCE]
+# (learn.microsoft.com/entra/identity/enterprise-apps/
+# application-sign-in-unexpected-user-consent-error); the `error` value
+# paired with 90094 and 90090 on this redirect is [unverified].
+CONSENT_FAILURES = {
+    # The doc example: admin_consent=True kept next to the error [E-AC].
+    "consent_required": ("consent_required", 65004,
+                         "User declined to consent to access the app."),
+    "access_denied": ("access_denied", 65004,
+                      "User declined to consent to access the app."),
+    # Someone without an admin role opened the link [E-UCE].
+    "admin_required": ("access_denied", 90094,
+                       "Administrator consent is required for the permissions "
+                       "this application asks for."),
+    # An intermittent problem recording the grant; retrying helps [E-UCE].
+    "server_error": ("server_error", 90090,
+                     "The service is temporarily unavailable."),
+}
+
+
+def aadsts_description(code, text):
+    """error_description as Entra writes it on redirects and token errors:
+    the code, the text, then trace and correlation ids [E-ERR]."""
+    return ("AADSTS%d: %s\r\nTrace ID: %s\r\nCorrelation ID: %s\r\n"
+            "Timestamp: %s" % (code, text, new_guid(), new_guid(),
+                               time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())))
+
+
+def consent_failure_params(kind, v2, back):
+    error, code, text = CONSENT_FAILURES[kind]
+    if kind == "access_denied" and not v2:
+        # v1-style failure example [E-CC].
+        params = {"error": "permission_denied",
+                  "error_description": "The admin canceled the request"}
+    else:
+        params = {"error": error, "error_description": aadsts_description(code, text)}
+    if kind == "consent_required":
+        params = dict({"admin_consent": "True"}, **params)
+    params.update(back)
+    return params
+
+
 def admin_consent(state, req, tenant, v2):
     q = req.query
     client = state.config.clients.get(q.get("client_id", ""))
@@ -199,22 +250,8 @@ def admin_consent(state, req, tenant, v2):
     with state.lock:
         failure = state.consent_failure
         state.consent_failure = None
-    if failure == "consent_required":
-        # The doc example keeps admin_consent=True on this error [E-AC].
-        params = {"admin_consent": "True", "error": "consent_required",
-                  "error_description": "AADSTS65004: User declined to consent to access the app."}
-        params.update(back)
-        return redirect(redirect_uri, params)
-    if failure == "access_denied":
-        if v2:
-            params = {"error": "access_denied",
-                      "error_description": "AADSTS65004: User declined to consent to access the app."}
-        else:
-            # v1-style failure example [E-CC].
-            params = {"error": "permission_denied",
-                      "error_description": "The admin canceled the request"}
-        params.update(back)
-        return redirect(redirect_uri, params)
+    if failure in CONSENT_FAILURES:
+        return redirect(redirect_uri, consent_failure_params(failure, v2, back))
     with state.lock:
         state.consent.setdefault(client["client_id"], {"admin": False, "users": set()})
         state.consent[client["client_id"]]["admin"] = True
@@ -279,6 +316,67 @@ def authenticate_client(state, req, form, tenant):
 
 
 def token_endpoint(state, req, tenant):
+    """The token endpoint behind injected faults (operation "token"), with
+    every request noted for GET /_sim/tokens."""
+    form = parse_form(req) or {}
+    client_id = client_credentials_from(req, form)[0]
+    user = token_user(state, form)
+    issued = None
+    rule = faults.pick_fault(state, user, faults.TOKEN_OPERATION, client_id, after=False)
+    if rule is None:
+        issued = token_grant(state, req, tenant)
+        rule = faults.pick_fault(state, user, faults.TOKEN_OPERATION, client_id,
+                                 after=True)
+    reply = issued
+    if rule is not None:
+        if user:
+            faults.record_injected(state, user, rule)
+        reply = faults.token_fault_reply(rule)
+    token_log_add(state, form, user, issued, reply, rule)
+    return reply
+
+
+def token_user(state, form):
+    """The user a token request is for, when the grant names one."""
+    with state.lock:
+        if form.get("grant_type") == "refresh_token":
+            rec = state.refresh_tokens.get(form.get("refresh_token", ""))
+        elif form.get("grant_type") == "authorization_code":
+            rec = state.auth_codes.get(form.get("code", ""))
+        else:
+            rec = None
+    return rec["user"] if rec else None
+
+
+def token_log(state):
+    """The last TOKEN_LOG_MAX token requests (kept on the state, created on
+    first use, emptied by /_sim/reset)."""
+    with state.lock:
+        if not hasattr(state, "token_requests"):
+            state.token_requests = collections.deque(maxlen=TOKEN_LOG_MAX)
+        return state.token_requests
+
+
+def token_log_add(state, form, user, issued, reply, rule):
+    """issued: what the grant answered (None when a fault came first);
+    reply: what the client got. A refresh token issued under an "after"
+    fault was never seen by the client, as in a lost reply."""
+    granted = {}
+    if issued is not None and issued.status == 200:
+        granted = json.loads(issued.body.decode("utf-8"))
+    entry = {
+        "at": time.time(), "grant_type": form.get("grant_type"), "user": user,
+        "presented_refresh_token": form.get("refresh_token"),
+        "issued_refresh_token": granted.get("refresh_token"),
+        "status": 0 if reply.drop else reply.status,
+        "fault": rule.fault if rule else None,
+    }
+    log = token_log(state)
+    with state.lock:
+        log.append(entry)
+
+
+def token_grant(state, req, tenant):
     form = parse_form(req)
     if form is None:
         return oauth_error(400, "invalid_request", 900144, "The request body must contain "

@@ -258,6 +258,23 @@ class IdentityTests(SimTestCase):
         self.ctl("POST", "consent", {"next_failure": "access_denied"})
         got = location_query(self.http("GET", "/%s/adminconsent?%s" % (TENANT, q)))
         self.assertEqual(got["error"], "permission_denied")
+        self.ctl("POST", "consent", {"next_failure": "admin_required"})
+        got = location_query(self.http("GET", "/%s/v2.0/adminconsent?%s" % (TENANT, q)))
+        self.assertEqual(got["error"], "access_denied")
+        self.assertTrue(got["error_description"].startswith("AADSTS90094: "))
+        self.assertIn("Trace ID: ", got["error_description"])
+        self.assertEqual(got["state"], "s2")
+        self.assertNotIn("admin_consent", got)
+        self.ctl("POST", "consent", {"next_failure": "server_error"})
+        got = location_query(self.http("GET", "/%s/v2.0/adminconsent?%s" % (TENANT, q)))
+        self.assertEqual(got["error"], "server_error")
+        self.assertIn("AADSTS90090", got["error_description"])
+        r = self.http("POST", "/_sim/consent", json_body={"next_failure": "made_up"})
+        self.assertEqual(r.status, 400)
+        # one failure each: the next answer is a grant again
+        got = location_query(self.http("GET", "/%s/v2.0/adminconsent?%s" % (TENANT, q)))
+        self.assertEqual(got["admin_consent"], "True")
+        self.assertNotIn("error", got)
         bad = urllib.parse.urlencode({"client_id": CLIENT, "redirect_uri": "http://evil/",
                                       "scope": "x"})
         r = self.http("GET", "/%s/v2.0/adminconsent?%s" % (TENANT, bad))
@@ -324,6 +341,67 @@ class IdentityTests(SimTestCase):
         self.assertNotEqual(rt1, rt2)
         self.assertEqual(self.token(form).status, 200)  # old one still valid
         self.assertEqual(self.token(dict(form, refresh_token=rt2)).status, 200)
+
+    def test_token_log_shows_the_refresh_token_presented(self):
+        first = self.sign_in()
+        form = {"grant_type": "refresh_token", "client_id": CLIENT, "client_secret": SECRET,
+                "refresh_token": first["refresh_token"]}
+        second = self.token(form).json()
+        self.token(dict(form, refresh_token=second["refresh_token"]))
+        self.sign_in(login_hint=BOB)
+        log = self.ctl("GET", "tokens?user=" + ALICE)["requests"]
+        self.assertEqual([e["grant_type"] for e in log],
+                         ["authorization_code", "refresh_token", "refresh_token"])
+        self.assertIsNone(log[0]["presented_refresh_token"])
+        self.assertEqual(log[0]["issued_refresh_token"], first["refresh_token"])
+        self.assertEqual(log[1]["presented_refresh_token"], first["refresh_token"])
+        self.assertEqual(log[1]["issued_refresh_token"], second["refresh_token"])
+        self.assertEqual(log[2]["presented_refresh_token"], second["refresh_token"])
+        self.assertEqual([e["status"] for e in log], [200, 200, 200])
+        self.assertEqual(len(self.ctl("GET", "tokens")["requests"]), 4)
+        self.ctl("POST", "reset")
+        self.assertEqual(self.ctl("GET", "tokens")["requests"], [])
+
+    def test_token_endpoint_faults(self):
+        rt = self.sign_in()["refresh_token"]
+        form = {"grant_type": "refresh_token", "client_id": CLIENT, "client_secret": SECRET,
+                "refresh_token": rt}
+        # A rule without an operation stays a Graph rule: tokens still come.
+        self.ctl("POST", "faults", {"fault": "500", "probability": 1.0})
+        self.assertEqual(self.token(form).status, 200)
+        self.ctl("POST", "faults", {"clear": True})
+
+        self.ctl("POST", "faults", {"fault": "503", "operation": "token", "count": 1,
+                                    "retry_after": "2", "mailbox": ALICE})
+        self.ctl("POST", "faults", {"fault": "drop", "operation": "token", "count": 1,
+                                    "mailbox": ALICE})
+        bob = self.sign_in(login_hint=BOB)  # another user's grant is not touched
+        self.assertIn("refresh_token", bob)
+        r = self.token(form)
+        self.assertOAuthError(r, 503, "temporarily_unavailable", 90006)
+        self.assertEqual(r.headers["Retry-After"], "2")
+        with self.assertRaises((urllib.error.URLError, http.client.HTTPException,
+                                ConnectionError)):
+            self.token(form)
+        ok = self.token(form)
+        self.assertEqual(ok.status, 200, ok.body)
+        log = self.ctl("GET", "tokens?user=" + ALICE)["requests"]
+        self.assertEqual([(e["status"], e["fault"]) for e in log[-3:]],
+                         [(503, "503"), (0, "drop"), (200, None)])
+        self.assertIsNone(log[-3]["issued_refresh_token"])
+        st = self.ctl("GET", "stats")["mailboxes"][ALICE]
+        self.assertEqual(st["faults_injected"], {"503": 1, "drop": 1})
+        self.assertEqual(st["operations"]["token"], 5)
+
+        # App-only tokens, and "after": issued, then the answer is lost.
+        self.ctl("POST", "faults", {"fault": "500", "operation": "token", "count": 1,
+                                    "after": True})
+        app = {"grant_type": "client_credentials", "client_id": CLIENT,
+               "client_secret": SECRET, "scope": "https://graph.microsoft.com/.default"}
+        self.assertOAuthError(self.token(app), 500, "server_error", 50000)
+        self.assertEqual(self.token(app).status, 200)
+        r = self.token(dict(app, client_secret="wrong"))  # no rule left: the real answer
+        self.assertOAuthError(r, 401, "invalid_client", 7000215)
 
     def test_refresh_grant_gone_paths(self):
         form = {"grant_type": "refresh_token", "client_id": CLIENT, "client_secret": SECRET}
@@ -546,6 +624,7 @@ class ThrottleFaultTests(SimTestCase):
         st = self.ctl("GET", "stats")["mailboxes"][ALICE]
         self.assertEqual(st["faults_injected"], {"503": 2})
         self.assertEqual(st["sendmail_accepted"], 1)
+        self.assertEqual(st["operations"], {"sendMail": 3, "listMessages": 1})
 
     def test_rate_faults_and_429_shape(self):
         self.ctl("POST", "faults", {"fault": "429", "probability": 1.0, "retry_after": "2.128"})

@@ -107,7 +107,13 @@ class LinkingDelegated(LinkingTestCase):
         self.assertIn("Nothing was linked", page)
         self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
 
+    def token_requests(self, address):
+        return self.box.sim_get("/_sim/tokens?user=" + address)["requests"]
+
     def test_refresh_token_rotates_and_stays_encrypted(self):
+        """Each refresh presents the refresh token the previous answer
+        issued, as the simulator saw it; a stored ciphertext that merely
+        changes would not show that (its nonce is random)."""
         self.link_by_sign_in(DAVE)
         first = bytes(self.stored_token(DAVE))
 
@@ -116,7 +122,6 @@ class LinkingDelegated(LinkingTestCase):
         self.send(DAVE, ["x@example.net"], message(DAVE, "rotate-1"))
         self.wait_one_more(DAVE, before)
         second = bytes(self.stored_token(DAVE))
-        self.assertNotEqual(first, second)
 
         # Graph forgets the access token: the agent refreshes again.
         self.box.sim_post("/_sim/tokens", {"expire_access_tokens": True,
@@ -124,7 +129,16 @@ class LinkingDelegated(LinkingTestCase):
         self.send(DAVE, ["x@example.net"], message(DAVE, "rotate-2"))
         self.wait_one_more(DAVE, before + 1)
         third = bytes(self.stored_token(DAVE))
-        self.assertNotEqual(second, third)
+
+        log = self.token_requests(DAVE)
+        self.assertEqual([e["grant_type"] for e in log],
+                         ["authorization_code", "refresh_token",
+                          "refresh_token"], log)
+        self.assertTrue(all(e["status"] == 200 for e in log), log)
+        issued = [e["issued_refresh_token"] for e in log]
+        self.assertEqual(len(set(issued)), 3, "each answer rotates")
+        self.assertEqual(log[1]["presented_refresh_token"], issued[0])
+        self.assertEqual(log[2]["presented_refresh_token"], issued[1])
         for blob in (first, second, third):
             self.assertNotClear(blob)
         self.assertEqual(self.link_state(DAVE)["state"], "linked")

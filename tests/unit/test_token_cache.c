@@ -314,7 +314,7 @@ static void test_network_error_is_transient(void **state)
   fx->cfg.login_base_url = xstrdup("http://127.0.0.1:1");
   get(fx, NULL, &r);
   run_until(fx, 1);
-  assert_string_equal(r.error, "network");
+  assert_string_equal(r.error, "token_network");
   assert_false(r.permanent);
 }
 
