@@ -402,6 +402,7 @@ static void delivery_translate(uv_work_t *work)
     .sender = job->sender,
     .rcpts = (const char *const *) job->rcpts,
     .nrcpts = job->nrcpts,
+    .message_id = job->message_id, /* what intake gave a message with none */
   };
   struct mime_graph_result res;
 

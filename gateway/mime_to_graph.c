@@ -1316,6 +1316,10 @@ static int mime_graph_translate(const char *data, size_t len,
   ctx.msg = json_object();
   ctx.attachments = json_array();
   mime_graph_headers_add(&ctx, mime->mm_data.mm_message.mm_fields);
+  if (res->message_id == NULL && env->message_id != NULL) {
+    mime_graph_message_id_set(&ctx, env->message_id);
+    res->message_id_added = true;
+  }
   content = mime->mm_data.mm_message.mm_msg_mime;
   rc = content ? mime_graph_walk(&ctx, content, 0, false) : 0;
   if (rc < 0)
@@ -1539,13 +1543,39 @@ out:
   return rc;
 }
 
+/* What the MIME form puts before the message: a Bcc field naming the
+ * envelope recipients no header names, and the Message-ID the envelope
+ * gave. Returns the length of the text, which is written to out (when
+ * not NULL) with its NUL. */
+static size_t mime_graph_mime_prefix(const struct mime_graph_result *res,
+                                     char *out, size_t size)
+{
+  char *text = xasprintf("%s%s%s%s%s%s", res->mime_bcc ? "Bcc: " : "",
+                         res->mime_bcc ? res->mime_bcc : "",
+                         res->mime_bcc ? "\r\n" : "",
+                         res->message_id_added ? "Message-ID: <" : "",
+                         res->message_id_added ? res->message_id : "",
+                         res->message_id_added ? ">\r\n" : "");
+  size_t len = strlen(text);
+
+  if (out != NULL)
+    snprintf(out, size, "%s", text);
+  free(text);
+  return len;
+}
+
+static size_t mime_graph_mime_prefix_size(const struct mime_graph_result *res)
+{
+  return mime_graph_mime_prefix(res, NULL, 0);
+}
+
 /* Small messages: the whole translation in memory, then the form. */
 static int mime_graph_small(const char *path, uint64_t size,
                             const struct mime_graph_envelope *env,
                             struct mime_graph_result *res)
 {
   const char *data = NULL;
-  size_t len = 0, bcc_line;
+  size_t len = 0;
   int rc;
 
   rc = spool_map(path, &data, &len);
@@ -1555,9 +1585,8 @@ static int mime_graph_small(const char *path, uint64_t size,
   spool_unmap(data, len);
   if (rc < 0)
     return rc;
-  bcc_line = res->mime_bcc ? strlen(res->mime_bcc) + 7 : 0;
   if (res->wants_mime && res->mime_safe
-      && size + bcc_line <= MIME_GRAPH_MIME_RAW_MAX)
+      && size + mime_graph_mime_prefix_size(res) <= MIME_GRAPH_MIME_RAW_MAX)
     res->form = MIME_GRAPH_FORM_MIME;
   else
     res->form = MIME_GRAPH_FORM_JSON;
@@ -1623,10 +1652,9 @@ int mime_graph_mime_body(const char *path, const struct mime_graph_result *res,
   rc = spool_map(path, &data, &size);
   if (rc < 0)
     return rc;
-  prefix = res->mime_bcc ? strlen(res->mime_bcc) + 7 : 0;
+  prefix = mime_graph_mime_prefix_size(res);
   raw = xmalloc(prefix + size + 1);
-  if (prefix)
-    snprintf(raw, prefix + 1, "Bcc: %s\r\n", res->mime_bcc);
+  mime_graph_mime_prefix(res, raw, prefix + 1);
   memcpy(raw + prefix, data, size);
   spool_unmap(data, size);
   in = (gnutls_datum_t){ (unsigned char *) raw, (unsigned) (prefix + size) };

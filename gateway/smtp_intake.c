@@ -52,6 +52,7 @@ struct smtp_intake_msg {
   struct queue_insert_req row;
   struct smtp_intake_msg *next_waiting;
   bool row_done;
+  bool message_id_given; /* the message had none: the agent's is used */
 
   /* The worker's answer. */
   int code;
@@ -195,15 +196,22 @@ static void smtp_intake_refuse(struct smtp_intake_msg *msg, int rc,
  * structure is parsed, nothing is decoded. */
 static int smtp_intake_validate(struct smtp_intake_msg *msg, char **message_id)
 {
+  const char *at = strrchr(msg->sender, '@');
+  /* A message without a Message-ID gets one, as a submission server may
+   * add it (RFC 6409 section 8.3): without it a send whose outcome was
+   * lost could not be looked up in Sent Items, only sent again. */
+  char *given = xasprintf("%s@%s", msg->queue_id, at ? at + 1 : "nextal");
   struct mime_graph_envelope env = {
     .sender = msg->sender,
     .rcpts = (const char *const *) msg->rcpts,
     .nrcpts = msg->nrcpts,
+    .message_id = given,
   };
   struct mime_graph_result res;
   int rc;
 
   rc = mime_to_graph_file(msg->file->path, &env, &res);
+  free(given);
   if (rc == MIME_GRAPH_EIO) {
     /* The file we just made durable cannot be read. */
     smtp_intake_answer(msg, 451, "4.3.0", "Cannot read the spooled message");
@@ -215,6 +223,7 @@ static int smtp_intake_validate(struct smtp_intake_msg *msg, char **message_id)
     return -EINVAL;
   }
   *message_id = res.message_id ? xstrdup(res.message_id) : NULL;
+  msg->message_id_given = res.message_id_added;
   mime_graph_result_free(&res);
   return 0;
 }
@@ -261,10 +270,12 @@ static int smtp_intake_insert(struct smtp_intake_msg *msg,
   char digest[QUEUE_DIGEST_SIZE];
   int have_digest;
 
-  have_digest = queue_envelope_digest(message_id, msg->sender,
-                                      (const char *const *) msg->rcpts,
-                                      msg->nrcpts, digest)
-                == 0;
+  /* A Message-ID the agent made recognises no resubmission. */
+  have_digest = !msg->message_id_given
+                && queue_envelope_digest(message_id, msg->sender,
+                                         (const char *const *) msg->rcpts,
+                                         msg->nrcpts, digest)
+                       == 0;
   msg->row = (struct queue_insert_req){
     .queue_id = msg->queue_id,
     .sender = msg->sender,

@@ -51,6 +51,9 @@ struct mime_graph_envelope {
   const char *sender;       /* the linked user the message is sent as */
   const char *const *rcpts; /* envelope recipients: the only receivers */
   size_t nrcpts;
+  /* The Message-ID (no brackets) given to a message that has none, so
+   * that its send can be found in Sent Items; NULL to give none. */
+  const char *message_id;
 };
 
 /* Why a translation failed, mapped by the caller to an SMTP reply. */
@@ -67,9 +70,10 @@ struct mime_graph_result {
   /* JSON form: {"message": {...}, "saveToSentItems": true}. Large form:
    * the draft message, without attachments. MIME form: NULL. */
   json_t *request;
-  char *message_id;    /* Message-ID without brackets, or NULL */
-  size_t request_size; /* bytes of the compact JSON encoding */
-  char error[256];     /* sentence for the SMTP reply when translation failed */
+  char *message_id;      /* Message-ID without brackets, or NULL */
+  bool message_id_added; /* the envelope's: the MIME form prepends it */
+  size_t request_size;   /* bytes of the compact JSON encoding */
+  char error[256]; /* sentence for the SMTP reply when translation failed */
   enum mime_graph_form form; /* set by mime_to_graph_file */
   /* The message carries what only the MIME form keeps: In-Reply-To or
    * References, or a text/calendar part. */

@@ -175,6 +175,26 @@ class MailDurability(AgentTestCase):
                                  (tag + "@nextal.test",)).fetchone()[0]
         self.assertEqual(rows, 1)
 
+    def test_lost_reply_to_a_message_without_message_id_is_sent_once(self):
+        # Graph takes the send but the reply is lost. A message that came
+        # without a Message-ID was given one at intake, so the agent finds
+        # the send in Sent Items instead of sending it a second time.
+        self.box.sim_post("/_sim/faults", {"fault": "drop", "mailbox": CAROL,
+                                           "operation": "sendMail", "count": 1,
+                                           "after": True})
+        tag = "no-msgid-" + uuid.uuid4().hex[:8]
+        data = ("From: %s\r\nTo: n@example.net\r\nSubject: %s\r\n\r\n"
+                "hello\r\n" % (CAROL, tag)).encode()
+        queue_id = self.submit(CAROL, ["n@example.net"], data)
+        body = self.wait_state(queue_id, "sent", timeout=60)
+        time.sleep(2.0)  # a second copy would have gone by now
+        got = self.sent_with_subject(CAROL, tag)
+        self.assertEqual(len(got), 1, "sent %d times" % len(got))
+        given = "<%s@contoso.example>" % queue_id
+        self.assertEqual(got[0]["resource"]["internetMessageId"], given)
+        self.assertEqual(body["message_id"], given)
+        self.assertIn("found_in_sent_items", self.box.agent_output())
+
     def test_two_identical_submissions_at_once_are_one_message(self):
         tag = "race-" + uuid.uuid4().hex[:8]
         data = message(CAROL, ["a@example.net", "b@example.net"], tag)

@@ -58,7 +58,7 @@ static int translate_va(const char *data, size_t len,
                         struct mime_graph_result *res, va_list ap)
 {
   const char *rcpts[16];
-  struct mime_graph_envelope env = { SENDER, rcpts, 0 };
+  struct mime_graph_envelope env = { SENDER, rcpts, 0, NULL };
   const char *r;
 
   while ((r = va_arg(ap, const char *)) != NULL && env.nrcpts < 16)
@@ -641,7 +641,7 @@ static void test_file_large_form(void **state)
                "--b1--\r\n");
   fclose(out);
   path = file_write(msg, len);
-  env = (struct mime_graph_envelope){ SENDER, rcpts, 1 };
+  env = (struct mime_graph_envelope){ SENDER, rcpts, 1, NULL };
 
   assert_int_equal(mime_to_graph_file(path, &env, &res), MIME_GRAPH_OK);
   assert_int_equal(res.form, MIME_GRAPH_FORM_LARGE);
@@ -675,7 +675,7 @@ static void test_file_large_form_nested(void **state)
                     "Earlier text.\r\nMore of it.\r\nAnd more.";
   const char *eight = "caf\xc3\xa9\r\nligne 2\r\nligne 3";
   const char *rcpts[] = { "ada@example.org" };
-  struct mime_graph_envelope env = { SENDER, rcpts, 1 };
+  struct mime_graph_envelope env = { SENDER, rcpts, 1, NULL };
   struct mime_graph_result res;
   char *msg = NULL, *path;
   json_t *body;
@@ -744,7 +744,7 @@ static void test_file_reply_form(void **state)
   const char *one[] = { "ada@example.org" };
   const char *two[] = { "ada@example.org", "hidden@example.org" };
   const char *other[] = { "bob@example.org" };
-  struct mime_graph_envelope env = { SENDER, one, 1 };
+  struct mime_graph_envelope env = { SENDER, one, 1, NULL };
   struct mime_graph_result res;
   char *path = file_write(reply_msg, strlen(reply_msg)), *body = NULL;
   gnutls_datum_t in, raw = { NULL, 0 };
@@ -787,6 +787,53 @@ static void test_file_reply_form(void **state)
   free(path);
 }
 
+/* A message without a Message-ID takes the one the envelope gives, in
+ * the JSON request and as a header the MIME form prepends; a message with
+ * one keeps its own. */
+static void test_given_message_id(void **state)
+{
+  static const char bare[]
+      = "From: linked@nextal.example\r\nTo: ada@example.org\r\n"
+        "Subject: Re: Interview\r\nIn-Reply-To: <r1@example.org>\r\n"
+        "\r\nSee you then.\r\n";
+  const char *one[] = { "ada@example.org" };
+  struct mime_graph_envelope env = { SENDER, one, 1, "Q1@nextal.example" };
+  struct mime_graph_result res;
+  char *path = file_write(bare, strlen(bare)), *body = NULL;
+  gnutls_datum_t in, raw = { NULL, 0 };
+  size_t len;
+
+  (void) state;
+  assert_int_equal(mime_to_graph(bare, strlen(bare), &env, &res),
+                   MIME_GRAPH_OK);
+  assert_string_equal(res.message_id, "Q1@nextal.example");
+  assert_true(res.message_id_added);
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(res.request, "message"),
+                                        "internetMessageId")),
+      "<Q1@nextal.example>");
+  mime_graph_result_free(&res);
+
+  assert_int_equal(mime_to_graph_file(path, &env, &res), MIME_GRAPH_OK);
+  assert_int_equal(res.form, MIME_GRAPH_FORM_MIME);
+  assert_int_equal(mime_graph_mime_body(path, &res, &body, &len), 0);
+  in = (gnutls_datum_t){ (unsigned char *) body, (unsigned) len };
+  assert_int_equal(gnutls_base64_decode2(&in, &raw), 0);
+  assert_int_equal(raw.size, strlen(bare) + 33);
+  assert_memory_equal(raw.data, "Message-ID: <Q1@nextal.example>\r\nFrom", 37);
+  gnutls_free(raw.data);
+  free(body);
+  mime_graph_result_free(&res);
+  unlink(path);
+  free(path);
+
+  assert_int_equal(mime_to_graph(reply_msg, strlen(reply_msg), &env, &res),
+                   MIME_GRAPH_OK);
+  assert_string_equal(res.message_id, "r2@nextal.example");
+  assert_false(res.message_id_added);
+  mime_graph_result_free(&res);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -807,6 +854,7 @@ int main(void)
     cmocka_unit_test(test_file_large_form),
     cmocka_unit_test(test_file_large_form_nested),
     cmocka_unit_test(test_file_reply_form),
+    cmocka_unit_test(test_given_message_id),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
