@@ -103,6 +103,11 @@ static const char *const store_migrations[] = {
   /* 7: an operator's retry restarts the age limit (max_age) of a message
    * without rewriting when it was accepted. */
   "ALTER TABLE messages ADD COLUMN retried_at INTEGER;",
+  /* 8: the zones a CalDAV client wrote DTSTART and DTEND in (IANA names),
+   * so that GET answers in them while Graph still holds the same Windows
+   * zone (see docs/caldav.md); NULL for UTC, floating and all-day times. */
+  "ALTER TABLE caldav_objects ADD COLUMN start_tzid TEXT;"
+  "ALTER TABLE caldav_objects ADD COLUMN end_tzid TEXT;",
 };
 
 #define STORE_NMIGRATIONS                                                      \

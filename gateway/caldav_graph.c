@@ -14,6 +14,7 @@
 #include "caldav_expand.h"
 #include "caldav_request.h"
 #include "log.h"
+#include "tz_map.h"
 #include "xalloc.h"
 
 #define CALDAV_SERIES_YEARS 5        /* horizon of a series without end */
@@ -141,16 +142,55 @@ bool caldav_parse_utc(const char *text, time_t *out)
   return true;
 }
 
+/* What the occurrence callback needs. */
+struct caldav_expand_ctx {
+  struct caldav_load *ld;
+  icaltimezone *days; /* an all-day series' zone, else NULL */
+};
+
 static void caldav_load_occurrence(icalcomponent *comp,
                                    struct icaltime_span *span, void *data)
 {
-  struct caldav_load *ld = data;
+  struct caldav_expand_ctx *ctx = data;
+  struct caldav_load *ld = ctx->ld;
+  time_t start = span->start;
 
   if (ld->nexpected == CALDAV_OCCURRENCES_MAX)
     return;
+  /* libical places a date at midnight UTC; an all-day series' occurrences
+   * start at midnight in its zone, and Graph's originalStart says so. */
+  if (ctx->days != NULL) {
+    icaltimetype day = icaltime_from_timet_with_zone(
+        start, 1, icaltimezone_get_utc_timezone());
+
+    day.is_date = 0;
+    day.hour = day.minute = day.second = 0;
+    day.zone = NULL;
+    start = icaltime_as_timet_with_zone(day, ctx->days);
+  }
   ld->expected
       = xrealloc(ld->expected, (ld->nexpected + 1) * sizeof(*ld->expected));
-  ld->expected[ld->nexpected++] = span->start;
+  ld->expected[ld->nexpected++] = start;
+}
+
+/* The zone an all-day series' occurrences start their days in: its
+ * recurrence zone, else the zone it was created in, else UTC. */
+static icaltimezone *caldav_load_day_zone(const json_t *event)
+{
+  const char *names[] = {
+    json_string_value(json_object_get(
+        json_object_get(json_object_get(event, "recurrence"), "range"),
+        "recurrenceTimeZone")),
+    json_string_value(json_object_get(event, "originalStartTimeZone")),
+  };
+
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    icaltimezone *zone = names[i] != NULL ? tz_map_ical_zone(names[i]) : NULL;
+
+    if (zone != NULL)
+      return zone;
+  }
+  return icaltimezone_get_utc_timezone();
 }
 
 /* Lists the occurrence starts of the series in ld->event, from its start
@@ -158,6 +198,7 @@ static void caldav_load_occurrence(icalcomponent *comp,
 static int caldav_load_expand(struct caldav_load *ld)
 {
   struct ical_graph_ical_options opt = { .uid = "series" };
+  struct caldav_expand_ctx ctx = { .ld = ld };
   icaltimezone *utc = icaltimezone_get_utc_timezone();
   icalcomponent *cal;
   icalcomponent *vev;
@@ -179,13 +220,15 @@ static int caldav_load_expand(struct caldav_load *ld)
     return -EINVAL;
   }
   dtstart = icalcomponent_get_dtstart(vev);
+  if (dtstart.is_date)
+    ctx.days = caldav_load_day_zone(ld->event);
   first = icaltime_as_timet_with_zone(
       dtstart, dtstart.zone != NULL ? dtstart.zone : utc);
   icalcomponent_foreach_recurrence(
       vev, icaltime_from_timet_with_zone(first - 1, 0, utc),
       icaltime_from_timet_with_zone(
           first + (time_t) CALDAV_SERIES_YEARS * 366 * 86400, 0, utc),
-      caldav_load_occurrence, ld);
+      caldav_load_occurrence, &ctx);
   icalcomponent_free(cal);
   return ld->nexpected > 0 ? 0 : -EINVAL;
 }
@@ -358,16 +401,28 @@ bool caldav_load_given(struct caldav_req *r, const char *event_id,
   return true;
 }
 
+/* The zones the client wrote the object in come from its mapping row, so
+ * that times come back in them (ical_graph_to_ical() decides whether Graph
+ * still holds the same zone). A store error only loses that preference. */
 char *caldav_load_ical(struct caldav_req *r, const char *uid, char *err,
                        size_t errsize)
 {
   struct ical_graph_ical_options opt = { .uid = uid,
                                          .exceptions = r->ld.exceptions,
                                          .deleted = r->ld.deleted };
+  char *start_tzid = NULL;
+  char *end_tzid = NULL;
   char *text = NULL;
 
+  if (r->ld.event_id != NULL)
+    caldav_row_zones(r->deps->store, r->address, uid, r->ld.event_id,
+                     &start_tzid, &end_tzid);
+  opt.start_tzid = start_tzid;
+  opt.end_tzid = end_tzid;
   if (ical_graph_to_ical(r->ld.event, &opt, &text, err, errsize)
       != ICAL_GRAPH_OK)
-    return NULL;
+    text = NULL;
+  free(start_tzid);
+  free(end_tzid);
   return text;
 }

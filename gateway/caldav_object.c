@@ -10,10 +10,73 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "caldav_request.h"
 #include "log.h"
+#include "tz_map.h"
 #include "xalloc.h"
+
+/* How long a mailbox's time zone is trusted once read, and for how many
+ * users it is kept: a user who changes it in Outlook sees floating times
+ * placed in the new zone within the hour. */
+#define CALDAV_ZONE_TTL_MS (60 * 60 * 1000)
+#define CALDAV_ZONE_CACHE_MAX 256
+
+/* A mailbox's own time zone (mailboxSettings), as Graph gave it. */
+struct caldav_zone_entry {
+  char address[POLICY_ADDRESS_MAX + 1];
+  char zone[TZ_MAP_NAME_MAX]; /* a name tz_map_to_windows() resolves */
+  int64_t until_ms;           /* monotonic time it expires, 0: free slot */
+};
+
+/* The cache of mailbox zones. It belongs in struct caldav_deps, which this
+ * file cannot extend; the loop is single-threaded, so one table serves. */
+static struct caldav_zone_entry caldav_zones[CALDAV_ZONE_CACHE_MAX];
+
+static int64_t caldav_monotonic_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The zone read for address less than CALDAV_ZONE_TTL_MS ago, or NULL. */
+static const char *caldav_zone_cached(const char *address)
+{
+  int64_t now = caldav_monotonic_ms();
+
+  for (size_t i = 0; i < CALDAV_ZONE_CACHE_MAX; i++) {
+    const struct caldav_zone_entry *e = &caldav_zones[i];
+
+    if (e->until_ms > now && strcmp(e->address, address) == 0)
+      return e->zone;
+  }
+  return NULL;
+}
+
+/* Keeps zone for address, in its own slot, a free or expired one, or the
+ * one that expires first. */
+static void caldav_zone_remember(const char *address, const char *zone)
+{
+  int64_t now = caldav_monotonic_ms();
+  struct caldav_zone_entry *slot = &caldav_zones[0];
+
+  for (size_t i = 0; i < CALDAV_ZONE_CACHE_MAX; i++) {
+    struct caldav_zone_entry *e = &caldav_zones[i];
+
+    if (strcmp(e->address, address) == 0 || e->until_ms <= now) {
+      slot = e;
+      break;
+    }
+    if (e->until_ms < slot->until_ms)
+      slot = e;
+  }
+  snprintf(slot->address, sizeof(slot->address), "%s", address);
+  snprintf(slot->zone, sizeof(slot->zone), "%s", zone);
+  slot->until_ms = now + CALDAV_ZONE_TTL_MS;
+}
 
 /* Maps a translation error to its CalDAV precondition. */
 static void caldav_put_refused(struct caldav_req *r, int rc)
@@ -22,6 +85,7 @@ static void caldav_put_refused(struct caldav_req *r, int rc)
 
   switch (rc) {
     case ICAL_GRAPH_EPARSE:
+    case ICAL_GRAPH_ENOZONE:
       pre = "valid-calendar-data";
       break;
     case ICAL_GRAPH_ECOMPONENT:
@@ -204,10 +268,23 @@ static void caldav_put_on_series(struct caldav_req *r, bool found)
   caldav_put_next_op(r);
 }
 
+/* The zones the client wrote DTSTART and DTEND in go into the mapping, so
+ * that GET and REPORT answer in them (caldav_load_ical()). */
+static void caldav_put_remember_zones(struct caldav_req *r)
+{
+  free(r->row.start_tzid);
+  free(r->row.end_tzid);
+  r->row.start_tzid
+      = r->tr.start_tzid[0] != '\0' ? xstrdup(r->tr.start_tzid) : NULL;
+  r->row.end_tzid = r->tr.end_tzid[0] != '\0' ? xstrdup(r->tr.end_tzid) : NULL;
+}
+
 /* After the master was written: the occurrences, then the answer. */
 static void caldav_put_written(struct caldav_req *r, const json_t *event)
 {
   char *etag;
+
+  caldav_put_remember_zones(r);
 
   if (json_array_size(r->tr.exdates) > 0
       || json_array_size(r->tr.overrides) > 0) {
@@ -378,19 +455,95 @@ static int caldav_write_begin(struct caldav_req *r, const char *if_none)
   return 0;
 }
 
-void caldav_put(struct caldav_req *r)
+/* Translates the PUT body into r->tr, floating times and dates placed in
+ * default_zone (NULL: they fail with ICAL_GRAPH_ENOZONE). */
+static int caldav_put_translate(struct caldav_req *r, const char *default_zone)
 {
   const struct http_server_request *hreq = http_exchange_request(r->ex);
-  const char *ctype = http_exchange_header(r->ex, "Content-Type");
-  const char *if_none = http_exchange_header(r->ex, "If-None-Match");
-  const char *if_match = http_exchange_header(r->ex, "If-Match");
   struct ical_graph_options opt = {
     .user = r->address,
-    /* The mailbox's own zone (mailboxSettings) is not read yet, so floating
-     * times and all-day events are placed in UTC. */
-    .default_zone = "UTC",
+    .default_zone = default_zone,
   };
-  struct caldav_row other = { 0 };
+
+  if (r->have_tr)
+    ical_graph_result_free(&r->tr);
+  r->have_tr = true;
+  return ical_graph_from_ical(hreq->body, hreq->body_len, &opt, &r->tr);
+}
+
+static void caldav_put_translated(struct caldav_req *r);
+
+/* The mailbox's zone could not be read: a floating time or a date is
+ * refused rather than placed in UTC, which would move it. */
+static void caldav_put_zone_unknown(struct caldav_req *r, const char *why)
+{
+  char *text = xasprintf("%s, the mailbox's own, which %s; nothing was "
+                         "written (times with a TZID or in UTC do not need "
+                         "it)",
+                         r->tr.error, why);
+
+  log_warn("%s caldav mailbox_zone_unknown address=%s",
+           http_exchange_request(r->ex)->conn_id, r->address);
+  caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-calendar-data", text);
+  free(text);
+}
+
+/* Graph answers GET .../mailboxSettings/timeZone with the bare property,
+ * {"@odata.context": "...", "value": "Pacific Standard Time"}, a Windows
+ * name by default or an IANA one when the tenant set that format up
+ * (learn.microsoft.com/graph/api/user-get-mailboxsettings, "Get user
+ * mailbox settings": a string for timeZone, and its example of a single
+ * setting, userPurpose, answered as "value"). */
+static void caldav_put_on_zone(void *arg, const struct graph_response *resp)
+{
+  struct caldav_req *r = arg;
+  char win[TZ_MAP_NAME_MAX];
+  char *why = NULL;
+  json_t *body;
+  const char *zone;
+  int rc;
+
+  /* Busy, unreachable or no longer linked: answered as for any Graph call,
+   * so that a client retries what can succeed later. */
+  if (resp->status == 429 || resp->status == 503 || resp->status == 0) {
+    caldav_graph_failed(r, resp);
+    return;
+  }
+  if (resp->status != 200) {
+    why = xasprintf("could not be read from Microsoft Graph (%ld %s)",
+                    resp->status, resp->error_code);
+    caldav_put_zone_unknown(r, why);
+    free(why);
+    return;
+  }
+  body = caldav_json(resp);
+  zone = json_string_value(json_object_get(body, "value"));
+  if (zone == NULL || tz_map_to_windows(zone, win, sizeof(win)) != TZ_MAP_OK) {
+    why = xasprintf("Microsoft Graph gave as \"%s\", not a zone Graph "
+                    "events accept",
+                    zone != NULL ? zone : "(nothing)");
+    caldav_put_zone_unknown(r, why);
+    free(why);
+    json_decref(body);
+    return;
+  }
+  caldav_zone_remember(r->address, zone);
+  log_debug("%s caldav mailbox_zone address=%s zone=\"%s\"",
+            http_exchange_request(r->ex)->conn_id, r->address, win);
+  rc = caldav_put_translate(r, zone);
+  json_decref(body);
+  if (rc != ICAL_GRAPH_OK) {
+    caldav_put_refused(r, rc);
+    return;
+  }
+  caldav_put_translated(r);
+}
+
+void caldav_put(struct caldav_req *r)
+{
+  const char *ctype = http_exchange_header(r->ex, "Content-Type");
+  const char *zone;
+  char *path;
   int rc;
 
   if (r->kind != CALDAV_KIND_OBJECT) {
@@ -402,12 +555,32 @@ void caldav_put(struct caldav_req *r)
                  "calendar objects are sent as text/calendar");
     return;
   }
-  r->have_tr = true;
-  rc = ical_graph_from_ical(hreq->body, hreq->body_len, &opt, &r->tr);
+
+  /* Floating times and dates take the mailbox's own zone, read from Graph
+   * only when the object has some and it is not cached. */
+  zone = caldav_zone_cached(r->address);
+  rc = caldav_put_translate(r, zone);
+  if (rc == ICAL_GRAPH_ENOZONE && zone == NULL) {
+    path = xasprintf("/v1.0/users/%s/mailboxSettings/timeZone", r->address);
+    caldav_graph(r, "GET", path, NULL, NULL, caldav_put_on_zone);
+    free(path);
+    return;
+  }
   if (rc != ICAL_GRAPH_OK) {
     caldav_put_refused(r, rc);
     return;
   }
+  caldav_put_translated(r);
+}
+
+/* The PUT once its body is translated: create, update or refuse. */
+static void caldav_put_translated(struct caldav_req *r)
+{
+  const char *if_none = http_exchange_header(r->ex, "If-None-Match");
+  const char *if_match = http_exchange_header(r->ex, "If-Match");
+  struct caldav_row other = { 0 };
+  int rc;
+
   if (caldav_write_begin(r, if_none) < 0)
     return;
   rc = caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row);

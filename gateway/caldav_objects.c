@@ -20,6 +20,8 @@ void caldav_row_clear(struct caldav_row *row)
   free(row->uid);
   free(row->event_id);
   free(row->etag);
+  free(row->start_tzid);
+  free(row->end_tzid);
   memset(row, 0, sizeof(*row));
 }
 
@@ -55,19 +57,24 @@ static char *caldav_column(sqlite3_stmt *st, int col)
   return text != NULL ? xstrdup((const char *) text) : NULL;
 }
 
-/* Fills row from the name, uid, event_id and etag columns of st. */
+/* The columns caldav_row_load() reads, in its order. */
+#define CALDAV_ROW_COLUMNS "name, uid, event_id, etag, start_tzid, end_tzid"
+
+/* Fills row from the CALDAV_ROW_COLUMNS of st. */
 static void caldav_row_load(struct caldav_row *row, sqlite3_stmt *st)
 {
   row->name = caldav_column(st, 0);
   row->uid = caldav_column(st, 1);
   row->event_id = caldav_column(st, 2);
   row->etag = caldav_column(st, 3);
+  row->start_tzid = caldav_column(st, 4);
+  row->end_tzid = caldav_column(st, 5);
 }
 
 int caldav_row_find(struct store *store, const char *address, const char *key,
                     const char *value, struct caldav_row *row)
 {
-  char *sql = xasprintf("SELECT name, uid, event_id, etag FROM caldav_objects"
+  char *sql = xasprintf("SELECT " CALDAV_ROW_COLUMNS " FROM caldav_objects"
                         " WHERE address = ?1 AND %s = ?2",
                         key);
   sqlite3_stmt *st = caldav_prepare(store, sql);
@@ -89,7 +96,34 @@ int caldav_row_find(struct store *store, const char *address, const char *key,
   return rc;
 }
 
-/* Runs one statement with up to five text parameters. Returns 0 or -EIO. */
+int caldav_row_zones(struct store *store, const char *address, const char *uid,
+                     const char *event_id, char **start_tzid, char **end_tzid)
+{
+  sqlite3_stmt *st
+      = caldav_prepare(store, "SELECT start_tzid, end_tzid FROM caldav_objects"
+                              " WHERE address = ?1 AND uid = ?2"
+                              " AND event_id = ?3 ORDER BY name LIMIT 1");
+  int rc;
+
+  *start_tzid = *end_tzid = NULL;
+  if (st == NULL)
+    return -EIO;
+  sqlite3_bind_text(st, 1, address, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, uid, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, event_id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *start_tzid = caldav_column(st, 0);
+    *end_tzid = caldav_column(st, 1);
+    rc = 0;
+  } else {
+    rc = rc == SQLITE_DONE ? -ENOENT : -EIO;
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Runs one statement with up to seven text parameters. Returns 0 or -EIO. */
 static int caldav_store_run(struct store *store, const char *sql,
                             const char *const *params, int nparams)
 {
@@ -112,13 +146,14 @@ int caldav_row_put(struct store *store, const char *address,
                    const struct caldav_row *row)
 {
   const char *params[]
-      = { address, row->name, row->uid, row->event_id, row->etag };
+      = { address,   row->name,       row->uid,     row->event_id,
+          row->etag, row->start_tzid, row->end_tzid };
 
   return caldav_store_run(store,
                           "INSERT OR REPLACE INTO caldav_objects"
-                          " (address, name, uid, event_id, etag)"
-                          " VALUES (?1, ?2, ?3, ?4, ?5)",
-                          params, 5);
+                          " (address, name, uid, event_id, etag, start_tzid,"
+                          " end_tzid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                          params, 7);
 }
 
 void caldav_row_set_etag(struct store *store, const char *address,
@@ -176,7 +211,7 @@ int caldav_rows_list(struct store *store, const char *address,
                      struct caldav_row **out)
 {
   sqlite3_stmt *st
-      = caldav_prepare(store, "SELECT name, uid, event_id, etag"
+      = caldav_prepare(store, "SELECT " CALDAV_ROW_COLUMNS
                               " FROM caldav_objects WHERE address = ?1"
                               " ORDER BY name LIMIT ?2");
   struct caldav_row *rows = NULL;

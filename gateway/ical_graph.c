@@ -46,11 +46,15 @@ struct ig_in {
   char default_win[TZ_MAP_NAME_MAX]; /* "" when the caller gave no zone */
 };
 
+_Static_assert(ICAL_GRAPH_ZONE_MAX == TZ_MAP_NAME_MAX,
+               "result zone names hold any tz_map name");
+
 /* A DTSTART (or another time) resolved for Graph. */
 struct ig_when {
-  icaltimetype t;            /* wall time as written */
-  char win[TZ_MAP_NAME_MAX]; /* the Windows zone Graph gets */
-  icaltimezone *zone;        /* for conversions to UTC */
+  icaltimetype t;              /* wall time as written */
+  char win[TZ_MAP_NAME_MAX];   /* the Windows zone Graph gets */
+  icaltimezone *zone;          /* for conversions to UTC */
+  char named[TZ_MAP_NAME_MAX]; /* IANA zone a TZID names, "" otherwise */
 };
 
 static int ig_fail(char *err, size_t size, int rc, const char *fmt, ...)
@@ -119,10 +123,10 @@ static int ig_zone_resolve(struct ig_in *in, icalproperty *prop,
   }
   if (w->t.is_date || !param) {
     if (in->default_win[0] == '\0')
-      return IN_FAIL(in, ICAL_GRAPH_ETZ,
-                     "%s has a floating time and the calendar has no "
-                     "default time zone",
-                     icalproperty_kind_to_string(icalproperty_isa(prop)));
+      return IN_FAIL(in, ICAL_GRAPH_ENOZONE,
+                     "%s is %s and needs the calendar's default time zone",
+                     icalproperty_kind_to_string(icalproperty_isa(prop)),
+                     w->t.is_date ? "a date" : "a floating time (no TZID)");
     snprintf(w->win, sizeof(w->win), "%s", in->default_win);
     w->zone = tz_map_ical_zone(in->opt->default_zone);
     return ICAL_GRAPH_OK;
@@ -133,6 +137,10 @@ static int ig_zone_resolve(struct ig_in *in, icalproperty *prop,
   vzone = icalcomponent_get_timezone(in->vcal, tzid);
   if (rc == TZ_MAP_OK) {
     w->zone = tz_map_ical_zone(tzid);
+    /* Remembered so that the time can come back in this zone. */
+    if (w->zone && w->zone != icaltimezone_get_utc_timezone())
+      snprintf(w->named, sizeof(w->named), "%s",
+               icaltimezone_get_location(w->zone));
     if (!w->zone)
       w->zone = vzone;
     return ICAL_GRAPH_OK;
@@ -158,19 +166,20 @@ static int ig_zone_resolve(struct ig_in *in, icalproperty *prop,
   return ICAL_GRAPH_OK;
 }
 
-/* The UTC dateTimeTimeZone of a time in its zone; dates stay midnight in
- * the default zone, as all-day series instances are. */
+/* The UTC dateTimeTimeZone of a time in its zone. A date is midnight in
+ * the default zone, where an all-day series' occurrences start: Graph's
+ * originalStart of such an occurrence is that instant in UTC. */
 static int ig_utc_key(struct ig_in *in, const struct ig_when *w, json_t **out)
 {
   icaltimetype t = w->t;
 
-  if (t.is_date) {
-    *out = ig_json_time(t, w->win);
-    return ICAL_GRAPH_OK;
-  }
   if (!w->zone)
     return IN_FAIL(in, ICAL_GRAPH_ETZ,
                    "no zone data to convert a time in \"%s\" to UTC", w->win);
+  if (t.is_date) {
+    t.is_date = 0;
+    t.hour = t.minute = t.second = 0;
+  }
   t.zone = w->zone;
   t = icaltime_convert_to_zone(t, icaltimezone_get_utc_timezone());
   *out = ig_json_time(t, "UTC");
@@ -201,9 +210,10 @@ static int ig_add_texts(struct ig_in *in, icalcomponent *ev, json_t *obj)
 }
 
 /* Start and end: DTEND, or DTSTART plus DURATION, or the RFC 5545 defaults
- * (one day for a date, zero length for a date-time). */
-static int ig_add_times(struct ig_in *in, icalcomponent *ev, json_t *obj,
-                        struct ig_when *start)
+ * (one day for a date, zero length for a date-time). The master's zones
+ * go into the result for the caller to remember. */
+static int ig_add_times(struct ig_in *in, icalcomponent *ev, bool master,
+                        json_t *obj, struct ig_when *start)
 {
   icalproperty *sp
       = icalcomponent_get_first_property(ev, ICAL_DTSTART_PROPERTY);
@@ -241,6 +251,11 @@ static int ig_add_times(struct ig_in *in, icalcomponent *ev, json_t *obj,
   json_object_set_new(obj, "start", ig_json_time(start->t, start->win));
   json_object_set_new(obj, "end", ig_json_time(end.t, end.win));
   json_object_set_new(obj, "isAllDay", json_boolean(start->t.is_date));
+  if (master) {
+    snprintf(in->res->start_tzid, sizeof(in->res->start_tzid), "%s",
+             start->named);
+    snprintf(in->res->end_tzid, sizeof(in->res->end_tzid), "%s", end.named);
+  }
   return ICAL_GRAPH_OK;
 }
 
@@ -802,7 +817,7 @@ static int ig_event_build(struct ig_in *in, icalcomponent *ev, bool master,
   if (rc == ICAL_GRAPH_OK)
     rc = ig_add_texts(in, ev, obj);
   if (rc == ICAL_GRAPH_OK)
-    rc = ig_add_times(in, ev, obj, start);
+    rc = ig_add_times(in, ev, master, obj, start);
   if (rc == ICAL_GRAPH_OK)
     rc = ig_add_attendees(in, ev, obj);
   if (rc == ICAL_GRAPH_OK)
@@ -1038,6 +1053,7 @@ void ical_graph_result_free(struct ical_graph_result *res)
 /* State of one Graph -> iCalendar translation. */
 struct ig_out {
   icalcomponent *vcal;
+  const struct ical_graph_ical_options *opt; /* NULL for free/busy */
   char *err;
   size_t errsize;
 };
@@ -1154,20 +1170,44 @@ static icalproperty *ig_time_prop(struct ig_out *o, icalproperty_kind kind,
   return p;
 }
 
-/* The zone to write times in: the one the event was created in. */
-static icaltimezone *ig_target_zone(const json_t *ev, const char *key,
-                                    icaltimezone *fallback)
+/* The zone Graph says a time was created in: the event's key
+ * (originalStartTimeZone, originalEndTimeZone) when it names a zone, else
+ * fallback (a zone name already known to resolve). */
+static const char *ig_graph_zone(const json_t *ev, const char *key,
+                                 const char *fallback)
 {
   const char *name = ig_str(ev, key);
-  icaltimezone *zone = name ? tz_map_ical_zone(name) : NULL;
 
-  return zone ? zone : fallback;
+  return name && tz_map_ical_zone(name) ? name : fallback;
+}
+
+/* The zone to write a time in: the one the client wrote it in (written,
+ * from the caller's mapping) while Graph still holds the same Windows zone,
+ * so that America/Winnipeg is not read back as America/Chicago; Graph's
+ * own zone once the event was moved to another zone in Outlook. */
+static icaltimezone *ig_target_zone(const char *graph_name, const char *written)
+{
+  char graph_win[TZ_MAP_NAME_MAX], written_win[TZ_MAP_NAME_MAX];
+  icaltimezone *zone;
+
+  if (written && *written
+      && tz_map_to_windows(written, written_win, sizeof(written_win))
+             == TZ_MAP_OK
+      && tz_map_to_windows(graph_name, graph_win, sizeof(graph_win))
+             == TZ_MAP_OK
+      && strcmp(written_win, graph_win) == 0) {
+    zone = tz_map_ical_zone(written);
+    if (zone)
+      return zone;
+  }
+  return tz_map_ical_zone(graph_name);
 }
 
 static int ig_out_times(struct ig_out *o, const json_t *ev, icalcomponent *vev,
                         icaltimetype *start_out, icaltimezone **zone_out)
 {
   bool allday = json_is_true(json_object_get(ev, "isAllDay"));
+  const char *sname, *ename;
   icaltimezone *sz, *ez, *starget, *etarget;
   icaltimetype s, e;
   int rc;
@@ -1177,8 +1217,13 @@ static int ig_out_times(struct ig_out *o, const json_t *ev, icalcomponent *vev,
     rc = ig_graph_dt(o, json_object_get(ev, "end"), "end", &e, &ez);
   if (rc < 0)
     return rc;
-  starget = ig_target_zone(ev, "originalStartTimeZone", sz);
-  etarget = ig_target_zone(ev, "originalEndTimeZone", starget);
+  /* ig_graph_dt() checked that the dateTimeTimeZone zones resolve. */
+  sname = ig_str(json_object_get(ev, "start"), "timeZone");
+  sname = ig_graph_zone(ev, "originalStartTimeZone", sname ? sname : "UTC");
+  ename = ig_graph_zone(ev, "originalEndTimeZone", sname);
+  starget = ig_target_zone(sname, o->opt ? o->opt->start_tzid : NULL);
+  etarget = ig_target_zone(ename, o->opt ? o->opt->end_tzid : NULL);
+  assert(starget != NULL && etarget != NULL);
   if (allday) {
     /* All-day events are midnight to midnight in whatever zone Graph
      * reports them; the dates are what matters. */
@@ -1580,7 +1625,9 @@ static int ig_out_event(struct ig_out *o, const json_t *ev, const char *uid,
   return ICAL_GRAPH_OK;
 }
 
-/* An original start (DateTimeOffset, UTC) in the series' own form. */
+/* An original start (DateTimeOffset, UTC) in the series' own form: for an
+ * all-day series, the date of that instant in the series' zone, where its
+ * occurrences start at midnight. */
 static int ig_original(struct ig_out *o, const char *s, icaltimetype start,
                        icaltimezone *zone, icaltimetype *t)
 {
@@ -1591,10 +1638,10 @@ static int ig_original(struct ig_out *o, const char *s, icaltimetype start,
   if (!t->zone)
     t->zone = icaltimezone_get_utc_timezone();
   if (start.is_date) {
+    *t = icaltime_convert_to_zone(*t, zone);
     t->is_date = 1;
     t->zone = NULL;
   }
-  (void) zone;
   return ICAL_GRAPH_OK;
 }
 
@@ -1653,7 +1700,7 @@ int ical_graph_to_ical(const json_t *event,
                        const struct ical_graph_ical_options *opt, char **text,
                        char *err, size_t errsize)
 {
-  struct ig_out o = { .err = err, .errsize = errsize };
+  struct ig_out o = { .opt = opt, .err = err, .errsize = errsize };
   icalcomponent *vev = NULL;
   const json_t *rec = json_object_get(event, "recurrence");
   icaltimetype start;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* The CalDAV mapping table (caldav_objects, migration 3): for each linked
- * user, Nextal's object names and UIDs against Graph event ids and the
- * ETags last served, and the tags derived from them. */
+/* The CalDAV mapping table (caldav_objects, migrations 3 and 8): for each
+ * linked user, Nextal's object names and UIDs against Graph event ids, the
+ * ETags last served and the zones the client wrote, and the tags derived
+ * from them. */
 #ifndef NX_CALDAV_OBJECTS_H
 #define NX_CALDAV_OBJECTS_H
 
@@ -10,14 +11,18 @@
 /* Hex digits of a derived ETag, collection tag or adopted name. */
 #define CALDAV_ETAG_HEX 32
 
-/* One row: the object's name and UID, its Graph event id, and the ETag
- * last served (NULL before the first). Every string is owned by the row;
+/* One row: the object's name and UID, its Graph event id, the ETag last
+ * served (NULL before the first), and the IANA zones the client wrote
+ * DTSTART and DTEND in (NULL for UTC, floating and all-day times, and for
+ * objects made in Outlook). Every string is owned by the row;
  * caldav_row_clear() frees them. */
 struct caldav_row {
   char *name;
   char *uid;
   char *event_id;
   char *etag;
+  char *start_tzid;
+  char *end_tzid;
 };
 
 /* Frees the strings of row and zeroes it; a zeroed row is a no-op. */
@@ -32,6 +37,12 @@ int caldav_row_find(struct store *store, const char *address, const char *key,
  * -EIO. */
 int caldav_row_put(struct store *store, const char *address,
                    const struct caldav_row *row);
+
+/* Reads the zones the client wrote the object of address that maps
+ * event_id under uid in: *start_tzid and *end_tzid receive new strings
+ * (free()) or NULL when none is remembered. Returns 0, -ENOENT or -EIO. */
+int caldav_row_zones(struct store *store, const char *address, const char *uid,
+                     const char *event_id, char **start_tzid, char **end_tzid);
 
 /* Records the ETag last served for a name; a store error is logged. */
 void caldav_row_set_etag(struct store *store, const char *address,

@@ -20,6 +20,8 @@
 #define ICAL_GRAPH_EXDATES_MAX 1000
 /* Room for "nextal-" and a SHA-256 in hex, terminator included. */
 #define ICAL_GRAPH_TXID_SIZE 72
+/* Longest zone name in a result, terminator included (TZ_MAP_NAME_MAX). */
+#define ICAL_GRAPH_ZONE_MAX 128
 
 /* Why a translation failed; the CalDAV layer maps each to a status and a
  * precondition element. res->error or err holds a sentence for the body. */
@@ -35,12 +37,14 @@ enum ical_graph_error {
   ICAL_GRAPH_ELIMIT = -8,     /* one of the limits above */
   ICAL_GRAPH_EGRAPH = -9,     /* Graph JSON lacking what a VEVENT needs */
   ICAL_GRAPH_ENOTFOUND = -10, /* free/busy: Graph does not know the address */
+  ICAL_GRAPH_ENOZONE = -11,   /* a floating time or a date, no default zone */
 };
 
 /* What the caller knows about the calendar the object is written to. */
 struct ical_graph_options {
   const char *user; /* linked user's address; NULL skips organizer check */
-  const char *default_zone; /* any TZID form, for floating and all-day times */
+  const char *default_zone; /* any TZID form, for floating and all-day times;
+                               NULL: they fail with ICAL_GRAPH_ENOZONE */
 };
 
 /* The translation of one calendar object (one UID). */
@@ -53,17 +57,25 @@ struct ical_graph_result {
   json_t *client_scheduled; /* addresses left out: SCHEDULE-AGENT=CLIENT */
   json_t *exdates;   /* original starts to delete, dateTimeTimeZone objects */
   json_t *overrides; /* [{"originalStart": dateTimeTimeZone, "event": {}}] */
-  char error[256];   /* sentence naming what was refused and why */
+  /* The IANA zones (libical's names) the master's DTSTART and DTEND were
+   * written in, for the caller to remember and pass back to
+   * ical_graph_to_ical; "" for UTC, floating times, dates and zones only a
+   * VTIMEZONE explains. */
+  char start_tzid[ICAL_GRAPH_ZONE_MAX];
+  char end_tzid[ICAL_GRAPH_ZONE_MAX];
+  char error[256]; /* sentence naming what was refused and why */
 };
 
 /* Parses text (len bytes of a VCALENDAR with VEVENTs of one UID) and builds
  * the Graph event of its master component. EXDATEs and cancelled overrides
  * land in res->exdates, other overrides in res->overrides, each keyed by
- * its original start in UTC ({"dateTime", "timeZone": "UTC"}; all-day
- * series use midnight in the default zone): the caller applies them to the
- * series' instances after creating it. Returns ICAL_GRAPH_OK and fills res,
- * or a negative ical_graph_error with res->error set; in both cases the
- * caller releases res with ical_graph_result_free. */
+ * its original start in UTC ({"dateTime", "timeZone": "UTC"}; for all-day
+ * series, midnight of the date in the default zone, as UTC): the caller
+ * applies them to the series' instances after creating it. A floating
+ * time or a date without opt->default_zone fails with ICAL_GRAPH_ENOZONE,
+ * so that the caller can find the zone and translate again. Returns
+ * ICAL_GRAPH_OK and fills res, or a negative ical_graph_error with res->error
+ * set; in both cases the caller releases res with ical_graph_result_free. */
 int ical_graph_from_ical(const char *text, size_t len,
                          const struct ical_graph_options *opt,
                          struct ical_graph_result *res);
@@ -77,12 +89,18 @@ struct ical_graph_ical_options {
                                "originalStart", or NULL */
   const json_t *deleted;    /* original starts of deleted occurrences, as
                                DateTimeOffset strings, or NULL */
+  const char *start_tzid;   /* zones the client wrote DTSTART and DTEND in */
+  const char *end_tzid;     /* (result's start_tzid, end_tzid), or NULL */
 };
 
 /* Builds a VCALENDAR with one VEVENT (plus one per exception) from a Graph
  * event, whether its times are in UTC or in a Prefer: outlook.timezone zone.
  * Times are written in the zone the event was created in (its
- * originalStartTimeZone) with a VTIMEZONE from libical's zone data. On
+ * originalStartTimeZone and originalEndTimeZone) with a VTIMEZONE from
+ * libical's zone data; opt->start_tzid and end_tzid replace those while
+ * they map to the same Windows zone, so that a time written in
+ * America/Winnipeg comes back there and not in America/Chicago, the IANA
+ * zone of "Central Standard Time". On
  * success returns ICAL_GRAPH_OK and stores in *text a string the caller
  * frees with free(); otherwise a negative ical_graph_error with a sentence
  * in err (errsize bytes). */

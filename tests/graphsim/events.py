@@ -11,9 +11,18 @@ Routes (relative to /v1.0/users/{id} or /v1.0/me; `calendar/` prefix accepted):
   GET    calendarView                events/occurrences in a window, paged
          https://learn.microsoft.com/en-us/graph/api/user-list-calendarview
   POST   calendar/getSchedule        free/busy                              [G-SCHED]
+  GET    mailboxSettings[/timeZone]  the mailbox's own time zone, a Windows name;
+         https://learn.microsoft.com/en-us/graph/api/user-get-mailboxsettings
+         (MailboxSettings.Read): one setting comes as {"@odata.context", "value"}
+
+Control: POST /_sim/mailboxsettings/{address} {"timeZone": "..."} sets a
+mailbox's zone (not cleared by /_sim/reset, like other user settings); the
+initial one is users[].time_zone in the config, else DEFAULT_MAILBOX_ZONE.
 
 Times come back in UTC unless `Prefer: outlook.timezone="..."` [G-EVPOST];
-zone names are Windows names or IANA ids (tzmap.py) [G-DTTZ].  Every create /
+zone names are Windows names or IANA ids (tzmap.py) [G-DTTZ].  All-day events
+always come back at midnight, whatever the zone asked for [obs]
+github.com/microsoftgraph/microsoft-graph-docs-contrib/issues/471.  Every create /
 update / cancel / delete of an event with attendees is recorded as an
 "invitation" so tests can read what attendees would have been mailed
 [G-EVPOST] [G-EVUPD] [G-EVDEL] [G-EVCAN].
@@ -33,6 +42,8 @@ from simcore import Reply, graph_error, immutable_id, iso_z, json_reply
 UTC = _dt.timezone.utc
 WRITE = ("Calendars.ReadWrite",)
 READ = ("Calendars.Read", "Calendars.ReadWrite", "Calendars.ReadBasic")
+SETTINGS_READ = ("MailboxSettings.Read", "MailboxSettings.ReadWrite")
+DEFAULT_MAILBOX_ZONE = "W. Europe Standard Time"
 DEFAULT_PAGE = 10
 UPDATABLE = ("subject", "body", "location", "locations", "attendees", "importance",
              "sensitivity", "showAs", "categories", "reminderMinutesBeforeStart",
@@ -71,10 +82,16 @@ def install(graphapi, control):
     control.EXTRA_ROUTES.append(("POST", "calendars", sim_post))
     control.EXTRA_ROUTES.append(("PATCH", "calendars", sim_patch))
     control.EXTRA_ROUTES.append(("DELETE", "calendars", sim_delete))
+    control.EXTRA_ROUTES.append(("POST", "mailboxsettings", sim_mailbox_settings))
 
 
 def match(method, rest):
     low = [s.lower() for s in rest]
+    if low[:1] == ["mailboxsettings"] and method == "GET":
+        if low == ["mailboxsettings"]:
+            return "getMailboxSettings", get_mailbox_settings, SETTINGS_READ
+        if low == ["mailboxsettings", "timezone"]:
+            return "getMailboxTimeZone", get_mailbox_time_zone, SETTINGS_READ
     if low[:1] == ["calendar"] and low[1:2] != ["getschedule"]:
         rest, low = rest[1:], low[1:]
     n = len(low)
@@ -248,10 +265,20 @@ def lookup(state, req, user, eid):
 # ---------------------------------------------------------------------------
 # rendering
 
+def event_times(ev, start, end, zone_name, zone):
+    """start and end as dateTimeTimeZone; an all-day event's are the midnights
+    of its dates in its own zone, labelled with the zone asked for [obs]
+    github.com/microsoftgraph/microsoft-graph-docs-contrib/issues/471."""
+    if not ev["resource"].get("isAllDay"):
+        return dttz(start, zone_name, zone), dttz(end, zone_name, zone)
+    own = tzmap.resolve(ev["start_tz"]) or UTC
+    return tuple({"dateTime": t.astimezone(own).strftime("%Y-%m-%dT00:00:00.0000000"),
+                  "timeZone": zone_name} for t in (start, end))
+
+
 def render_master(ev, zone_name, zone):
     res = dict(ev["resource"])
-    res["start"] = dttz(ev["start"], zone_name, zone)
-    res["end"] = dttz(ev["end"], zone_name, zone)
+    res["start"], res["end"] = event_times(ev, ev["start"], ev["end"], zone_name, zone)
     return res
 
 
@@ -288,8 +315,7 @@ def render_occurrence(ev, key, start, end, zone_name, zone):
         res["changeKey"] = exc["changeKey"]
         res["@odata.etag"] = 'W/"%s"' % exc["changeKey"]
         start, end = exc["start"], exc["end"]
-    res["start"] = dttz(start, zone_name, zone)
-    res["end"] = dttz(end, zone_name, zone)
+    res["start"], res["end"] = event_times(ev, start, end, zone_name, zone)
     return res, start, end
 
 
@@ -776,6 +802,50 @@ def one_schedule(state, addr, start, end, interval, zone_name, zone):
                                             "friday"],
                              "startTime": "08:00:00.0000000", "endTime": "17:00:00.0000000",
                              "timeZone": {"name": "UTC"}}}
+
+
+# ---------------------------------------------------------------------------
+# mailbox settings
+
+def mailbox_time_zone(state, user):
+    with state.lock:
+        zone = getattr(user, "mailbox_time_zone", None)
+        if zone is None:
+            spec = next((u for u in state.config.users
+                         if u["address"].lower() == user.address), {})
+            zone = spec.get("time_zone", DEFAULT_MAILBOX_ZONE)
+    return zone
+
+
+def get_mailbox_settings(state, req, user, token, rest):
+    """GET mailboxSettings: the settings the agent could use, shortened."""
+    return json_reply(200, {
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users('%s')/"
+                          "mailboxSettings" % user.id,
+        "timeZone": mailbox_time_zone(state, user),
+        "language": {"locale": "en-US", "displayName": "English (United States)"},
+        "dateFormat": "MM/dd/yyyy", "timeFormat": "hh:mm tt"})
+
+
+def get_mailbox_time_zone(state, req, user, token, rest):
+    """GET mailboxSettings/timeZone: one setting, as "value"."""
+    return json_reply(200, {
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users('%s')/"
+                          "mailboxSettings/timeZone" % user.id,
+        "value": mailbox_time_zone(state, user)})
+
+
+def sim_mailbox_settings(state, req, segs, body):
+    """POST /_sim/mailboxsettings/{address} {"timeZone": "Tokyo Standard Time"}."""
+    user = state.find_user(segs[1]) if len(segs) == 2 else None
+    if user is None:
+        return json_reply(404, {"error": "POST /_sim/mailboxsettings/{address}"})
+    zone = body.get("timeZone")
+    if not isinstance(zone, str) or not zone:
+        return json_reply(400, {"error": "timeZone must be a zone name"})
+    with state.lock:
+        user.mailbox_time_zone = zone
+    return json_reply(200, {"address": user.address, "timeZone": zone})
 
 
 # ---------------------------------------------------------------------------

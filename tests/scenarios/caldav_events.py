@@ -398,10 +398,31 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(r.status, 201, r.body)
         [ev] = self.events_with(subject)
         self.assertTrue(ev["isAllDay"])
-        self.assertEqual(ev["start"]["dateTime"][:10], "2030-04-15")
+        # Midnight to midnight in the mailbox's own zone, not in UTC.
+        self.assertEqual(ev["originalStartTimeZone"], "W. Europe Standard Time")
+        self.assertEqual(ev["start"]["dateTime"][:19], "2030-04-15T00:00:00")
+        self.assertEqual(ev["end"]["dateTime"][:19], "2030-04-16T00:00:00")
         r = self.curl("GET", self.obj_path(uid + ".ics"))
         self.assertIn("DTSTART;VALUE=DATE:20300415", r.body)
         self.assertIn("DTEND;VALUE=DATE:20300416", r.body)
+
+    def test_all_day_series_with_exdate(self):
+        uid = self.unique("allday-series")
+        subject = self.unique("Assessment days")
+        text = vevent(uid, subject, start="DTSTART;VALUE=DATE:20300415",
+                      end="DTEND;VALUE=DATE:20300416",
+                      extra="RRULE:FREQ=WEEKLY;COUNT=3\nEXDATE;VALUE=DATE:20300422")
+        r = self.put(uid + ".ics", text, "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        [ev] = self.events_with(subject)
+        # Occurrences start at midnight in the mailbox's zone (UTC+2 in
+        # April): the EXDATE named the second one, 21 April 22:00 UTC.
+        self.assertEqual(ev["_deleted_occurrences"], ["2030-04-21T22:00:00+00:00"])
+        r = self.curl("GET", self.obj_path(uid + ".ics"))
+        self.assertEqual(r.status, 200, r.body)
+        self.assertIn("DTSTART;VALUE=DATE:20300415", r.body)
+        self.assertEqual(re.findall(r"^EXDATE.*$", r.body, re.M),
+                         ["EXDATE;VALUE=DATE:20300422\r"])
 
     def test_windows_zone_name(self):
         uid = self.unique("wzone")
@@ -532,7 +553,7 @@ class CalDAVEvents(AgentTestCase):
         r = self.put(name, text, "If-Match: " + etag)
         self.assertEqual(r.status, 412)
 
-    def graph_get(self, path):
+    def graph_get(self, path, headers=None):
         """Reads Graph as another application of the tenant would."""
         form = urllib.parse.urlencode({
             "grant_type": "client_credentials", "client_id": sandbox.CLIENT_ID,
@@ -542,8 +563,8 @@ class CalDAVEvents(AgentTestCase):
                 "/%s/oauth2/v2.0/token" % sandbox.TENANT_ID), form,
                 timeout=10) as r:
             token = json.load(r)["access_token"]
-        req = urllib.request.Request(self.box.sim_url(path), headers={
-            "Authorization": "Bearer " + token})
+        req = urllib.request.Request(self.box.sim_url(path), headers=dict(
+            headers or {}, Authorization="Bearer " + token))
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
 
@@ -566,10 +587,108 @@ class CalDAVEvents(AgentTestCase):
         # 10:00 local both weeks: UTC-6, then UTC-5.
         self.assertEqual(starts, ["2030-03-04T16:00", "2030-03-11T15:00"])
         r = self.curl("GET", self.obj_path(uid + ".ics"))
-        self.assertRegex(r.body, r"DTSTART;TZID=America/(Winnipeg|Chicago):"
-                                 r"20300304T100000")
+        # Graph keeps only "Central Standard Time", whose IANA zone is
+        # America/Chicago; the object comes back in the zone it was written
+        # in, with that zone's own VTIMEZONE.
+        self.assert_in_zone(r.body, "America/Winnipeg", "20300304T100000",
+                            "20300304T110000")
+        self.assertNotIn("Chicago", r.body)
         self.assertIn("RRULE:FREQ=WEEKLY;COUNT=2", r.body)
         self.assertNotIn("EXDATE", r.body)
+        # REPORT answers the same way.
+        cal = "/dav/calendars/%s/default/" % ALICE
+        body = ('<?xml version="1.0"?><C:calendar-multiget xmlns:D="DAV:" '
+                'xmlns:C="urn:ietf:params:xml:ns:caldav"><D:prop>'
+                '<C:calendar-data/></D:prop><D:href>%s%s.ics</D:href>'
+                '</C:calendar-multiget>' % (cal, uid))
+        r = self.curl("REPORT", cal, body, ["Depth: 1"])
+        self.assertEqual(r.status, 207)
+        data = ET.fromstring(r.body).find(".//%scalendar-data" % CAL).text
+        self.assert_in_zone(data, "America/Winnipeg",
+                            "20300304T100000", "20300304T110000")
+
+    def assert_in_zone(self, text, zone, start, end):
+        """DTSTART and DTEND in zone, whose VTIMEZONE (the only one) is
+        libical's own for it. XML answers may carry LF for CRLF."""
+        text = text.replace("\r\n", "\n").replace("\n ", "")
+        self.assertIn("\nDTSTART;TZID=%s:%s\n" % (zone, start), text)
+        self.assertIn("\nDTEND;TZID=%s:%s\n" % (zone, end), text)
+        [vtz] = re.findall(r"BEGIN:VTIMEZONE\n.*?END:VTIMEZONE", text, re.S)
+        self.assertIn("\nTZID:%s\n" % zone, vtz)
+        self.assertIn("\nX-LIC-LOCATION:%s\n" % zone, vtz)
+
+    def test_zone_changed_in_outlook_is_followed(self):
+        uid = self.unique("moved-zone")
+        subject = self.unique("Winnipeg call")
+        name = uid + ".ics"
+        text = vevent(uid, subject,
+                      start="DTSTART;TZID=America/Winnipeg:20300604T100000",
+                      end="DTEND;TZID=America/Winnipeg:20300604T110000")
+        self.assertEqual(self.put(name, text, "If-None-Match: *").status, 201)
+        self.assert_in_zone(self.curl("GET", self.obj_path(name)).body,
+                            "America/Winnipeg", "20300604T100000",
+                            "20300604T110000")
+        # Someone moves the call to New York time in Outlook, same instant.
+        [ev] = self.events_with(subject)
+        self.sim_patch("/_sim/calendars/%s/events/%s" % (ALICE, ev["id"]), {
+            "start": {"dateTime": "2030-06-04T11:00:00",
+                      "timeZone": "Eastern Standard Time"},
+            "end": {"dateTime": "2030-06-04T12:00:00",
+                    "timeZone": "Eastern Standard Time"}})
+        r = self.curl("GET", self.obj_path(name))
+        self.assert_in_zone(r.body, "America/New_York", "20300604T110000",
+                            "20300604T120000")
+        self.assertNotIn("America/Winnipeg", r.body)
+
+    def test_floating_time_in_mailbox_zone(self):
+        # Bob's mailbox is in Tokyo; a time without TZID is his 09:00.
+        self.box.sim_post("/_sim/mailboxsettings/" + BOB,
+                          {"timeZone": "Tokyo Standard Time"})
+        uid = self.unique("floating")
+        subject = self.unique("Floating interview")
+        text = vevent(uid, subject, start="DTSTART:20300304T090000",
+                      end="DTEND:20300304T100000")
+        r = self.put(uid + ".ics", text, "If-None-Match: *", address=BOB)
+        self.assertEqual(r.status, 201, r.body)
+        [ev] = self.events_with(subject, BOB)
+        self.assertEqual(ev["originalStartTimeZone"], "Tokyo Standard Time")
+        self.assertEqual(ev["originalEndTimeZone"], "Tokyo Standard Time")
+        # 09:00 in Tokyo (UTC+9) is midnight UTC, not 09:00 UTC.
+        self.assertEqual(ev["start"]["dateTime"][:19], "2030-03-04T00:00:00")
+        local = self.graph_get(
+            "/v1.0/users/%s/events/%s" % (BOB, ev["id"]),
+            {"Prefer": 'outlook.timezone="Tokyo Standard Time"'})
+        self.assertEqual(local["start"]["dateTime"][:19], "2030-03-04T09:00:00")
+        r = self.curl("GET", self.obj_path(uid + ".ics", BOB))
+        self.assert_in_zone(r.body, "Asia/Tokyo", "20300304T090000",
+                            "20300304T100000")
+
+    def test_floating_time_refused_without_mailbox_zone(self):
+        # The mailbox's zone cannot be read (here: the tenant denies it).
+        self.box.sim_post("/_sim/faults", {
+            "fault": "400", "status": 403, "code": "ErrorAccessDenied",
+            "message": "Access is denied. Check credentials and try again.",
+            "operation": "getMailboxTimeZone", "mailbox": DAVE, "count": 1})
+        uid = self.unique("floating-refused")
+        subject = self.unique("Floating, no zone")
+        text = vevent(uid, subject, start="DTSTART:20300304T090000",
+                      end="DTEND:20300304T100000")
+        r = self.put(uid + ".ics", text, "If-None-Match: *", address=DAVE)
+        self.assertEqual(r.status, 403, r.body)
+        doc = ET.fromstring(r.body)
+        self.assertIsNotNone(doc.find(CAL + "valid-calendar-data"))
+        self.assertIn("DTSTART is a floating time", r.body)
+        self.assertIn("default time zone, the mailbox's own, which could not "
+                      "be read from Microsoft Graph (403 ErrorAccessDenied)",
+                      r.body)
+        self.assertEqual(self.events_with(subject, DAVE), [])
+        # Nothing was cached from the failure: once Graph answers, the
+        # same PUT lands at 09:00 in the mailbox's zone.
+        r = self.put(uid + ".ics", text, "If-None-Match: *", address=DAVE)
+        self.assertEqual(r.status, 201, r.body)
+        [ev] = self.events_with(subject, DAVE)
+        self.assertEqual(ev["originalStartTimeZone"], "W. Europe Standard Time")
+        self.assertEqual(ev["start"]["dateTime"][:19], "2030-03-04T08:00:00")
 
     def test_teams_interview(self):
         uid = self.unique("teams")
@@ -822,8 +941,9 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(res["created"]["status"], 201)
         self.assertEqual(res["fetched"]["etag"], res["created"]["etag"])
         self.assertIn("UID:" + uid, res["fetched"]["data"])
-        self.assertRegex(res["fetched"]["data"],
-                         r"DTSTART;TZID=America/(Winnipeg|Chicago):20300310T090000")
+        self.assert_in_zone(res["fetched"]["data"], "America/Winnipeg",
+                            "20300310T090000", "20300310T100000")
+        self.assertNotIn("Chicago", res["fetched"]["data"])
         self.assertEqual(res["updated"]["status"], 204)
         self.assertNotEqual(res["updated"]["etag"], res["created"]["etag"])
         self.assertEqual(res["stale"]["status"], 412)

@@ -5,6 +5,7 @@
  * client on its own thread sends the requests; Graph calls are end to end
  * in tests/scenarios/caldav_events.py. */
 #include <curl/curl.h>
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 #include <cmocka.h>
 
 #include "caldav.h"
+#include "caldav_objects.h"
 #include "credential.h"
 #include "http_router.h"
 #include "http_server.h"
@@ -442,6 +444,50 @@ static void test_wrong_places_and_methods(void **state)
   assert_non_null(strstr(answer(fb_nobody), "<C:valid-scheduling-message/>"));
 }
 
+/* The mapping keeps the zones the client wrote (migration 8) through every
+ * write that is not the PUT itself, and hands them back for the event. */
+static void test_mapping_remembers_zones(void **state)
+{
+  struct fixture *f = *state;
+  struct caldav_row row = { .name = "w.ics",
+                            .uid = "w-uid",
+                            .event_id = "EV1",
+                            .start_tzid = "America/Winnipeg",
+                            .end_tzid = "America/New_York" };
+  struct caldav_row got = { 0 };
+  struct caldav_row *rows = NULL;
+  char *start = NULL, *end = NULL;
+
+  assert_true(store_schema_version(f->store) >= 8);
+  assert_int_equal(caldav_row_put(f->store, ALICE, &row), 0);
+  caldav_row_set_etag(f->store, ALICE, "w.ics", "\"e1\"");
+  assert_int_equal(caldav_row_find(f->store, ALICE, "uid", "w-uid", &got), 0);
+  assert_string_equal(got.etag, "\"e1\"");
+  assert_string_equal(got.start_tzid, "America/Winnipeg");
+  assert_string_equal(got.end_tzid, "America/New_York");
+  caldav_row_clear(&got);
+
+  assert_int_equal(
+      caldav_row_zones(f->store, ALICE, "w-uid", "EV1", &start, &end), 0);
+  assert_string_equal(start, "America/Winnipeg");
+  assert_string_equal(end, "America/New_York");
+  free(start);
+  free(end);
+  /* Another event under the same UID is not this object. */
+  assert_int_equal(
+      caldav_row_zones(f->store, ALICE, "w-uid", "EV2", &start, &end), -ENOENT);
+  assert_null(start);
+  assert_null(end);
+
+  /* An adopted Outlook event has no zones of the client's. */
+  assert_int_equal(caldav_row_adopt(f->store, ALICE, "EV3", "outlook-uid"), 0);
+  assert_int_equal(caldav_rows_list(f->store, ALICE, &rows), 2);
+  assert_null(rows[0].start_tzid);
+  assert_string_equal(rows[1].name, "w.ics");
+  assert_string_equal(rows[1].start_tzid, "America/Winnipeg");
+  caldav_rows_free(rows, 2);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -452,6 +498,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_refused_calendar_data, setup,
                                     teardown),
     cmocka_unit_test_setup_teardown(test_wrong_places_and_methods, setup,
+                                    teardown),
+    cmocka_unit_test_setup_teardown(test_mapping_remembers_zones, setup,
                                     teardown),
   };
 

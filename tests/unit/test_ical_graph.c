@@ -208,6 +208,8 @@ static void test_windows_tzid(void **state)
                    ICAL_GRAPH_OK);
   assert_jstr(res.event, "start.timeZone", "W. Europe Standard Time");
   assert_jstr(res.event, "start.dateTime", "2026-10-27T14:00:00");
+  /* A Windows name is remembered as the IANA zone it stands for. */
+  assert_string_equal(res.start_tzid, "Europe/Berlin");
   ical_graph_result_free(&res);
 }
 
@@ -224,6 +226,19 @@ static void test_winnipeg_without_vtimezone(void **state)
   assert_jstr(res.event, "start.timeZone", "Central Standard Time");
   assert_jstr(res.event, "end.dateTime", "2026-10-31T15:45:00");
   assert_jstr(res.event, "end.timeZone", "Central Standard Time");
+  /* The zone the client wrote, for the caller to remember: Graph only
+   * keeps the Windows zone, which America/Chicago shares. */
+  assert_string_equal(res.start_tzid, "America/Winnipeg");
+  assert_string_equal(res.end_tzid, "America/Winnipeg");
+  ical_graph_result_free(&res);
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=America/Winnipeg:20261031T150000\r\n"
+                       "DTEND;TZID=America/New_York:20261031T170000\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  assert_string_equal(res.start_tzid, "America/Winnipeg");
+  assert_string_equal(res.end_tzid, "America/New_York");
   ical_graph_result_free(&res);
 }
 
@@ -287,12 +302,21 @@ static void test_floating_and_utc(void **state)
                    ICAL_GRAPH_OK);
   assert_jstr(res.event, "start.timeZone", "W. Europe Standard Time");
   assert_jstr(res.event, "start.dateTime", "2026-12-03T09:00:00");
+  /* A floating time was written in no zone: nothing to remember. */
+  assert_string_equal(res.start_tzid, "");
+  assert_string_equal(res.end_tzid, "");
   ical_graph_result_free(&res);
 
+  /* Without a default zone the caller is told so, to find one. */
   assert_int_equal(
       translate_inline("DTSTART:20261203T090000\r\n", &nodefault, &res),
-      ICAL_GRAPH_ETZ);
-  assert_non_null(strstr(res.error, "floating"));
+      ICAL_GRAPH_ENOZONE);
+  assert_non_null(strstr(res.error, "DTSTART is a floating time"));
+  ical_graph_result_free(&res);
+  assert_int_equal(
+      translate_inline("DTSTART;VALUE=DATE:20261203\r\n", &nodefault, &res),
+      ICAL_GRAPH_ENOZONE);
+  assert_non_null(strstr(res.error, "DTSTART is a date"));
   ical_graph_result_free(&res);
 
   assert_int_equal(translate_inline("DTSTART:20261203T090000Z\r\n"
@@ -301,6 +325,26 @@ static void test_floating_and_utc(void **state)
                    ICAL_GRAPH_OK);
   assert_jstr(res.event, "start.timeZone", "UTC");
   assert_jstr(res.event, "end.dateTime", "2026-12-03T10:00:00");
+  assert_string_equal(res.start_tzid, "");
+  ical_graph_result_free(&res);
+}
+
+/* An all-day series' occurrences start at midnight in the default zone;
+ * Graph keys them by that instant in UTC. */
+static void test_all_day_series_exdate(void **state)
+{
+  struct ical_graph_result res;
+
+  assert_int_equal(translate_inline("DTSTART;VALUE=DATE:20261203\r\n"
+                                    "RRULE:FREQ=WEEKLY;COUNT=3\r\n"
+                                    "EXDATE;VALUE=DATE:20261210\r\n",
+                                    &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_jstr(res.event, "recurrence.range.recurrenceTimeZone",
+              "W. Europe Standard Time");
+  assert_int_equal(json_array_size(res.exdates), 1);
+  assert_jstr(res.exdates, "0.dateTime", "2026-12-09T23:00:00");
+  assert_jstr(res.exdates, "0.timeZone", "UTC");
   ical_graph_result_free(&res);
 }
 
@@ -730,6 +774,95 @@ static void test_reverse_prefer_zone_and_all_day(void **state)
   json_decref(ev);
 }
 
+/* A Graph event written in America/Winnipeg: Graph keeps only "Central
+ * Standard Time", whose IANA zone is America/Chicago. */
+static json_t *central_event(const char *zone)
+{
+  return json_pack(
+      "{s:s, s:s, s:s, s:{s:s, s:s}, s:{s:s, s:s}, s:{s:{s:s, s:i, s:[s]},"
+      " s:{s:s, s:s, s:s, s:s}}}",
+      "subject", "Winnipeg weekly", "originalStartTimeZone", zone,
+      "originalEndTimeZone", zone, "start", "dateTime",
+      "2030-03-04T16:00:00.0000000", "timeZone", "UTC", "end", "dateTime",
+      "2030-03-04T17:00:00.0000000", "timeZone", "UTC", "recurrence", "pattern",
+      "type", "weekly", "interval", 1, "daysOfWeek", "monday", "range", "type",
+      "endDate", "startDate", "2030-03-04", "endDate", "2030-03-11",
+      "recurrenceTimeZone", zone);
+}
+
+static void test_reverse_remembered_zone(void **state)
+{
+  json_t *ev = central_event("Central Standard Time");
+  json_t *del = json_pack("[s]", "2030-03-11T15:00:00Z");
+  struct ical_graph_ical_options opt = { .uid = "w@nextal" };
+  char err[256], *text = NULL;
+
+  /* Nothing remembered (an event made in Outlook): ICU's zone. */
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_non_null(strstr(text, "DTSTART;TZID=America/Chicago:20300304T100000"));
+  free(text);
+
+  /* The zone the client wrote, with its own VTIMEZONE, in DTSTART, DTEND,
+   * EXDATE and UNTIL alike. */
+  opt.start_tzid = opt.end_tzid = "America/Winnipeg";
+  opt.deleted = del;
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_non_null(
+      strstr(text, "DTSTART;TZID=America/Winnipeg:20300304T100000"));
+  assert_non_null(strstr(text, "DTEND;TZID=America/Winnipeg:20300304T110000"));
+  assert_non_null(strstr(text, "EXDATE;TZID=America/Winnipeg:20300311T100000"));
+  assert_non_null(strstr(text, "UNTIL=20300311T150000Z"));
+  assert_non_null(strstr(text, "BEGIN:VTIMEZONE\r\nTZID:America/Winnipeg"));
+  assert_non_null(strstr(text, "X-LIC-LOCATION:America/Winnipeg"));
+  assert_null(strstr(text, "Chicago"));
+  free(text);
+  json_decref(ev);
+
+  /* Moved to another zone in Outlook: Graph's zone wins. */
+  ev = central_event("Eastern Standard Time");
+  opt.deleted = NULL;
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_non_null(
+      strstr(text, "DTSTART;TZID=America/New_York:20300304T110000"));
+  assert_null(strstr(text, "America/Winnipeg"));
+  free(text);
+  json_decref(ev);
+  json_decref(del);
+}
+
+/* A deleted occurrence of an all-day series is the date of its original
+ * start in the series' zone, not in UTC. */
+static void test_reverse_all_day_series(void **state)
+{
+  json_t *ev = json_pack(
+      "{s:s, s:b, s:s, s:{s:s, s:s}, s:{s:s, s:s}, s:{s:{s:s, s:i, s:[s]},"
+      " s:{s:s, s:s, s:i}}}",
+      "subject", "Assessment days", "isAllDay", 1, "originalStartTimeZone",
+      "W. Europe Standard Time", "start", "dateTime",
+      "2026-12-03T00:00:00.0000000", "timeZone", "UTC", "end", "dateTime",
+      "2026-12-04T00:00:00.0000000", "timeZone", "UTC", "recurrence", "pattern",
+      "type", "weekly", "interval", 1, "daysOfWeek", "thursday", "range",
+      "type", "numbered", "startDate", "2026-12-03", "numberOfOccurrences", 3);
+  json_t *del = json_pack("[s]", "2026-12-09T23:00:00Z");
+  struct ical_graph_ical_options opt = { .uid = "d@nextal", .deleted = del };
+  char err[256], *text = NULL;
+
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_non_null(strstr(text, "DTSTART;VALUE=DATE:20261203"));
+  assert_non_null(strstr(text, "EXDATE;VALUE=DATE:20261210"));
+  free(text);
+  json_decref(del);
+  json_decref(ev);
+}
+
 static void test_reverse_exceptions(void **state)
 {
   json_t *ev = json_load_data("graph_event.json");
@@ -857,6 +990,7 @@ int main(void)
     cmocka_unit_test(test_unknown_tzid),
     cmocka_unit_test(test_custom_tzid_matched_by_rules),
     cmocka_unit_test(test_floating_and_utc),
+    cmocka_unit_test(test_all_day_series_exdate),
     cmocka_unit_test(test_weekly_byday_count),
     cmocka_unit_test(test_monthly_relative),
     cmocka_unit_test(test_yearly),
@@ -868,6 +1002,8 @@ int main(void)
     cmocka_unit_test(test_invalid_objects),
     cmocka_unit_test(test_reverse),
     cmocka_unit_test(test_reverse_prefer_zone_and_all_day),
+    cmocka_unit_test(test_reverse_remembered_zone),
+    cmocka_unit_test(test_reverse_all_day_series),
     cmocka_unit_test(test_reverse_exceptions),
     cmocka_unit_test(test_round_trip),
     cmocka_unit_test(test_freebusy),
