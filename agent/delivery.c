@@ -731,8 +731,35 @@ static void delivery_release_allowed(struct delivery *d)
   free(senders);
 }
 
+/* Holds at once the queued mail of every sender the policy now refuses,
+ * rather than at its next attempt, so that what is held is what the
+ * status shows. Rows being sent finish their request and are held (or
+ * sent) by its outcome. */
+static void delivery_hold_refused(struct delivery *d)
+{
+  char **senders = NULL;
+  int n = queue_queued_senders(d->store, &senders);
+
+  for (int i = 0; i < n; i++) {
+    struct policy_decision dec;
+
+    policy_gate_check(d->gate, POLICY_REQUEST_DELIVERY, senders[i], &dec);
+    if (dec.reason != POLICY_ALLOW) {
+      int held
+          = queue_hold_sender(d->store, senders[i], dec.code, dec.sentence);
+
+      if (held > 0)
+        log_warn("- queue held sender=%s messages=%d code=%s", senders[i], held,
+                 dec.code);
+    }
+    free(senders[i]);
+  }
+  free(senders);
+}
+
 void delivery_policy_changed(struct delivery *d)
 {
+  delivery_hold_refused(d);
   delivery_release_allowed(d);
   delivery_kick(d);
 }

@@ -486,18 +486,18 @@ int64_t queue_next_due(struct store *store)
   return next;
 }
 
-int queue_held_senders(struct store *store, char ***out)
+/* The distinct senders of the rows in state. */
+static int queue_senders_in(struct store *store, const char *state, char ***out)
 {
   sqlite3_stmt *st = NULL;
   char **v = NULL;
   int n = 0;
 
   if (queue_prepare(store,
-                    "SELECT DISTINCT sender FROM messages "
-                    "WHERE state = 'held'",
-                    &st)
+                    "SELECT DISTINCT sender FROM messages WHERE state = ?", &st)
       < 0)
     return -EIO;
+  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
   while (sqlite3_step(st) == SQLITE_ROW) {
     v = xrealloc(v, sizeof(char *) * (size_t) (n + 1));
     v[n++] = queue_column_text(st, 0);
@@ -505,6 +505,16 @@ int queue_held_senders(struct store *store, char ***out)
   sqlite3_finalize(st);
   *out = v;
   return n;
+}
+
+int queue_held_senders(struct store *store, char ***out)
+{
+  return queue_senders_in(store, "held", out);
+}
+
+int queue_queued_senders(struct store *store, char ***out)
+{
+  return queue_senders_in(store, "queued", out);
 }
 
 int queue_find(struct store *store, const char *queue_id,
@@ -627,6 +637,26 @@ int queue_release_held(struct store *store, const char *sender)
   sqlite3_bind_int64(st, 1, store_now_ms());
   sqlite3_bind_int64(st, 2, store_now_ms());
   sqlite3_bind_text(st, 3, sender, -1, SQLITE_STATIC);
+  return queue_run(store, st);
+}
+
+int queue_hold_sender(struct store *store, const char *sender, const char *code,
+                      const char *text)
+{
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = 'held', error_code = ?, "
+                    "error_text = ?, updated_at = ? "
+                    "WHERE sender = ? AND state = 'queued' "
+                    "AND verify_first = 0",
+                    &st)
+      < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, code, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, store_now_ms());
+  sqlite3_bind_text(st, 4, sender, -1, SQLITE_STATIC);
   return queue_run(store, st);
 }
 

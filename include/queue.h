@@ -139,8 +139,17 @@ int queue_each_due_except(struct store *store, int64_t now_ms, size_t max,
 int64_t queue_next_due(struct store *store);
 
 /* Senders that have held rows, for re-checking the policy; each string
- * and the array are freed by the caller. Returns the count. */
+ * and the array are freed by the caller. Returns the count, or -EIO. */
 int queue_held_senders(struct store *store, char ***out);
+
+/* Senders that have queued rows, likewise. */
+int queue_queued_senders(struct store *store, char ***out);
+
+/* Holds every queued row of sender, with the policy's code and sentence,
+ * except those whose last send must first be looked up in Sent Items.
+ * Returns the number of rows held, or -EIO. */
+int queue_hold_sender(struct store *store, const char *sender, const char *code,
+                      const char *text);
 
 /* Loads one row by queue id or Message-ID; 0, -ENOENT or -EIO. */
 int queue_find(struct store *store, const char *queue_id,

@@ -102,6 +102,30 @@ class PolicySwitchHoldsMail(AgentTestCase):
         for user in (ALICE, BOB):
             self.box.link(user)
 
+    def test_mail_waiting_to_retry_is_held_when_the_switch_is_applied(self):
+        # Bob's mail waits out a minute of Retry-After. Switching off holds
+        # it at once, not at its next attempt: the administrator sees it
+        # held, with the reason, while the switch is off.
+        self.box.sim_post("/_sim/faults", {"fault": "503", "mailbox": BOB,
+                                           "operation": "sendMail", "count": 1,
+                                           "retry_after": "60"})
+        self.send(BOB, ["held@example.net"], message(BOB, "waiting"))
+        wait_for(lambda: self.db().execute(
+            "SELECT 1 FROM messages WHERE sender = ? AND state = 'queued'"
+            " AND attempts > 0", (BOB,)).fetchone(), 15, "a retry queued")
+        self.box.policy_cli("disable", "--yes")
+        self.wait_refused(ALICE, "org_disabled")
+        wait_for(lambda: self.states(BOB).get("held") == 1, APPLY_S,
+                 "bob's waiting mail held")
+        held = self.box.policy_cli("held")
+        self.assertIn("org_disabled", held.stdout)
+        self.box.policy_cli("enable")
+        for user in (ALICE, BOB, CAROL):
+            self.box.link(user)
+        self.box.sim_post("/_sim/faults", {"clear": True})
+        wait_for(lambda: self.states(BOB).get("sent") == 1, 30,
+                 "bob's mail sent once linked again")
+
     def test_removing_one_user_holds_only_theirs(self):
         self.box.policy_cli("mode", "specific")
         self.box.policy_cli("allow", ALICE)
