@@ -640,43 +640,43 @@ int queue_release_held(struct store *store, const char *sender)
   return queue_run(store, st);
 }
 
+/* Moves the rows of sender that match which (an SQL condition) to state,
+ * with a code and a sentence. Returns the number of rows, or -EIO. */
+static int queue_sender_rows_set(struct store *store, const char *sender,
+                                 const char *state, const char *which,
+                                 const char *code, const char *text)
+{
+  sqlite3_stmt *st = NULL;
+  char *sql = xasprintf("UPDATE messages SET state = ?, error_code = ?, "
+                        "error_text = ?, updated_at = ? "
+                        "WHERE sender = ? AND %s",
+                        which);
+  int rc = queue_prepare(store, sql, &st);
+
+  free(sql);
+  if (rc < 0)
+    return -EIO;
+  sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, code, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, store_now_ms());
+  sqlite3_bind_text(st, 5, sender, -1, SQLITE_STATIC);
+  return queue_run(store, st);
+}
+
 int queue_hold_sender(struct store *store, const char *sender, const char *code,
                       const char *text)
 {
-  sqlite3_stmt *st = NULL;
-
-  if (queue_prepare(store,
-                    "UPDATE messages SET state = 'held', error_code = ?, "
-                    "error_text = ?, updated_at = ? "
-                    "WHERE sender = ? AND state = 'queued' "
-                    "AND verify_first = 0",
-                    &st)
-      < 0)
-    return -EIO;
-  sqlite3_bind_text(st, 1, code, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 3, store_now_ms());
-  sqlite3_bind_text(st, 4, sender, -1, SQLITE_STATIC);
-  return queue_run(store, st);
+  return queue_sender_rows_set(store, sender, "held",
+                               "state = 'queued' AND verify_first = 0", code,
+                               text);
 }
 
 int queue_fail_sender(struct store *store, const char *sender, const char *code,
                       const char *text)
 {
-  sqlite3_stmt *st = NULL;
-
-  if (queue_prepare(store,
-                    "UPDATE messages SET state = 'failed', error_code = ?, "
-                    "error_text = ?, updated_at = ? "
-                    "WHERE sender = ? AND state IN ('queued', 'held')",
-                    &st)
-      < 0)
-    return -EIO;
-  sqlite3_bind_text(st, 1, code, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 3, store_now_ms());
-  sqlite3_bind_text(st, 4, sender, -1, SQLITE_STATIC);
-  return queue_run(store, st);
+  return queue_sender_rows_set(store, sender, "failed",
+                               "state IN ('queued', 'held')", code, text);
 }
 
 int queue_count(struct store *store, const char *state, int64_t *count)
