@@ -166,6 +166,7 @@ static int agent_open_http(struct agent *agent)
     return -EINVAL;
   http_server_limits_defaults(&limits);
   limits.max_body_size = agent->cfg->http_max_body;
+  limits.max_connections = agent->cfg->http_max_connections;
   if (config_parse_hostport(agent->cfg->http_listen, &host, &port) < 0)
     return -EINVAL;
   rc = http_server_new(agent->loop, host, port, &limits, http_router_dispatch,

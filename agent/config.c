@@ -34,12 +34,14 @@ struct config_key {
   const char *name;
   enum config_kind kind;
   size_t offset;
+  uint64_t min; /* for numbers: the smallest value that makes sense */
   uint64_t max; /* for numbers; 0 means no upper bound */
 };
 
-#define CFG(sec, key, kind, field, max)                                        \
+#define CFG(sec, key, kind, field, max) CFG_RANGE(sec, key, kind, field, 0, max)
+#define CFG_RANGE(sec, key, kind, field, min, max)                             \
   {                                                                            \
-    sec, key, kind, offsetof(struct config, field), max                        \
+    sec, key, kind, offsetof(struct config, field), min, max                   \
   }
 
 static const struct config_key config_keys[] = {
@@ -61,6 +63,9 @@ static const struct config_key config_keys[] = {
   CFG("http", "listen", CONFIG_STRING, http_listen, 0),
   CFG("http", "public_url", CONFIG_STRING, http_public_url, 0),
   CFG("http", "max_body", CONFIG_U64, http_max_body, (uint64_t) 150 << 20),
+  /* At least 1: with 0 every connection would be refused. */
+  CFG_RANGE("http", "max_connections", CONFIG_UINT, http_max_connections, 1,
+            100000),
   CFG("service", "username", CONFIG_STRING, service_user, 0),
   CFG("service", "password_hash", CONFIG_STRING, service_password_hash, 0),
   CFG("microsoft", "tenant", CONFIG_STRING, tenant, 0),
@@ -117,6 +122,9 @@ void config_defaults(struct config *cfg)
   cfg->http_listen = xstrdup("127.0.0.1:8025");
   cfg->http_public_url = xstrdup("http://127.0.0.1:8025");
   cfg->http_max_body = 4u << 20;
+  /* Each HTTP request holds its whole body in memory (up to max_body),
+   * unlike SMTP, which spools: the lower count bounds that memory. */
+  cfg->http_max_connections = 64;
   cfg->service_user = xstrdup("nextal");
   cfg->login_base_url = xstrdup("https://login.microsoftonline.com");
   cfg->graph_base_url = xstrdup("https://graph.microsoft.com");
@@ -150,7 +158,11 @@ void config_free(struct config *cfg)
   }
 }
 
-static int config_parse_number(const char *value, uint64_t max, uint64_t *out)
+/* Reads a decimal number in [min, max] (max 0: no upper bound). Returns 0,
+ * -EINVAL when it is not a number, or -ERANGE when it is out of range
+ * (*out then holds it too, for the message). */
+static int config_parse_number(const char *value, uint64_t min, uint64_t max,
+                               uint64_t *out)
 {
   char *end = NULL;
   unsigned long long n;
@@ -161,9 +173,9 @@ static int config_parse_number(const char *value, uint64_t max, uint64_t *out)
   n = strtoull(value, &end, 10);
   if (errno != 0 || *end != '\0')
     return -EINVAL;
-  if (max != 0 && n > max)
-    return -ERANGE;
   *out = n;
+  if (n < min || (max != 0 && n > max))
+    return -ERANGE;
   return 0;
 }
 
@@ -203,9 +215,13 @@ static int config_apply(struct config_parse *ps, const struct config_key *k,
       return 0;
     case CONFIG_UINT:
     case CONFIG_U64:
-      rc = config_parse_number(value, k->max, &n);
+      rc = config_parse_number(value, k->min, k->max, &n);
       if (rc < 0) {
-        if (rc == -ERANGE)
+        if (rc == -ERANGE && n < k->min)
+          snprintf(ps->error, sizeof(ps->error),
+                   "%s is %s, below its minimum of %llu", k->name, value,
+                   (unsigned long long) k->min);
+        else if (rc == -ERANGE)
           snprintf(ps->error, sizeof(ps->error),
                    "%s is %s, above its maximum of %llu", k->name, value,
                    (unsigned long long) k->max);
@@ -376,7 +392,7 @@ int config_parse_hostport(const char *text, char **host, int *port)
       return -EINVAL;
     hlen = (size_t) (colon - text);
   }
-  if (hlen == 0 || config_parse_number(colon + 1, 65535, &n) < 0)
+  if (hlen == 0 || config_parse_number(colon + 1, 0, 65535, &n) < 0)
     return -EINVAL;
   *host = xstrndup(h, hlen);
   *port = (int) n;

@@ -44,8 +44,15 @@ static void agent_usage(FILE *out)
           "  -h, --help           show this help\n"
           "  -V, --version        show the version\n"
           "\n"
-          "Exit status: 0 after a clean stop, 64 usage, 78 configuration\n"
-          "error, 69 a listener or the database could not be opened.\n");
+          "Exit status:\n"
+          "   0  clean stop, or --help, --version, --check-config and\n"
+          "      --hash-password succeeded\n"
+          "  64  usage error (unknown option or argument)\n"
+          "  65  --hash-password read no password on standard input\n"
+          "  69  the database, the spool or a listener could not be opened\n"
+          "  70  internal error\n"
+          "  78  configuration refused: the file, a log level or trace\n"
+          "      category, password_hash, key_file or client certificate\n");
 }
 
 static int agent_hash_password(void)

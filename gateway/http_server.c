@@ -695,6 +695,45 @@ static int http_on_header_value(http_parser *p, const char *at, size_t len)
   return 0;
 }
 
+/* RFC 7230 3.2.6: a field name is a token. */
+static bool http_field_name_valid(const char *name)
+{
+  static const char tchar[] = "!#$%&'*+-.^_`|~";
+
+  if (name[0] == '\0')
+    return false;
+  for (const char *p = name; *p != '\0'; p++) {
+    bool alnum = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+                 || (*p >= '0' && *p <= '9');
+
+    if (!alnum && strchr(tchar, *p) == NULL)
+      return false;
+  }
+  return true;
+}
+
+/* What http-parser lets through and RFC 7230 refuses: whitespace between a
+ * field name and its colon (3.2.4; http-parser takes "Transfer-Encoding :
+ * chunked" as chunked, so a proxy and we could disagree on where the body
+ * ends) and more than one Host (5.4). Runs before repeated fields are
+ * joined. Returns why the request is refused, or NULL. */
+static const char *http_exchange_check_fields(const struct http_exchange *ex)
+{
+  unsigned hosts = 0;
+
+  for (size_t i = 0; i < ex->nheaders; i++) {
+    const char *name = ex->headers[i].name;
+
+    if (strpbrk(name, " \t") != NULL)
+      return "whitespace between a header field name and its colon";
+    if (!http_field_name_valid(name))
+      return "invalid header field name";
+    if (strcasecmp(name, "Host") == 0 && ++hosts > 1)
+      return "more than one Host header";
+  }
+  return NULL;
+}
+
 /* Trims values and joins repeated fields with ", " (RFC 9110 5.3). */
 static void http_exchange_fold_headers(struct http_exchange *ex)
 {
@@ -786,11 +825,15 @@ static int http_on_headers_complete(http_parser *p)
   struct http_conn *conn = p->data;
   struct http_exchange *ex = conn->ex;
   const struct http_server_limits *lim = &conn->server->limits;
+  const char *bad_fields;
 
-  http_exchange_fold_headers(ex);
   ex->req.method = http_method_str((enum http_method) p->method);
   ex->req.http_minor = p->http_minor;
   ex->head = p->method == HTTP_HEAD;
+  bad_fields = http_exchange_check_fields(ex);
+  if (bad_fields != NULL)
+    return http_conn_refuse(conn, 400, bad_fields);
+  http_exchange_fold_headers(ex);
   if (p->method == HTTP_CONNECT)
     return http_conn_refuse(conn, 501, "CONNECT is not supported");
   if (!http_exchange_split_target(ex))

@@ -698,20 +698,20 @@ static void smtp_cmd_auth(struct smtp_session *s, char *args)
 
 /* ---- MAIL and RCPT ---- */
 
-/* Parses a SIZE= value against the limit. Returns 0, or -1 after
- * answering. */
+/* Parses a SIZE= value against the limit. Digits only (RFC 1870 3); a
+ * number too large for 64 bits is well formed, merely over any limit.
+ * Returns 0, or -1 after answering. */
 static int smtp_mail_param_size(struct smtp_session *s, const char *value)
 {
-  char *end;
   unsigned long long size;
 
-  errno = 0;
-  size = strtoull(value, &end, 10);
-  if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0) {
+  if (value[0] == '\0' || value[strspn(value, "0123456789")] != '\0') {
     smtp_session_reply(s, 501, "5.5.4", "Invalid SIZE parameter");
     return -1;
   }
-  if (size > s->limits.max_message_size) {
+  errno = 0;
+  size = strtoull(value, NULL, 10);
+  if (errno == ERANGE || size > s->limits.max_message_size) {
     smtp_session_reply(s, 552, "5.3.4",
                        "Message size exceeds fixed maximum message size");
     return -1;

@@ -34,8 +34,9 @@ struct config {
 
   /* [http] */
   char *http_listen;
-  char *http_public_url;  /* how browsers reach the HTTP listener */
-  uint64_t http_max_body; /* bytes */
+  char *http_public_url;         /* how browsers reach the HTTP listener */
+  uint64_t http_max_body;        /* bytes */
+  unsigned http_max_connections; /* open at once; 503 beyond */
 
   /* [service]: Nextal's own credential for SMTP AUTH and HTTP Basic. */
   char *service_user;

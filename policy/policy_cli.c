@@ -534,6 +534,15 @@ static int cli_users_cb(struct policy_edit *edit, void *arg, bool *changed)
   return 0;
 }
 
+static bool cli_address_is_ascii(const char *address)
+{
+  for (const unsigned char *p = (const unsigned char *) address; *p; p++) {
+    if (*p >= 0x80)
+      return false;
+  }
+  return true;
+}
+
 static int cli_users(struct cli *cli, int argc, char **argv, bool remove)
 {
   struct cli_users u = { .remove = remove, .argc = argc, .argv = argv };
@@ -549,6 +558,16 @@ static int cli_users(struct cli *cli, int argc, char **argv, bool remove)
   for (int i = 0; i < argc; i++) {
     if (policy_address_normalize(argv[i], norm, sizeof(norm)) < 0) {
       cli_error("\"%s\" is not a mail address; nothing changed", argv[i]);
+      free(detail);
+      return EX_DATAERR;
+    }
+    /* The policy file refuses it too; saying so here names the address
+     * rather than a line of a file that was never written. */
+    if (!remove && !cli_address_is_ascii(norm)) {
+      cli_error("\"%s\" has non-ASCII characters; the agent's SMTP "
+                "listener has no SMTPUTF8, so this user could never send; "
+                "nothing changed",
+                argv[i]);
       free(detail);
       return EX_DATAERR;
     }
@@ -930,6 +949,7 @@ static int cli_held(struct cli *cli, int argc, char **argv)
   static const char *const states[] = { "held", "failed" };
   json_t *arr = json_array();
   int rc = cli_open(cli);
+  int listed = 0;
 
   for (size_t s = 0; rc == EX_OK && s < 2; s++) {
     struct queue_entry *v = NULL;
@@ -939,6 +959,7 @@ static int cli_held(struct cli *cli, int argc, char **argv)
       rc = EX_IOERR;
       break;
     }
+    listed += n;
     for (int i = 0; i < n; i++) {
       char when[32];
 
@@ -957,8 +978,11 @@ static int cli_held(struct cli *cli, int argc, char **argv)
     }
     queue_entries_free(v, (size_t) n);
   }
+  /* JSON says "none" with an empty list, a person with a sentence. */
   if (rc == EX_OK && cli->json)
     return cli_json_print(arr);
+  if (rc == EX_OK && listed == 0)
+    printf("No held or failed mail.\n");
   json_decref(arr);
   return rc;
 }

@@ -33,8 +33,9 @@ struct policy_entry {
 struct policy_parse {
   const char *text; /* the whole file */
   size_t len;
-  size_t pos; /* next byte the reader hands to inih */
-  int line;   /* line the handler is looking at */
+  size_t pos;     /* next byte the reader hands to inih */
+  int line;       /* line the handler is looking at */
+  bool after_key; /* a key was read since the last [section] line */
   bool have_enabled, have_mode;
   bool enabled;
   enum policy_mode mode;
@@ -59,6 +60,15 @@ static void policy_parse_fail(struct policy_parse *ps, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(ps->error, sizeof(ps->error), fmt, ap);
   va_end(ap);
+}
+
+static bool policy_address_is_ascii(const char *address)
+{
+  for (const unsigned char *p = (const unsigned char *) address; *p; p++) {
+    if (*p >= 0x80)
+      return false;
+  }
+  return true;
 }
 
 int policy_address_normalize(const char *in, char *out, size_t outlen)
@@ -158,6 +168,16 @@ static void policy_parse_user(struct policy_parse *ps, const char *name,
     policy_parse_fail(ps, "\"%s\" is not a mail address", value);
     return;
   }
+  /* Such a sender needs SMTPUTF8, which the SMTP listener does not offer:
+   * listed, the user could still never send. */
+  if (!policy_address_is_ascii(address)) {
+    policy_parse_fail(ps,
+                      "\"%s\" has non-ASCII characters; the agent's SMTP "
+                      "listener has no SMTPUTF8, so this user could never "
+                      "send",
+                      value);
+    return;
+  }
   if (ps->nentries >= POLICY_USERS_MAX) {
     policy_parse_fail(ps, "more than %d users listed", POLICY_USERS_MAX);
     return;
@@ -176,6 +196,9 @@ static int policy_parse_handler(void *user, const char *section,
 {
   struct policy_parse *ps = user;
 
+  /* An unknown section was refused at its header line already (see
+   * policy_parse_header); the last branch is a backstop. */
+  ps->after_key = true;
   if (strcmp(section, "integration") == 0)
     policy_parse_integration(ps, name, value);
   else if (strcmp(section, "users") == 0)
@@ -185,6 +208,54 @@ static int policy_parse_handler(void *user, const char *section,
   else
     policy_parse_fail(ps, "unknown section [%s]", section);
   return 1;
+}
+
+static bool policy_section_known(const char *name, size_t len)
+{
+  static const char *const known[] = { "integration", "users" };
+
+  for (size_t i = 0; i < sizeof(known) / sizeof(*known); i++) {
+    if (strlen(known[i]) == len && memcmp(name, known[i], len) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* inih calls the handler for key = value lines only (this build has no
+ * INI_CALL_HANDLER_ON_NEW_SECTION), so it would first see an unknown
+ * section at its first key, and never an empty one. The reader checks each
+ * "[section]" line itself instead, to name the header's own line. inih
+ * takes a line for one when its first character after white space (and a
+ * UTF-8 BOM on line 1) is '[', unless the line starts with white space
+ * after a key: then it continues that key's value. A header without ']'
+ * is left to inih, which refuses it. */
+static void policy_parse_header(struct policy_parse *ps, const char *line,
+                                size_t n)
+{
+  static const char space[] = " \t\r\n\v\f";
+  size_t i = 0;
+  const char *close;
+  size_t len;
+
+  if (ps->line == 1 && n >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0)
+    i = 3;
+  if (i < n && strchr(space, line[i]) != NULL && ps->after_key)
+    return;
+  while (i < n && strchr(space, line[i]) != NULL)
+    i++;
+  if (i == n || line[i] != '[')
+    return;
+  ps->after_key = false;
+  close = memchr(line + i, ']', n - i);
+  if (close == NULL)
+    return;
+  len = (size_t) (close - line - i - 1);
+  if (policy_section_known(line + i + 1, len))
+    return;
+  policy_parse_fail(ps,
+                    "unknown section [%.*s] (section names are [integration] "
+                    "and [users], in lower case)",
+                    (int) len, line + i + 1);
 }
 
 /* inih line reader over the file in memory, so that the handler knows the
@@ -211,6 +282,7 @@ static char *policy_parse_reader(char *str, int num, void *stream)
     policy_parse_fail(ps, "line contains a NUL byte");
     return NULL;
   }
+  policy_parse_header(ps, start, n);
   memcpy(str, start, n);
   str[n] = '\0';
   return str;

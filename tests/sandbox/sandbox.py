@@ -383,6 +383,13 @@ def main():
         if args.keep:
             print("\nRunning; Ctrl-C stops it. Logs: %s, %s"
                   % (box.path("agent.log"), box.path("graphsim.log")))
+            # nextal-policy reads NEXTAL_AGENT_CONFIG (or --config); without
+            # it, it looks for /etc/nextal-agent/agent.ini.
+            import shlex
+            print("Administer it from another shell with nextal-policy:\n"
+                  "  export NEXTAL_AGENT_CONFIG=%s\n  %s status"
+                  % (shlex.quote(os.path.abspath(box.path("agent.ini"))),
+                     shlex.quote(box.policy_bin)))
             watch(box)
     finally:
         if args.keep or args.dir:

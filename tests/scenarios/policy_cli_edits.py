@@ -2,11 +2,14 @@
 # SPDX-License-Identifier: MIT
 """nextal-policy on its own, against a temporary configuration, database
 and policy file: racing edits both land, comments survive, validate names
-the bad line, unlink fails only that user's mail, an edit that changes
+the bad line (a miscased section at its header, a non-ASCII user with
+the reason), unlink fails only that user's mail, an edit that changes
 nothing says so and is not audited, disable says what it does before
-doing it, drop --all-held fails every held message at once, and each
-change is audited with the administrator behind sudo. Needs
-NEXTAL_POLICY (the binary)."""
+doing it, drop --all-held fails every held message at once, held says
+when there is none, and each change is audited with the administrator
+behind sudo. Also what nextal-agent says about the same configuration
+file: its exit statuses and [http] max_connections. Needs NEXTAL_POLICY
+and NEXTAL_AGENT (the binaries)."""
 import json
 import os
 import pty
@@ -323,6 +326,40 @@ class PolicyCli(unittest.TestCase):
         self.assertEqual(p.returncode, 65)
         self.assertEqual(self.read_policy(), ORIGINAL)
 
+    def test_non_ascii_address_is_refused_with_the_reason(self):
+        # The SMTP listener has no SMTPUTF8 (553 5.6.7): such a user could
+        # be listed but never send.
+        p = self.run_cli("allow", "bob@contoso.example",
+                         "j\u00fcrgen@contoso.example", check=False)
+        self.assertEqual(p.returncode, 65)  # EX_DATAERR
+        self.assertIn("j\u00fcrgen@contoso.example", p.stderr)
+        self.assertIn("non-ASCII", p.stderr)
+        self.assertIn("SMTPUTF8", p.stderr)
+        self.assertEqual(self.read_policy(), ORIGINAL)
+        # Written by hand, validate names the line and says why.
+        with open(self.policy, "a") as f:
+            f.write("user = j\u00fcrgen@contoso.example\n")
+        p = self.run_cli("validate", check=False)
+        self.assertEqual(p.returncode, 65)
+        self.assertIn("policy.ini:11:", p.stderr)
+        self.assertIn("SMTPUTF8", p.stderr)
+
+    def test_miscased_section_names_its_own_line(self):
+        with open(self.policy, "w") as f:
+            f.write("[Integration]\nenabled = true\nmode = all\n")
+        p = self.run_cli("validate", check=False)
+        self.assertEqual(p.returncode, 65)
+        self.assertIn("policy.ini:1: unknown section [Integration]", p.stderr)
+
+    def test_held_says_when_there_is_none(self):
+        p = self.run_cli("held")
+        self.assertEqual(p.stdout, "No held or failed mail.\n")
+        self.assertEqual(json.loads(self.run_cli("--json", "held").stdout), [])
+        self.seed(messages=(("h1", "alice@contoso.example", "held"),))
+        p = self.run_cli("held")
+        self.assertIn("h1", p.stdout)
+        self.assertNotIn("No held", p.stdout)
+
     def test_check_exit_codes(self):
         p = self.run_cli("check", "alice@contoso.example", check=False)
         self.assertEqual(p.returncode, 1)
@@ -380,6 +417,44 @@ class PolicyCli(unittest.TestCase):
             "%2F.default&redirect_uri=https%3A%2F%2Fagent.example%2Foauth"
             "%2Fconsent&state="), url)
         self.assertNotEqual(url, self.run_cli("consent-link").stdout.strip())
+
+
+AGENT = os.environ.get("NEXTAL_AGENT", "nextal-agent")
+
+
+class AgentCommandLine(unittest.TestCase):
+    """What the daemon says about the configuration the CLI shares."""
+
+    setUp = PolicyCli.setUp
+    tearDown = PolicyCli.tearDown
+
+    def run_agent(self, *args, stdin=""):
+        return subprocess.run([AGENT, *args], input=stdin,
+                              capture_output=True, text=True, timeout=30)
+
+    def test_help_lists_every_exit_status(self):
+        text = self.run_agent("--help").stdout
+        for status in ("0", "64", "65", "69", "70", "78"):
+            self.assertRegex(text, r"\n +%s  " % status)
+        p = self.run_agent("--hash-password", stdin="")
+        self.assertEqual(p.returncode, 65)  # EX_DATAERR, listed above
+
+    def test_http_max_connections_is_checked(self):
+        with open(self.config) as f:
+            base = f.read()
+        for value, status in (("0", 78), ("16", 0), ("100001", 78)):
+            with open(self.config, "w") as f:
+                f.write(base + "max_connections = %s\n" % value)  # [http]
+            p = self.run_agent("--config", self.config, "--check-config")
+            self.assertEqual(p.returncode, status, p.stderr)
+        p = self.run_agent("--config", self.config, "--check-config")
+        self.assertIn("agent.ini:13: max_connections is 100001, above its "
+                      "maximum of 100000", p.stderr)
+        with open(self.config, "w") as f:
+            f.write(base + "max_connections = 0\n")
+        p = self.run_agent("--config", self.config, "--check-config")
+        self.assertIn("agent.ini:13: max_connections is 0, below its "
+                      "minimum of 1", p.stderr)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,12 @@ class SmtpProtocol(AgentTestCase):
         code, text = c.command("MAIL FROM:<%s> SIZE=999999999999" % ALICE)
         self.assertEqual(code, 552)
         self.assertIn("5.3.4", text)
+        # Too large for 64 bits is still a well-formed size, over the limit.
+        code, text = c.command("MAIL FROM:<%s> SIZE=%s" % (ALICE, "9" * 23))
+        self.assertEqual(code, 552, text)
+        self.assertIn("5.3.4", text)
+        code, text = c.command("MAIL FROM:<%s> SIZE=1e9" % ALICE)
+        self.assertEqual(code, 501, text)
 
     def test_sender_not_linked_is_refused_with_reason(self):
         c = self.client()

@@ -755,6 +755,58 @@ static void test_malformed_request(void **state)
   test_close(test_result2);
 }
 
+static struct test_conn *test_result3;
+
+/* Requests http-parser accepts and RFC 7230 does not: a second Host, and a
+ * space before the colon that would make the body chunked unseen. */
+static void test_client_bad_fields(struct fixture *fx)
+{
+  struct test_conn *c = test_connect(fx->port);
+  struct test_conn *d = test_connect(fx->port);
+  struct test_conn *e = test_connect(fx->port);
+
+  test_send(c, "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n");
+  test_read(c, 1);
+  test_wait_eof(c);
+  test_send(d, "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked"
+               "\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+  test_read(d, 1);
+  test_wait_eof(d);
+  /* Other repeated fields are still joined, not refused. */
+  test_send(e, "GET / HTTP/1.1\r\nHost: t\r\nX-Test: a\r\nX-Test: b\r\n"
+               "Connection: close\r\n\r\n");
+  test_read(e, 1);
+  test_hangup(c);
+  test_hangup(d);
+  test_hangup(e);
+  test_result = c;
+  test_result2 = d;
+  test_result3 = e;
+}
+
+static void test_bad_header_fields(void **state)
+{
+  struct fixture fx;
+  struct http_server_limits l = test_limits();
+
+  (void) state;
+  test_run(&l, TEST_ECHO, test_client_bad_fields, &fx);
+  assert_int_equal(test_result->r[0].status, 400);
+  assert_string_equal(test_result->r[0].body, "more than one Host header\n");
+  assert_true(test_result->eof);
+  assert_int_equal(test_result2->r[0].status, 400);
+  assert_string_equal(test_result2->r[0].body,
+                      "whitespace between a header field name and its "
+                      "colon\n");
+  assert_true(test_result2->eof);
+  assert_int_equal(test_result3->r[0].status, 200);
+  assert_non_null(strstr(test_result3->r[0].body, " x=a, b "));
+  assert_int_equal(atomic_load(&fx.handled), 1);
+  test_close(test_result);
+  test_close(test_result2);
+  test_close(test_result3);
+}
+
 static void test_client_busy(struct fixture *fx)
 {
   struct test_conn *c = test_connect(fx->port);
@@ -964,6 +1016,7 @@ int main(void)
     cmocka_unit_test(test_request_timeout),
     cmocka_unit_test(test_idle_timeout_closes_quietly),
     cmocka_unit_test(test_malformed_request),
+    cmocka_unit_test(test_bad_header_fields),
     cmocka_unit_test(test_max_connections),
     cmocka_unit_test(test_disconnect_before_answer),
     cmocka_unit_test(test_close_drains_pending),

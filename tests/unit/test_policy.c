@@ -106,7 +106,7 @@ static void test_parse_errors_name_line(void **state)
                "policy.ini:3: enabled is set twice");
   expect_error("enabled = true\n", "policy.ini:1: \"enabled\" stands before");
   expect_error("[integration]\nenabled = true\nmode = all\n[groups]\nx = y\n",
-               "policy.ini:5: unknown section [groups]");
+               "policy.ini:4: unknown section [groups]");
   expect_error("[users]\nname = a@b.example\n",
                "policy.ini:2: unknown key \"name\" in [users]");
   expect_error("[integration]\nmode = all\n",
@@ -114,6 +114,34 @@ static void test_parse_errors_name_line(void **state)
   expect_error("[integration]\nenabled = yes\n",
                "policy.ini: [integration] needs mode");
   expect_error("", "policy.ini: [integration] needs enabled");
+}
+
+static void test_parse_section_names_its_header(void **state)
+{
+  /* inih calls back for keys only: the header's own line is named. */
+  expect_error("[Integration]\nenabled = true\nmode = all\n",
+               "policy.ini:1: unknown section [Integration] (section names "
+               "are [integration] and [users], in lower case)");
+  expect_error("\xEF\xBB\xBF  [Integration] ; x\nenabled = true\n",
+               "policy.ini:1: unknown section [Integration]");
+  /* An empty one too, which inih would never report. */
+  expect_error("[integration]\nenabled = true\nmode = all\n\n[user]\n",
+               "policy.ini:5: unknown section [user]");
+  /* After a key, a blank-led line continues its value: no header. */
+  expect_error("[integration]\nenabled = true\nmode = all\n[users]\n"
+               "user = a@b.example\n  [x]\n",
+               "policy.ini:6: \"[x]\" is not a mail address");
+}
+
+static void test_parse_refuses_non_ascii_user(void **state)
+{
+  /* Such a sender needs SMTPUTF8, which the SMTP listener refuses. */
+  expect_error("[integration]\nenabled = true\nmode = specific\n[users]\n"
+               "user = alice@contoso.example\n"
+               "user = j\xC3\xBCrgen@contoso.example\n",
+               "policy.ini:6: \"j\xC3\xBCrgen@contoso.example\" has "
+               "non-ASCII characters; the agent's SMTP listener has no "
+               "SMTPUTF8, so this user could never send");
 }
 
 static void test_parse_first_error_wins(void **state)
@@ -300,6 +328,8 @@ int main(void)
     cmocka_unit_test(test_parse_valid),
     cmocka_unit_test(test_parse_mode_all_and_off),
     cmocka_unit_test(test_parse_errors_name_line),
+    cmocka_unit_test(test_parse_section_names_its_header),
+    cmocka_unit_test(test_parse_refuses_non_ascii_user),
     cmocka_unit_test(test_parse_first_error_wins),
     cmocka_unit_test(test_parse_long_line),
     cmocka_unit_test(test_load_file),

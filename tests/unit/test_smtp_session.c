@@ -442,7 +442,14 @@ static void test_mail_syntax_and_params(void **state)
   fake_expect(&f, line, "501 5.1.7 Bad sender address syntax\r\n");
   fake_expect(&f, "MAIL FROM:<ann@corp.test> SIZE=100001\r\n",
               "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  /* Beyond 64 bits is still a number, and over the limit. */
+  fake_expect(&f, "MAIL FROM:<ann@corp.test> SIZE=99999999999999999999999\r\n",
+              "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
   fake_expect(&f, "MAIL FROM:<ann@corp.test> SIZE=12x\r\n",
+              "501 5.5.4 Invalid SIZE parameter\r\n");
+  fake_expect(&f, "MAIL FROM:<ann@corp.test> SIZE=-1\r\n",
+              "501 5.5.4 Invalid SIZE parameter\r\n");
+  fake_expect(&f, "MAIL FROM:<ann@corp.test> SIZE=\r\n",
               "501 5.5.4 Invalid SIZE parameter\r\n");
   fake_expect(&f, "MAIL FROM:<ann@corp.test> SMTPUTF8\r\n",
               "555 5.5.4 SMTPUTF8 is not supported\r\n");
