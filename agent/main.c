@@ -20,6 +20,7 @@
 
 #define AGENT_DEFAULT_CONFIG "/etc/nextal-agent/agent.ini"
 #define AGENT_PASSWORD_MAX 1024
+#define AGENT_THREADPOOL_SIZE "16" /* libuv worker threads, unless set */
 
 static void agent_usage(FILE *out)
 {
@@ -182,6 +183,11 @@ int main(int argc, char **argv)
     config_free(&cfg);
     return EX_OK;
   }
+  /* Intake's workers mostly wait in fsync, and rows committed together
+   * share one sync (bench/README.md, figure 1): libuv's default of 4
+   * threads leaves syncs that could overlap waiting in line. Read by libuv
+   * when the pool first starts; an operator's own setting wins. */
+  setenv("UV_THREADPOOL_SIZE", AGENT_THREADPOOL_SIZE, 0);
   curl_global_init(CURL_GLOBAL_DEFAULT);
   status = agent_run(&cfg, args.config_path);
   curl_global_cleanup();
