@@ -146,7 +146,8 @@ static int agent_open_http(struct agent *agent)
   agent->caldav = (struct caldav_deps){ .store = agent->store,
                                         .graph = agent->graph,
                                         .gate = agent->gate,
-                                        .credential = agent->credential };
+                                        .credential = agent->credential,
+                                        .zones = caldav_zones_new() };
   if (caldav_register(agent->router, &agent->caldav) < 0)
     return -EINVAL;
   agent->user_link = (struct user_link_deps){ .cfg = agent->cfg,
@@ -327,6 +328,7 @@ static void agent_free(struct agent *agent)
 {
   if (agent->router != NULL)
     http_router_free(agent->router);
+  caldav_zones_free(agent->caldav.zones); /* after the router, its user */
   smtp_intake_free(agent->intake);
   if (agent->tokens != NULL)
     token_cache_free(agent->tokens);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "caldav_request.h"
 #include "log.h"
@@ -71,14 +72,57 @@ void caldav_finish(struct caldav_req *r, int status, const char *const *headers,
   caldav_req_free(r);
 }
 
+#define CALDAV_STR(x) CALDAV_STR_(x)
+#define CALDAV_STR_(x) #x
+
+_Static_assert(CALDAV_XML_BODY_MAX == 2951536,
+               "the size docs/caldav.md and caldav_request.h give");
+_Static_assert(WEBDAV_MAX_ELEMENTS > CALDAV_OBJECTS_MAX + WEBDAV_MAX_PROPS + 64,
+               "a full calendar-multiget is readable");
+
 const char *caldav_xml_error(int rc, const char *method)
 {
-  if (rc == -EPERM)
-    return "DOCTYPE is not allowed";
-  if (rc == -E2BIG)
-    return "the request names more properties than the agent answers (256)";
-  return strcmp(method, "REPORT") == 0 ? "the REPORT body is not valid XML"
-                                       : "the PROPFIND body is not valid XML";
+  switch (rc) {
+    case -EPERM:
+      return "DOCTYPE is not allowed";
+    case -E2BIG:
+      return "the request names more properties than the agent answers "
+             "(" CALDAV_STR(WEBDAV_MAX_PROPS) ")";
+    case WEBDAV_EDEPTH:
+      return "the XML body is nested too deep: more than " CALDAV_STR(
+          WEBDAV_MAX_DEPTH) " elements inside one another";
+    case WEBDAV_EELEMENTS:
+      return "the XML body has too many elements: more than " CALDAV_STR(
+          WEBDAV_MAX_ELEMENTS);
+    case WEBDAV_ENAMESPACES:
+      return "the XML body declares too many namespaces: more than " CALDAV_STR(
+          WEBDAV_MAX_NAMESPACES) " in scope at one element";
+    case WEBDAV_EATTRIBUTES:
+      return "the XML body has an element with too many attributes: more "
+             "than " CALDAV_STR(WEBDAV_MAX_ATTRIBUTES);
+    default:
+      return strcmp(method, "REPORT") == 0
+                 ? "the REPORT body is not valid XML (in UTF-8)"
+                 : "the PROPFIND body is not valid XML (in UTF-8)";
+  }
+}
+
+bool caldav_body_fits(struct caldav_req *r, size_t max)
+{
+  char *text;
+
+  if (http_exchange_request(r->ex)->body_len <= max)
+    return true;
+  text = xasprintf("the %s body is larger than %zu bytes, the most the agent "
+                   "reads for it",
+                   r->method, max);
+  log_warn("%s caldav body_too_large method=%s bytes=%zu peer=%s",
+           http_exchange_request(r->ex)->conn_id, r->method,
+           http_exchange_request(r->ex)->body_len,
+           http_exchange_request(r->ex)->peer);
+  caldav_text(r, 413, text);
+  free(text);
+  return false;
 }
 
 void caldav_text(struct caldav_req *r, int status, const char *text)
@@ -254,7 +298,8 @@ void caldav_item_add(struct caldav_req *r, char *href, struct caldav_row *row,
 }
 
 /* Splits the path below /dav into r->kind, r->address and r->name.
- * Returns 0, or -ENOENT for a path that names nothing. */
+ * Returns 0, -EINVAL for a malformed percent escape (or an escaped NUL),
+ * or -ENOENT for a path that names nothing. */
 static int caldav_parse_path(struct caldav_req *r, const char *path)
 {
   char *decoded[CALDAV_SEGMENTS_MAX];
@@ -272,9 +317,12 @@ static int caldav_parse_path(struct caldav_req *r, const char *path)
     end = strchr(p, '/');
     if (end == NULL)
       end = p + strlen(p);
-    if (nseg == CALDAV_SEGMENTS_MAX
-        || http_percent_decode(p, (size_t) (end - p), 0, &decoded[nseg]) < 0)
+    if (nseg == CALDAV_SEGMENTS_MAX)
       goto out;
+    if (http_percent_decode(p, (size_t) (end - p), 0, &decoded[nseg]) < 0) {
+      rc = -EINVAL;
+      goto out;
+    }
     nseg++;
     p = end;
   }
@@ -339,6 +387,16 @@ static bool caldav_authenticate(struct caldav_req *r)
   return ok;
 }
 
+/* RFC 4918 10.2: Depth is "0", "1" or "infinity"; PROPFIND and REPORT
+ * refuse anything else rather than guess. Absent is infinity. */
+static bool caldav_depth_valid(const struct caldav_req *r)
+{
+  const char *depth = http_exchange_header(r->ex, "Depth");
+
+  return depth == NULL || strcmp(depth, "0") == 0 || strcmp(depth, "1") == 0
+         || strcasecmp(depth, "infinity") == 0;
+}
+
 static void caldav_options(struct caldav_req *r)
 {
   const char *headers[]
@@ -354,6 +412,7 @@ static void caldav_handle(void *arg, struct http_exchange *ex)
   struct policy_decision decision;
   const char *m = hreq->method;
   char esc[128];
+  int rc;
 
   r->deps = arg;
   r->writes = &((struct caldav_deps *) arg)->writes;
@@ -374,7 +433,14 @@ static void caldav_handle(void *arg, struct http_exchange *ex)
     caldav_finish(r, 301, headers, NULL, 0);
     return;
   }
-  if (caldav_parse_path(r, hreq->path) < 0) {
+  rc = caldav_parse_path(r, hreq->path);
+  if (rc == -EINVAL) {
+    caldav_text(r, 400,
+                "the path has a malformed percent escape (a '%' must be "
+                "followed by two hexadecimal digits, and %00 is not allowed)");
+    return;
+  }
+  if (rc < 0) {
     caldav_text(r, 404, "no such CalDAV resource");
     return;
   }
@@ -391,6 +457,13 @@ static void caldav_handle(void *arg, struct http_exchange *ex)
       free(text);
       return;
     }
+  }
+  if ((strcmp(m, "PROPFIND") == 0 || strcmp(m, "REPORT") == 0)
+      && !caldav_depth_valid(r)) {
+    caldav_text(r, 400,
+                "the Depth header must be 0, 1 or infinity (or be left out, "
+                "which means infinity)");
+    return;
   }
   if (strcmp(m, "OPTIONS") == 0)
     caldav_options(r);

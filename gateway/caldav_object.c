@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,12 +18,6 @@
 #include "tz_map.h"
 #include "xalloc.h"
 
-/* How long a mailbox's time zone is trusted once read, and for how many
- * users it is kept: a user who changes it in Outlook sees floating times
- * placed in the new zone within the hour. */
-#define CALDAV_ZONE_TTL_MS (60 * 60 * 1000)
-#define CALDAV_ZONE_CACHE_MAX 256
-
 /* A mailbox's own time zone (mailboxSettings), as Graph gave it. */
 struct caldav_zone_entry {
   char address[POLICY_ADDRESS_MAX + 1];
@@ -30,43 +25,41 @@ struct caldav_zone_entry {
   int64_t until_ms;           /* monotonic time it expires, 0: free slot */
 };
 
-/* The cache of mailbox zones. It belongs in struct caldav_deps, which this
- * file cannot extend; the loop is single-threaded, so one table serves. */
-static struct caldav_zone_entry caldav_zones[CALDAV_ZONE_CACHE_MAX];
+struct caldav_zones {
+  struct caldav_zone_entry entries[CALDAV_ZONE_CACHE_MAX];
+};
 
-static int64_t caldav_monotonic_ms(void)
+struct caldav_zones *caldav_zones_new(void)
 {
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return xcalloc(1, sizeof(struct caldav_zones));
 }
 
-/* The zone read for address less than CALDAV_ZONE_TTL_MS ago, or NULL. */
-static const char *caldav_zone_cached(const char *address)
+void caldav_zones_free(struct caldav_zones *zones)
 {
-  int64_t now = caldav_monotonic_ms();
+  free(zones);
+}
 
+const char *caldav_zones_get(const struct caldav_zones *zones,
+                             const char *address, int64_t now_ms)
+{
   for (size_t i = 0; i < CALDAV_ZONE_CACHE_MAX; i++) {
-    const struct caldav_zone_entry *e = &caldav_zones[i];
+    const struct caldav_zone_entry *e = &zones->entries[i];
 
-    if (e->until_ms > now && strcmp(e->address, address) == 0)
+    if (e->until_ms > now_ms && strcmp(e->address, address) == 0)
       return e->zone;
   }
   return NULL;
 }
 
-/* Keeps zone for address, in its own slot, a free or expired one, or the
- * one that expires first. */
-static void caldav_zone_remember(const char *address, const char *zone)
+void caldav_zones_put(struct caldav_zones *zones, const char *address,
+                      const char *zone, int64_t now_ms)
 {
-  int64_t now = caldav_monotonic_ms();
-  struct caldav_zone_entry *slot = &caldav_zones[0];
+  struct caldav_zone_entry *slot = &zones->entries[0];
 
   for (size_t i = 0; i < CALDAV_ZONE_CACHE_MAX; i++) {
-    struct caldav_zone_entry *e = &caldav_zones[i];
+    struct caldav_zone_entry *e = &zones->entries[i];
 
-    if (strcmp(e->address, address) == 0 || e->until_ms <= now) {
+    if (strcmp(e->address, address) == 0 || e->until_ms <= now_ms) {
       slot = e;
       break;
     }
@@ -75,7 +68,15 @@ static void caldav_zone_remember(const char *address, const char *zone)
   }
   snprintf(slot->address, sizeof(slot->address), "%s", address);
   snprintf(slot->zone, sizeof(slot->zone), "%s", zone);
-  slot->until_ms = now + CALDAV_ZONE_TTL_MS;
+  slot->until_ms = now_ms + CALDAV_ZONE_TTL_MS;
+}
+
+static int64_t caldav_monotonic_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Maps a translation error to its CalDAV precondition. */
@@ -527,7 +528,7 @@ static void caldav_put_on_zone(void *arg, const struct graph_response *resp)
     json_decref(body);
     return;
   }
-  caldav_zone_remember(r->address, zone);
+  caldav_zones_put(r->deps->zones, r->address, zone, caldav_monotonic_ms());
   log_debug("%s caldav mailbox_zone address=%s zone=\"%s\"",
             http_exchange_request(r->ex)->conn_id, r->address, win);
   rc = caldav_put_translate(r, zone);
@@ -558,7 +559,7 @@ void caldav_put(struct caldav_req *r)
 
   /* Floating times and dates take the mailbox's own zone, read from Graph
    * only when the object has some and it is not cached. */
-  zone = caldav_zone_cached(r->address);
+  zone = caldav_zones_get(r->deps->zones, r->address, caldav_monotonic_ms());
   rc = caldav_put_translate(r, zone);
   if (rc == ICAL_GRAPH_ENOZONE && zone == NULL) {
     path = xasprintf("/v1.0/users/%s/mailboxSettings/timeZone", r->address);

@@ -137,9 +137,12 @@ void caldav_outbox_post(struct caldav_req *r)
   icalproperty *p;
   struct icaltimetype ts, te;
   char addr[POLICY_ADDRESS_MAX + 1];
+  char bad_time[256];
   const char *why = NULL;
 
-  if (hreq->body_len > 0 && hreq->body_len <= ICAL_GRAPH_TEXT_MAX)
+  if (!caldav_body_fits(r, ICAL_GRAPH_TEXT_MAX))
+    return;
+  if (hreq->body_len > 0)
     cal = icalparser_parse_string(hreq->body);
   if (cal != NULL)
     vfb = icalcomponent_get_first_component(cal, ICAL_VFREEBUSY_COMPONENT);
@@ -176,6 +179,13 @@ void caldav_outbox_post(struct caldav_req *r)
   }
   if (why == NULL && json_array_size(r->fb_attendees) == 0)
     why = "the request names no ATTENDEE";
+  /* An impossible date would reach getSchedule as some other time. */
+  if (why == NULL && !icaltime_is_null_time(ts)
+      && ical_graph_time_check("DTSTART", ts, bad_time, sizeof(bad_time)) < 0)
+    why = bad_time;
+  if (why == NULL && !icaltime_is_null_time(te)
+      && ical_graph_time_check("DTEND", te, bad_time, sizeof(bad_time)) < 0)
+    why = bad_time;
   if (why == NULL
       && (icaltime_is_null_time(ts) || icaltime_is_null_time(te)
           || r->fb_end <= r->fb_start))

@@ -441,6 +441,8 @@ void caldav_propfind(struct caldav_req *r)
   const struct http_server_request *hreq = http_exchange_request(r->ex);
   int rc;
 
+  if (!caldav_body_fits(r, CALDAV_XML_BODY_MAX))
+    return;
   rc = webdav_request_parse(hreq->body, hreq->body_len, &r->wreq);
   if (rc < 0) {
     caldav_text(r, 400, caldav_xml_error(rc, "PROPFIND"));

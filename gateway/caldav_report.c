@@ -506,6 +506,8 @@ void caldav_report(struct caldav_req *r)
                  "REPORTs are answered on the calendar collection");
     return;
   }
+  if (!caldav_body_fits(r, CALDAV_XML_BODY_MAX))
+    return;
   rc = webdav_request_parse(hreq->body, hreq->body_len, &r->wreq);
   if (rc < 0 || r->wreq->doc == NULL) {
     caldav_text(r, 400, caldav_xml_error(rc, "REPORT"));

@@ -104,9 +104,60 @@ static const char *ig_mailto(const char *value)
   return NULL;
 }
 
-/* Resolves the zone of a time property. Floating times and dates take the
- * caller's default zone; a TZID no table knows is matched by its VTIMEZONE;
- * anything else is an error that names the zone. */
+/* The time as the client wrote it, fields unchecked: "20261345T250000". */
+static void ig_time_text(icaltimetype t, char *out, size_t size)
+{
+  if (t.is_date)
+    snprintf(out, size, "%04d%02d%02d", t.year, t.month, t.day);
+  else
+    snprintf(out, size, "%04d%02d%02dT%02d%02d%02d", t.year, t.month, t.day,
+             t.hour, t.minute, t.second);
+}
+
+int ical_graph_time_check(const char *what, struct icaltimetype t, char *err,
+                          size_t errsize)
+{
+  char text[64];
+
+  ig_time_text(t, text, sizeof(text));
+  if (t.year < ICAL_GRAPH_YEAR_MIN || t.year > ICAL_GRAPH_YEAR_MAX)
+    return ig_fail(err, errsize, ICAL_GRAPH_EPARSE,
+                   "%s %s: year %d is outside %d to %d, the years Graph "
+                   "accepts",
+                   what, text, t.year, ICAL_GRAPH_YEAR_MIN,
+                   ICAL_GRAPH_YEAR_MAX);
+  if (t.month < 1 || t.month > 12)
+    return ig_fail(err, errsize, ICAL_GRAPH_EPARSE,
+                   "%s %s: there is no month %d", what, text, t.month);
+  if (t.day < 1 || t.day > icaltime_days_in_month(t.month, t.year))
+    return ig_fail(err, errsize, ICAL_GRAPH_EPARSE,
+                   "%s %s: %04d-%02d has no day %d", what, text, t.year,
+                   t.month, t.day);
+  if (t.is_date)
+    return ICAL_GRAPH_OK;
+  if (t.hour > 23 || t.minute > 59)
+    return ig_fail(err, errsize, ICAL_GRAPH_EPARSE,
+                   "%s %s: there is no time of day %02d:%02d", what, text,
+                   t.hour, t.minute);
+  /* RFC 5545 allows second 60 for a leap second; Graph's times have none. */
+  if (t.second > 59)
+    return ig_fail(err, errsize, ICAL_GRAPH_EPARSE,
+                   "%s %s: second %d (a leap second) cannot be written to "
+                   "Graph",
+                   what, text, t.second);
+  return ICAL_GRAPH_OK;
+}
+
+static int ig_time_check(struct ig_in *in, const char *what, icaltimetype t)
+{
+  return ical_graph_time_check(what, t, in->res->error, sizeof(in->res->error));
+}
+
+/* Resolves the zone of a time property, after checking that the time
+ * exists at all (before any zone is looked for, so that an impossible date
+ * is refused without reading the mailbox's zone). Floating times and dates
+ * take the caller's default zone; a TZID no table knows is matched by its
+ * VTIMEZONE; anything else is an error that names the zone. */
 static int ig_zone_resolve(struct ig_in *in, icalproperty *prop,
                            struct ig_when *w)
 {
@@ -115,6 +166,10 @@ static int ig_zone_resolve(struct ig_in *in, icalproperty *prop,
   const char *tzid;
   int rc;
 
+  rc = ig_time_check(in, icalproperty_kind_to_string(icalproperty_isa(prop)),
+                     w->t);
+  if (rc < 0)
+    return rc;
   param = icalproperty_get_first_parameter(prop, ICAL_TZID_PARAMETER);
   if (icaltime_is_utc(w->t)) {
     snprintf(w->win, sizeof(w->win), "UTC");
@@ -244,6 +299,10 @@ static int ig_add_times(struct ig_in *in, icalcomponent *ev, bool master,
       d.days = 1;
     end = *start;
     end.t = icaltime_add(start->t, d);
+    /* A long DURATION can carry the end past the years Graph accepts. */
+    rc = ig_time_check(in, "DTEND (DTSTART plus DURATION)", end.t);
+    if (rc < 0)
+      return rc;
   }
   if (start->t.is_date != end.t.is_date)
     return IN_FAIL(in, ICAL_GRAPH_EINVALID,
@@ -788,7 +847,11 @@ static int ig_add_recurrence(struct ig_in *in, icalcomponent *ev,
                    "libical would wrap the number",
                    ICAL_GRAPH_COUNT_MAX);
   r = icalproperty_get_rrule(p);
-  rc = ig_rule_check(in, &r);
+  rc = icaltime_is_null_time(r.until)
+           ? ICAL_GRAPH_OK
+           : ig_time_check(in, "RRULE UNTIL", r.until);
+  if (rc == ICAL_GRAPH_OK)
+    rc = ig_rule_check(in, &r);
   if (rc < 0)
     return rc;
 

@@ -40,6 +40,26 @@ xmlNodePtr webdav_node_child(const xmlNode *parent, const char *ns,
   return NULL;
 }
 
+/* What the SAX hooks below watch while libxml2 reads one body. */
+struct webdav_guard {
+  int rc;            /* why the parser was stopped, 0 while it goes on */
+  size_t depth;      /* elements open */
+  size_t elements;   /* elements started */
+  size_t namespaces; /* declarations in scope */
+  unsigned char declared[WEBDAV_MAX_DEPTH]; /* by each open element */
+  startElementNsSAX2Func start;             /* libxml2's own tree builders */
+  endElementNsSAX2Func end;
+};
+
+static void webdav_guard_stop(xmlParserCtxtPtr ctxt, int rc)
+{
+  struct webdav_guard *g = ctxt->_private;
+
+  if (g->rc == 0)
+    g->rc = rc;
+  xmlStopParser(ctxt);
+}
+
 /* SAX hook for "<!DOCTYPE": WebDAV bodies never need one, and refusing it
  * before its internal subset is read leaves no entity to define or expand
  * (XXE, billion laughs). */
@@ -47,44 +67,129 @@ static void webdav_refuse_doctype(void *ctx, const xmlChar *name,
                                   const xmlChar *external_id,
                                   const xmlChar *system_id)
 {
-  xmlParserCtxtPtr ctxt = ctx;
+  webdav_guard_stop(ctx, -EPERM);
+}
 
-  *(bool *) ctxt->_private = true;
-  xmlStopParser(ctxt);
+/* SAX hook for each start tag, before libxml2 adds it to the tree: counts
+ * it, its depth and the namespaces in scope, and stops the parser past a
+ * limit. The tag itself was bounded by webdav_body_precheck(). */
+static void webdav_guard_start(void *ctx, const xmlChar *localname,
+                               const xmlChar *prefix, const xmlChar *uri,
+                               int nb_namespaces, const xmlChar **namespaces,
+                               int nb_attributes, int nb_defaulted,
+                               const xmlChar **attributes)
+{
+  xmlParserCtxtPtr ctxt = ctx;
+  struct webdav_guard *g = ctxt->_private;
+
+  if (g->depth == WEBDAV_MAX_DEPTH) {
+    webdav_guard_stop(ctxt, WEBDAV_EDEPTH);
+    return;
+  }
+  if (++g->elements > WEBDAV_MAX_ELEMENTS) {
+    webdav_guard_stop(ctxt, WEBDAV_EELEMENTS);
+    return;
+  }
+  g->namespaces += (size_t) nb_namespaces;
+  if (nb_namespaces > WEBDAV_MAX_NAMESPACES
+      || g->namespaces > WEBDAV_MAX_NAMESPACES) {
+    webdav_guard_stop(ctxt, WEBDAV_ENAMESPACES);
+    return;
+  }
+  g->declared[g->depth++] = (unsigned char) nb_namespaces;
+  g->start(ctx, localname, prefix, uri, nb_namespaces, namespaces,
+           nb_attributes, nb_defaulted, attributes);
+}
+
+static void webdav_guard_end(void *ctx, const xmlChar *localname,
+                             const xmlChar *prefix, const xmlChar *uri)
+{
+  xmlParserCtxtPtr ctxt = ctx;
+  struct webdav_guard *g = ctxt->_private;
+
+  assert(g->depth > 0);
+  g->namespaces -= g->declared[--g->depth];
+  g->end(ctx, localname, prefix, uri);
+}
+
+/* A cost guard, not parsing: libxml2 compares each attribute and namespace
+ * declaration of a start tag with the tag's others before any SAX hook
+ * sees the tag, so one tag with 100,000 of them costs seconds. Between one
+ * '<' and the next there is at most one start tag ('<' cannot stand in an
+ * attribute value), so counting the bytes '=' and "xmlns" there bounds
+ * both; the same bytes in text only make the bound stricter. The counts
+ * hold because the body is read as UTF-8 whatever it declares
+ * (XML_PARSE_IGNORE_ENC): a NUL byte (UTF-16, UTF-32) or a first byte
+ * other than '<' (EBCDIC) would let libxml2 switch encodings and is
+ * refused. Returns 0 or the error to give. */
+static int webdav_body_precheck(const char *body, size_t len)
+{
+  size_t i = 0, attributes = 0, namespaces = 0;
+
+  while (i < len
+         && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r'
+             || body[i] == '\n'))
+    i++;
+  if (i == len || body[i] != '<' || memchr(body, '\0', len) != NULL)
+    return -EINVAL;
+  for (; i < len; i++) {
+    if (body[i] == '<') {
+      attributes = namespaces = 0;
+    } else if (body[i] == '=' && ++attributes > WEBDAV_MAX_ATTRIBUTES) {
+      return WEBDAV_EATTRIBUTES;
+    } else if (body[i] == 'x' && len - i >= 5
+               && memcmp(body + i, "xmlns", 5) == 0
+               && ++namespaces > WEBDAV_MAX_NAMESPACES) {
+      return WEBDAV_ENAMESPACES;
+    }
+  }
+  return 0;
 }
 
 /* Parses the document with network access, DTD loading and entity
- * substitution all off. Returns the document or NULL with rc set. */
+ * substitution all off, within the limits of include/webdav_xml.h.
+ * Returns the document or NULL with rc set. */
 static xmlDocPtr webdav_doc_read(const char *body, size_t len, int *rc)
 {
-  const int options = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING;
+  const int options = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING
+                      | XML_PARSE_IGNORE_ENC;
+  struct webdav_guard guard = { 0 };
   xmlParserCtxtPtr ctxt;
   xmlDocPtr doc;
-  bool doctype = false;
   bool ok;
 
-  if (len > INT_MAX) {
-    *rc = -EINVAL;
-    return NULL;
+  /* A UTF-8 byte order mark, which libxml2 skips only when it guesses. */
+  if (len >= 3 && memcmp(body, "\xEF\xBB\xBF", 3) == 0) {
+    body += 3;
+    len -= 3;
   }
+  *rc = len > INT_MAX ? -EINVAL : webdav_body_precheck(body, len);
+  if (*rc < 0)
+    return NULL;
   ctxt = xmlCreateMemoryParserCtxt(body, (int) len);
   if (ctxt == NULL) {
     *rc = -ENOMEM;
     return NULL;
   }
   xmlCtxtUseOptions(ctxt, options);
+  /* Set, the encoding is not guessed from the first bytes either. */
+  ctxt->encoding = xmlStrdup((const xmlChar *) "UTF-8");
+  guard.start = ctxt->sax->startElementNs;
+  guard.end = ctxt->sax->endElementNs;
   ctxt->sax->internalSubset = webdav_refuse_doctype;
-  ctxt->_private = &doctype;
+  ctxt->sax->startElementNs = webdav_guard_start;
+  ctxt->sax->endElementNs = webdav_guard_end;
+  ctxt->_private = &guard;
   xmlParseDocument(ctxt);
 
   doc = ctxt->myDoc;
-  ok = ctxt->wellFormed && !doctype && doc != NULL
+  ok = ctxt->wellFormed && guard.rc == 0 && doc != NULL
        && xmlDocGetRootElement(doc) != NULL;
   ctxt->myDoc = NULL;
   xmlFreeParserCtxt(ctxt);
   if (!ok) {
     xmlFreeDoc(doc);
-    *rc = doctype ? -EPERM : -EINVAL;
+    *rc = guard.rc < 0 ? guard.rc : -EINVAL;
     return NULL;
   }
   return doc;

@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 #include "caldav.h"
@@ -21,6 +22,27 @@
 
 #define CALDAV_PREFIX "/dav"
 #define CALDAV_CONTENT_TYPE_ICAL "text/calendar; charset=utf-8"
+
+/* The longest href a calendar-multiget can name, as the agent writes them
+ * (caldav_href_object(): the address as it is, the object name with every
+ * byte percent-encoded at worst), after an absolute URL's scheme and
+ * authority ("https://", a 253-byte host, ":65535"): 1,379 bytes. */
+#define CALDAV_HREF_AUTHORITY_MAX 270
+#define CALDAV_HREF_MAX                                                        \
+  (CALDAV_HREF_AUTHORITY_MAX + sizeof(CALDAV_PREFIX "/calendars/") - 1         \
+   + POLICY_ADDRESS_MAX + sizeof("/default/") - 1 + 3 * CALDAV_NAME_MAX)
+/* Around each href: <D:href></D:href>, a namespace declared on it, a line
+ * break and indentation. */
+#define CALDAV_HREF_MARKUP_MAX 64
+/* The root element, the properties asked for and a filter. */
+#define CALDAV_XML_FRAME_MAX (64 * 1024)
+/* Largest PROPFIND or REPORT body read, in bytes (2,951,536, inside the
+ * listener's default [http] max_body of 4 MiB): a calendar-multiget of
+ * CALDAV_OBJECTS_MAX of the longest hrefs fits. Past it the answer is 413
+ * before libxml2 sees a byte. */
+#define CALDAV_XML_BODY_MAX                                                    \
+  (CALDAV_OBJECTS_MAX * (CALDAV_HREF_MAX + CALDAV_HREF_MARKUP_MAX)             \
+   + CALDAV_XML_FRAME_MAX)
 
 /* What a request path names. */
 enum caldav_kind {
@@ -126,6 +148,10 @@ void caldav_error(struct caldav_req *r, int status, const char *ns,
  * webdav_request_parse()), in words a client author can act on. */
 const char *caldav_xml_error(int rc, const char *method);
 
+/* Whether the request body is at most max bytes; answers 413 with a
+ * sentence naming the limit when it is not (r is then gone). */
+bool caldav_body_fits(struct caldav_req *r, size_t max);
+
 /* Sends r->ms as a 207 and frees the request. */
 void caldav_multistatus_send(struct caldav_req *r);
 
@@ -196,6 +222,19 @@ char *caldav_load_ical(struct caldav_req *r, const char *uid, char *err,
  * text is not one). */
 void caldav_format_utc(time_t t, char *out, size_t size);
 bool caldav_parse_utc(const char *text, time_t *out);
+
+/* ---- mailbox zones (caldav_object.c) ----------------------------------- */
+
+/* The zone read for address less than CALDAV_ZONE_TTL_MS before now_ms
+ * (monotonic milliseconds), or NULL. The string belongs to zones and lasts
+ * until the next caldav_zones_put(). */
+const char *caldav_zones_get(const struct caldav_zones *zones,
+                             const char *address, int64_t now_ms);
+
+/* Keeps zone for address from now_ms on, in its own slot, a free or
+ * expired one, or else the one that expires first. */
+void caldav_zones_put(struct caldav_zones *zones, const char *address,
+                      const char *zone, int64_t now_ms);
 
 /* ---- the methods ------------------------------------------------------- */
 

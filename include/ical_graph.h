@@ -6,6 +6,7 @@
 #define NX_ICAL_GRAPH_H
 
 #include <jansson.h>
+#include <libical/ical.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
@@ -22,6 +23,12 @@
 #define ICAL_GRAPH_TXID_SIZE 72
 /* Longest zone name in a result, terminator included (TZ_MAP_NAME_MAX). */
 #define ICAL_GRAPH_ZONE_MAX 128
+
+/* The years a Graph dateTime can hold. graph-api.md does not say; these are
+ * the bounds of the .NET DateTime behind Graph's dateTime strings
+ * ("0001-01-01" to "9999-12-31"), assumed rather than documented. */
+#define ICAL_GRAPH_YEAR_MIN 1
+#define ICAL_GRAPH_YEAR_MAX 9999
 
 /* Why a translation failed; the CalDAV layer maps each to a status and a
  * precondition element. res->error or err holds a sentence for the body. */
@@ -81,6 +88,16 @@ int ical_graph_from_ical(const char *text, size_t len,
                          struct ical_graph_result *res);
 
 void ical_graph_result_free(struct ical_graph_result *res);
+
+/* Checks that t, the value of the property what ("DTSTART"), is a date
+ * (and time) that exists and that Graph can hold: a year from
+ * ICAL_GRAPH_YEAR_MIN to ICAL_GRAPH_YEAR_MAX, a real month and day, a time
+ * of day below 24:00 and no leap second. libical reads any digits into
+ * the fields, and its icaltime_is_valid_time() checks only that the year
+ * is 0 to 3000. Returns ICAL_GRAPH_OK, or ICAL_GRAPH_EPARSE with a
+ * sentence naming the property and the value in err (errsize bytes). */
+int ical_graph_time_check(const char *what, struct icaltimetype t, char *err,
+                          size_t errsize);
 
 /* What goes with a Graph event when it becomes a calendar object. */
 struct ical_graph_ical_options {

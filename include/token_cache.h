@@ -20,7 +20,8 @@
 #define TOKEN_CACHE_USER_SCOPES                                                \
   "https://graph.microsoft.com/Mail.Send "                                     \
   "https://graph.microsoft.com/Mail.ReadWrite "                                \
-  "https://graph.microsoft.com/Calendars.ReadWrite"
+  "https://graph.microsoft.com/Calendars.ReadWrite "                           \
+  "https://graph.microsoft.com/MailboxSettings.Read"
 
 struct token_cache;
 

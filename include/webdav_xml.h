@@ -15,6 +15,27 @@
 
 #define WEBDAV_MAX_PROPS 256 /* properties named in one request */
 
+/* What one request body may hold, checked while libxml2 reads it so that
+ * its cost stays linear in the body's size: libxml2 2.9 compares each
+ * attribute and namespace declaration of a start tag with the tag's
+ * others, and looks every prefix up through all the declarations in
+ * scope, so 100,000 declarations stall the loop for seconds. A
+ * calendar-multiget of CALDAV_OBJECTS_MAX (2000) hrefs, each declaring its
+ * own namespace, stays well inside these. */
+#define WEBDAV_MAX_DEPTH 32      /* elements nested in one another */
+#define WEBDAV_MAX_ELEMENTS 8192 /* elements in the whole body */
+#define WEBDAV_MAX_NAMESPACES 64 /* declarations in scope at one element */
+#define WEBDAV_MAX_ATTRIBUTES 64 /* attributes and declarations of a tag */
+
+/* Why webdav_request_parse() refused a body, beyond the errno codes it
+ * also returns; each names the limit above that the body went past. */
+enum webdav_error {
+  WEBDAV_EDEPTH = -1001,      /* deeper than WEBDAV_MAX_DEPTH */
+  WEBDAV_EELEMENTS = -1002,   /* more than WEBDAV_MAX_ELEMENTS */
+  WEBDAV_ENAMESPACES = -1003, /* more than WEBDAV_MAX_NAMESPACES */
+  WEBDAV_EATTRIBUTES = -1004, /* more than WEBDAV_MAX_ATTRIBUTES */
+};
+
 /* What a PROPFIND asks for (RFC 4918 9.1); REPORTs use PROP or ALLPROP. */
 enum webdav_propfind_kind {
   WEBDAV_PROPFIND_ALLPROP,  /* <allprop/>, or an empty body */
@@ -40,10 +61,13 @@ struct webdav_request {
 };
 
 /* Parses a PROPFIND or REPORT body of len bytes (len 0 means allprop, as
- * RFC 4918 says for PROPFIND). On success stores a new request in *out,
- * which the caller frees with webdav_request_free(). Returns -EINVAL for
- * malformed XML, -EPERM for a document with a DOCTYPE (no entity is ever
- * defined or expanded), -E2BIG beyond WEBDAV_MAX_PROPS properties. */
+ * RFC 4918 says for PROPFIND), read as UTF-8 whatever its XML declaration
+ * says. On success stores a new request in *out, which the caller frees
+ * with webdav_request_free(). Returns -EINVAL for malformed XML (or a body
+ * that is not UTF-8: a NUL byte, or not starting with '<'), -EPERM for a
+ * document with a DOCTYPE (no entity is ever defined or expanded), -E2BIG
+ * beyond WEBDAV_MAX_PROPS properties, or a webdav_error for a body past
+ * one of the limits above. The caller bounds len itself. */
 int webdav_request_parse(const char *body, size_t len,
                          struct webdav_request **out);
 

@@ -141,7 +141,10 @@ def parse_local(text):
     if len(base) == 16:
         base += ":00"
     frac = (m.group(3) or ".0")[1:7].ljust(6, "0")
-    naive = _dt.datetime.fromisoformat(base + "." + frac)
+    try:
+        naive = _dt.datetime.fromisoformat(base + "." + frac)
+    except ValueError:  # month 13, day 32, hour 25, year 0: not a time at all
+        return None, None
     off = m.group(4)
     if off is None:
         return naive, None
@@ -162,6 +165,17 @@ def zone_or_fail(req, name):
     return zone
 
 
+def invalid_date_time(req, text):
+    # Graph's answer to an event dateTime that is no time, e.g. "+3h": 400
+    # "The value '+3h' of parameter 'DateTime' is invalid." [obs]
+    # github.com/mpalermiti/outlook-mcp/issues/74 (2026, code not shown);
+    # the code is the one Outlook gives with the same sentence for
+    # StartDateTime [obs] github.com/OfficeDev/Office-365-SDK-for-Java/issues/9,
+    # [inferred] for event bodies.
+    return fail(req, 400, "ErrorInvalidParameter",
+                "The value '%s' of parameter 'DateTime' is invalid." % text)
+
+
 def to_utc(req, dttz, what):
     """dateTimeTimeZone -> aware UTC datetime [G-DTTZ]."""
     if not isinstance(dttz, dict) or not dttz.get("dateTime"):
@@ -170,9 +184,12 @@ def to_utc(req, dttz, what):
     zone = zone_or_fail(req, zone_name)
     naive, off = parse_local(dttz["dateTime"])
     if naive is None:
-        raise validation_failure(req, "%s.dateTime is malformed" % what)
+        raise invalid_date_time(req, dttz["dateTime"])
     aware = naive.replace(tzinfo=off) if off else naive.replace(tzinfo=zone)
-    return aware.astimezone(UTC), zone_name
+    try:
+        return aware.astimezone(UTC), zone_name
+    except OverflowError:  # 0001-01-01T00:00 east of UTC is before year 1
+        raise invalid_date_time(req, dttz["dateTime"]) from None
 
 
 def output_zone(req):
@@ -201,10 +218,11 @@ def parse_window(req, start_key="startDateTime", end_key="endDateTime"):
     out = []
     for key in (start_key, end_key):
         naive, off = parse_local(q[key])
-        if naive is None:
+        try:
+            out.append(naive.replace(tzinfo=off or UTC).astimezone(UTC))  # naive = UTC [unverified]
+        except (AttributeError, OverflowError):  # not a time, or before year 1 in UTC
             raise fail(req, 400, "ErrorInvalidParameter", "The parameter '%s' is invalid."
-                       % key)
-        out.append(naive.replace(tzinfo=off or UTC).astimezone(UTC))  # naive = UTC [unverified]
+                       % key) from None
     return out[0], out[1]
 
 

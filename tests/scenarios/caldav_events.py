@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -455,6 +456,48 @@ class CalDAVEvents(AgentTestCase):
                       ["Content-Type: application/json"])
         self.assertEqual(r.status, 415)
 
+    def test_impossible_date_refused_before_graph(self):
+        cases = [("DTSTART:20261345T250000Z", "DTEND:20261346T250000Z",
+                  "DTSTART 20261345T250000: there is no month 13"),
+                 ("DTSTART:00000101T000000Z", "DTEND:00000101T010000Z",
+                  "DTSTART 00000101T000000: year 0 is outside 1 to 9999"),
+                 # Floating: refused without asking for the mailbox's zone.
+                 ("DTSTART:20300230T090000", "DTEND:20300230T100000",
+                  "DTSTART 20300230T090000: 2030-02 has no day 30")]
+        for start, end, why in cases:
+            uid = self.unique("impossible")
+            subject = self.unique("Impossible")
+            before = self.sim_stats_requests(ALICE)
+            r = self.put(uid + ".ics", vevent(uid, subject, start, end),
+                         "If-None-Match: *")
+            self.assertEqual(r.status, 403, r.body)
+            doc = ET.fromstring(r.body)
+            self.assertIsNotNone(doc.find(CAL + "valid-calendar-data"), r.body)
+            self.assertIn(why, r.body)
+            self.assertEqual(self.events_with(subject), [])
+            self.assertEqual(self.sim_stats_requests(ALICE), before,
+                             "Graph was called for " + start)
+
+    def test_graph_refuses_impossible_date_time_with_400(self):
+        """The simulator answers an event dateTime that is no time as
+        Graph does, with a 400 naming the value, never a 500."""
+        for value, zone in (("2026-13-45T25:00:00", "UTC"),
+                            ("0000-01-01T00:00:00", "UTC"),
+                            ("2030-03-04T09:00:00+3h", "UTC"),
+                            # Before year 1 once moved to UTC.
+                            ("0001-01-01T00:00:00", "Tokyo Standard Time")):
+            status, body = self.graph_send(
+                "POST", "/v1.0/users/%s/events" % ALICE,
+                {"subject": "impossible",
+                 "start": {"dateTime": value, "timeZone": zone},
+                 "end": {"dateTime": "2030-03-04T10:00:00", "timeZone": "UTC"}})
+            self.assertEqual(status, 400, (value, body))
+            self.assertEqual(body["error"]["code"], "ErrorInvalidParameter")
+            self.assertEqual(body["error"]["message"],
+                             "The value '%s' of parameter 'DateTime' is "
+                             "invalid." % value)
+        self.assertEqual(self.events_with("impossible"), [])
+
     def test_refused_recurrence_is_explained(self):
         uid = self.unique("hourly")
         r = self.put(uid + ".ics", vevent(uid, extra="RRULE:FREQ=HOURLY;COUNT=3"),
@@ -553,8 +596,8 @@ class CalDAVEvents(AgentTestCase):
         r = self.put(name, text, "If-Match: " + etag)
         self.assertEqual(r.status, 412)
 
-    def graph_get(self, path, headers=None):
-        """Reads Graph as another application of the tenant would."""
+    def graph_token(self):
+        """A token of another application of the tenant."""
         form = urllib.parse.urlencode({
             "grant_type": "client_credentials", "client_id": sandbox.CLIENT_ID,
             "client_secret": sandbox.CLIENT_SECRET,
@@ -562,11 +605,28 @@ class CalDAVEvents(AgentTestCase):
         with urllib.request.urlopen(self.box.sim_url(
                 "/%s/oauth2/v2.0/token" % sandbox.TENANT_ID), form,
                 timeout=10) as r:
-            token = json.load(r)["access_token"]
+            return json.load(r)["access_token"]
+
+    def graph_get(self, path, headers=None):
+        """Reads Graph as another application of the tenant would."""
         req = urllib.request.Request(self.box.sim_url(path), headers=dict(
-            headers or {}, Authorization="Bearer " + token))
+            headers or {}, Authorization="Bearer " + self.graph_token()))
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
+
+    def graph_send(self, method, path, body):
+        """Writes to Graph as another application; returns status and the
+        JSON answer, errors included."""
+        req = urllib.request.Request(
+            self.box.sim_url(path), data=json.dumps(body).encode(),
+            method=method, headers={
+                "Content-Type": "application/json",
+                "Authorization": "Bearer " + self.graph_token()})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
 
     def test_winnipeg_series_across_dst_change(self):
         uid = self.unique("winnipeg")

@@ -5,12 +5,16 @@ the agent, which then sends that user's mail. Forged, expired and
 over-long start links link nothing; signing in as someone else links
 nothing; refresh tokens rotate and are stored only encrypted."""
 
+import base64
 import glob
 import smtplib
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 from link_flow import SIM_REFRESH_PREFIX, LinkingTestCase, message
-from scenario import ALICE, BOB, CAROL, DAVE, main
+from scenario import ALICE, BOB, CAROL, DAVE, main, sandbox
 
 
 class LinkingDelegated(LinkingTestCase):
@@ -80,6 +84,41 @@ class LinkingDelegated(LinkingTestCase):
         status, _, _ = self.browse(final)
         self.assertEqual(status, 400)
         self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+
+    def test_linked_user_floating_time_lands_in_mailbox_zone(self):
+        """The sign-in grants MailboxSettings.Read, so a delegated user's
+        floating time takes the mailbox's own zone (without it Graph
+        refuses to tell the zone and the PUT is refused)."""
+        if self.link_state(ALICE)["state"] != "linked":
+            self.link_by_sign_in(ALICE)
+        self.box.sim_post("/_sim/mailboxsettings/" + ALICE,
+                          {"timeZone": "Tokyo Standard Time"})
+        text = "\r\n".join([
+            "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Nextal//scenario//EN",
+            "BEGIN:VEVENT", "UID:delegated-floating", "DTSTAMP:20300101T000000Z",
+            "DTSTART:20300304T090000", "DTEND:20300304T100000",
+            "SUMMARY:Delegated floating interview", "END:VEVENT",
+            "END:VCALENDAR", ""]).encode()
+        cred = "%s:%s" % (sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+        req = urllib.request.Request(
+            "http://127.0.0.1:%d/dav/calendars/%s/default/delegated.ics"
+            % (self.box.http_port, ALICE), data=text, method="PUT",
+            headers={"Content-Type": "text/calendar; charset=utf-8",
+                     "If-None-Match": "*", "Authorization": "Basic "
+                     + base64.b64encode(cred.encode()).decode()})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status = r.status
+        except urllib.error.HTTPError as e:
+            self.fail("PUT answered %d: %s" % (e.code, e.read().decode()))
+        self.assertEqual(status, 201)
+        events = self.box.sim_get("/_sim/calendars/%s/events"
+                                  % urllib.parse.quote(ALICE))["events"]
+        [ev] = [e for e in events
+                if e.get("subject") == "Delegated floating interview"]
+        self.assertEqual(ev["originalStartTimeZone"], "Tokyo Standard Time")
+        # 09:00 in Tokyo (UTC+9) is midnight UTC.
+        self.assertEqual(ev["start"]["dateTime"][:19], "2030-03-04T00:00:00")
 
     def test_policy_checked_again_when_the_sign_in_returns(self):
         authorize = self.redirect_of(self.start_url(CAROL))

@@ -13,12 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 #include <cmocka.h>
 
 #include "caldav.h"
 #include "caldav_objects.h"
+#include "caldav_request.h"
 #include "credential.h"
 #include "http_router.h"
 #include "http_server.h"
@@ -185,9 +187,11 @@ static int setup(void **state)
   assert_int_equal(credential_new("nextal", hash, &f->cred), 0);
   free(hash);
   /* Nothing tested here reaches Graph: a call would crash on NULL. */
-  f->deps = (struct caldav_deps){
-    .store = f->store, .graph = NULL, .gate = f->gate, .credential = f->cred
-  };
+  f->deps = (struct caldav_deps){ .store = f->store,
+                                  .graph = NULL,
+                                  .gate = f->gate,
+                                  .credential = f->cred,
+                                  .zones = caldav_zones_new() };
   f->router = http_router_new();
   assert_int_equal(caldav_register(f->router, &f->deps), 0);
   assert_int_equal(http_server_new(&f->loop, "127.0.0.1", 0, NULL,
@@ -211,6 +215,7 @@ static int teardown(void **state)
     uv_run(&f->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&f->loop), 0);
   http_router_free(f->router);
+  caldav_zones_free(f->deps.zones);
   credential_free(f->cred);
   store_close(f->store);
   for (size_t i = 0; i < f->nex; i++)
@@ -444,6 +449,181 @@ static void test_wrong_places_and_methods(void **state)
   assert_non_null(strstr(answer(fb_nobody), "<C:valid-scheduling-message/>"));
 }
 
+/* Impossible dates are refused before Graph (which the fixture does not
+ * have: a call would crash), with the precondition and the property. */
+static void test_impossible_dates_refused(void **state)
+{
+  struct fixture *f = *state;
+  static char month[1024], year[1024], floating[1024];
+  struct exchange *m, *y, *fl, *fb;
+
+  snprintf(month, sizeof(month), "%s",
+           "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n"
+           "BEGIN:VEVENT\r\nUID:m1\r\nDTSTAMP:20300101T000000Z\r\n"
+           "DTSTART:20261345T250000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n");
+  snprintf(year, sizeof(year), "%s",
+           "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n"
+           "BEGIN:VEVENT\r\nUID:y1\r\nDTSTAMP:20300101T000000Z\r\n"
+           "DTSTART:00000101T000000Z\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n");
+  /* Floating: no mailbox zone is read for it either. */
+  snprintf(floating, sizeof(floating), "%s",
+           "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n"
+           "BEGIN:VEVENT\r\nUID:f1\r\nDTSTAMP:20300101T000000Z\r\n"
+           "DTSTART:20300230T090000\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n");
+  m = put(f, "m1.ics", month);
+  y = put(f, "y1.ics", year);
+  fl = put(f, "f1.ics", floating);
+  fb = add(f, "POST", "/dav/calendars/" ALICE "/outbox/",
+           "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n"
+           "METHOD:REQUEST\r\nBEGIN:VFREEBUSY\r\nUID:f3\r\n"
+           "DTSTAMP:20300101T000000Z\r\nDTSTART:20301304T000000Z\r\n"
+           "DTEND:20301305T000000Z\r\nORGANIZER:mailto:" ALICE "\r\n"
+           "ATTENDEE:mailto:carol@contoso.example\r\n"
+           "END:VFREEBUSY\r\nEND:VCALENDAR\r\n");
+  run(f);
+  assert_int_equal(m->status, 403);
+  assert_non_null(strstr(answer(m), "<C:valid-calendar-data/>"));
+  assert_non_null(
+      strstr(answer(m), "DTSTART 20261345T250000: there is no month 13"));
+  assert_int_equal(y->status, 403);
+  assert_non_null(strstr(answer(y), "<C:valid-calendar-data/>"));
+  assert_non_null(strstr(answer(y), "DTSTART 00000101T000000: year 0"));
+  assert_int_equal(fl->status, 403);
+  assert_non_null(strstr(answer(fl), "2030-02 has no day 30"));
+  assert_int_equal(fb->status, 403);
+  assert_non_null(strstr(answer(fb), "<C:valid-scheduling-message/>"));
+  assert_non_null(strstr(answer(fb), "DTSTART 20301304T000000"));
+}
+
+/* A body of n copies of unit between head and tail. free() it. */
+static char *repeat(const char *head, const char *unit, size_t n,
+                    const char *tail)
+{
+  size_t hl = strlen(head), ul = strlen(unit), tl = strlen(tail);
+  char *text = malloc(hl + ul * n + tl + 1);
+  char *p = text;
+
+  assert_non_null(text);
+  memcpy(p, head, hl);
+  p += hl;
+  for (size_t i = 0; i < n; i++, p += ul)
+    memcpy(p, unit, ul);
+  memcpy(p, tail, tl + 1);
+  return text;
+}
+
+/* What bounds the work of one XML body before and while libxml2 reads it,
+ * each with a sentence saying which limit was met. */
+static void test_xml_bodies_bounded(void **state)
+{
+  struct fixture *f = *state;
+  static const char prop[] = "<D:displayname/>";
+  char *big = repeat("<D:propfind xmlns:D=\"DAV:\"><D:prop>", prop,
+                     CALDAV_XML_BODY_MAX / (sizeof(prop) - 1) + 1,
+                     "</D:prop></D:propfind>");
+  char *flood = repeat("<D:propfind xmlns:D=\"DAV:\"", " xmlns:n=\"urn:x\"",
+                       100000, "><D:allprop/></D:propfind>");
+  char *deep = repeat("<C:calendar-query xmlns:C=\"urn:ietf:params:xml:ns:"
+                      "caldav\">",
+                      "<C:filter>", 40, "</C:calendar-query>");
+  static const char pad[] = "X-PAD:padding padding\r\n";
+  char *outbox = repeat("BEGIN:VCALENDAR\r\n", pad,
+                        ICAL_GRAPH_TEXT_MAX / (sizeof(pad) - 1) + 1,
+                        "END:VCALENDAR\r\n");
+  struct exchange *b = add(f, "PROPFIND", CAL, big);
+  struct exchange *r = add(f, "REPORT", CAL, big);
+  struct exchange *n = add(f, "PROPFIND", CAL, flood);
+  struct exchange *d = add(f, "REPORT", CAL, deep);
+  struct exchange *o
+      = add(f, "POST", "/dav/calendars/" ALICE "/outbox/", outbox);
+  struct timespec t0, t1;
+
+  b->headers[0] = "Depth: 0";
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  run(f);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  assert_int_equal(b->status, 413);
+  assert_non_null(strstr(answer(b), "the PROPFIND body is larger than "
+                                    "2951536 bytes"));
+  assert_int_equal(r->status, 413);
+  assert_non_null(strstr(answer(r), "the REPORT body is larger than"));
+  assert_int_equal(n->status, 400);
+  assert_non_null(strstr(answer(n), "declares too many namespaces"));
+  assert_int_equal(d->status, 400);
+  assert_non_null(strstr(answer(d), "nested too deep"));
+  assert_int_equal(o->status, 413);
+  assert_non_null(strstr(answer(o), "the POST body is larger than 1048576"));
+  /* Five bodies of up to 3 MB in well under the seconds a flood costs. */
+  assert_true(t1.tv_sec - t0.tv_sec < 5);
+  free(big);
+  free(flood);
+  free(deep);
+  free(outbox);
+}
+
+static void test_depth_and_escapes_checked(void **state)
+{
+  struct fixture *f = *state;
+  struct exchange *seven = add(f, "PROPFIND", CAL, NULL);
+  struct exchange *report
+      = add(f, "REPORT", CAL,
+            "<C:calendar-query xmlns:C=\"urn:ietf:params:xml:ns:caldav\"/>");
+  struct exchange *infinity = add(f, "PROPFIND", "/dav/calendars/" ALICE "/",
+                                  "<D:propfind xmlns:D=\"DAV:\"><D:prop>"
+                                  "<D:resourcetype/></D:prop></D:propfind>");
+  struct exchange *bad = add(f, "GET", CAL "a%ZZ.ics", NULL);
+  struct exchange *nul = add(f, "GET", CAL "a%00.ics", NULL);
+  struct exchange *short_escape
+      = add(f, "PROPFIND", "/dav/calendars/%4/", NULL);
+
+  seven->headers[0] = "Depth: 7";
+  report->headers[0] = "Depth: one";
+  infinity->headers[0] = "Depth: Infinity";
+  run(f);
+  assert_int_equal(seven->status, 400);
+  assert_non_null(strstr(answer(seven), "Depth header must be 0, 1 or "
+                                        "infinity"));
+  assert_int_equal(report->status, 400);
+  assert_int_equal(infinity->status, 207);
+  assert_int_equal(bad->status, 400);
+  assert_non_null(strstr(answer(bad), "malformed percent escape"));
+  assert_int_equal(nul->status, 400);
+  assert_int_equal(short_escape->status, 400);
+}
+
+/* Each endpoint has its own cache of mailbox zones, which keeps a zone an
+ * hour and gives the oldest slot to a new user once full. */
+static void test_zone_cache(void **state)
+{
+  struct caldav_zones *a = caldav_zones_new();
+  struct caldav_zones *b = caldav_zones_new();
+  char addr[64];
+
+  (void) state;
+  assert_null(caldav_zones_get(a, ALICE, 1000));
+  caldav_zones_put(a, ALICE, "Tokyo Standard Time", 1000);
+  assert_string_equal(caldav_zones_get(a, ALICE, 1000), "Tokyo Standard Time");
+  assert_null(caldav_zones_get(b, ALICE, 1000));
+  assert_non_null(caldav_zones_get(a, ALICE, 1000 + CALDAV_ZONE_TTL_MS - 1));
+  assert_null(caldav_zones_get(a, ALICE, 1000 + CALDAV_ZONE_TTL_MS));
+  /* A new answer replaces the user's own slot. */
+  caldav_zones_put(a, ALICE, "UTC", 2000);
+  assert_string_equal(caldav_zones_get(a, ALICE, 2000), "UTC");
+
+  /* Full: the entry that expires first (Alice's) makes room. */
+  for (int i = 0; i < CALDAV_ZONE_CACHE_MAX - 1; i++) {
+    snprintf(addr, sizeof(addr), "user%d@contoso.example", i);
+    caldav_zones_put(a, addr, "UTC", 3000 + i);
+  }
+  assert_string_equal(caldav_zones_get(a, ALICE, 3000), "UTC");
+  caldav_zones_put(a, "late@contoso.example", "UTC", 5000);
+  assert_null(caldav_zones_get(a, ALICE, 5000));
+  assert_non_null(caldav_zones_get(a, "late@contoso.example", 5000));
+  assert_non_null(caldav_zones_get(a, "user0@contoso.example", 5000));
+  caldav_zones_free(a);
+  caldav_zones_free(b);
+}
+
 /* The mapping keeps the zones the client wrote (migration 8) through every
  * write that is not the PUT itself, and hands them back for the event. */
 static void test_mapping_remembers_zones(void **state)
@@ -501,6 +681,12 @@ int main(void)
                                     teardown),
     cmocka_unit_test_setup_teardown(test_mapping_remembers_zones, setup,
                                     teardown),
+    cmocka_unit_test_setup_teardown(test_impossible_dates_refused, setup,
+                                    teardown),
+    cmocka_unit_test_setup_teardown(test_xml_bodies_bounded, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_depth_and_escapes_checked, setup,
+                                    teardown),
+    cmocka_unit_test(test_zone_cache),
   };
 
   int failed;

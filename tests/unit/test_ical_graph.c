@@ -596,6 +596,61 @@ static void test_invalid_objects(void **state)
   ical_graph_result_free(&res);
 }
 
+/* A date or time that does not exist is refused here, naming the property,
+ * rather than sent to Graph (whose answer to it is no help to a client). */
+static void test_impossible_dates(void **state)
+{
+  static const struct {
+    const char *lines;
+    const char *why;
+  } cases[] = {
+    { "DTSTART:20261345T250000Z\r\n",
+      "DTSTART 20261345T250000: there is no month 13" },
+    { "DTSTART:00000101T000000Z\r\n",
+      "DTSTART 00000101T000000: year 0 is outside 1 to 9999" },
+    { "DTSTART;VALUE=DATE:20270229\r\n",
+      "DTSTART 20270229: 2027-02 has no day 29" },
+    { "DTSTART:20260101T090000Z\r\nDTEND:20260101T246100Z\r\n",
+      "DTEND 20260101T246100: there is no time of day 24:61" },
+    { "DTSTART:20261231T235960Z\r\n",
+      "DTSTART 20261231T235960: second 60 (a leap second)" },
+    /* Floating: refused before the mailbox's zone is asked for. */
+    { "DTSTART:20260132T090000\r\n",
+      "DTSTART 20260132T090000: 2026-01 has no day 32" },
+    { "DTSTART:99991231T230000Z\r\nDURATION:P2D\r\n",
+      "DTEND (DTSTART plus DURATION) 100000102T230000: year 10000" },
+    { "DTSTART:20260105T090000Z\r\nRRULE:FREQ=WEEKLY;UNTIL=20261305T090000Z"
+      "\r\n",
+      "RRULE UNTIL 20261305T090000: there is no month 13" },
+    { "DTSTART:20260105T090000Z\r\nRRULE:FREQ=WEEKLY\r\n"
+      "EXDATE:20260230T090000Z\r\n",
+      "EXDATE 20260230T090000: 2026-02 has no day 30" },
+  };
+  static const struct ical_graph_options no_zone = { .user = USER };
+  struct ical_graph_result res;
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
+    assert_int_equal(translate_inline(cases[i].lines, &no_zone, &res),
+                     ICAL_GRAPH_EPARSE);
+    if (strstr(res.error, cases[i].why) == NULL)
+      fail_msg("case %zu: \"%s\" lacks \"%s\"", i, res.error, cases[i].why);
+    ical_graph_result_free(&res);
+  }
+
+  /* The last day of the years Graph holds, and 29 February of a leap year,
+   * are real. */
+  assert_int_equal(translate_inline("DTSTART:99991231T230000Z\r\n"
+                                    "DTEND:99991231T235959Z\r\n",
+                                    &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.dateTime", "9999-12-31T23:00:00");
+  ical_graph_result_free(&res);
+  assert_int_equal(
+      translate_inline("DTSTART;VALUE=DATE:20280229\r\n", &berlin, &res),
+      ICAL_GRAPH_OK);
+  ical_graph_result_free(&res);
+}
+
 /* Undoes RFC 5545 line folding in place, so tests can search lines. */
 static char *unfold(char *text)
 {
@@ -1000,6 +1055,7 @@ int main(void)
     cmocka_unit_test(test_teams),
     cmocka_unit_test(test_scheduling_rules),
     cmocka_unit_test(test_invalid_objects),
+    cmocka_unit_test(test_impossible_dates),
     cmocka_unit_test(test_reverse),
     cmocka_unit_test(test_reverse_prefer_zone_and_all_day),
     cmocka_unit_test(test_reverse_remembered_zone),

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,6 +15,7 @@
 #include <libxml/xpathInternals.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "webdav_xml.h"
 
@@ -58,6 +60,179 @@ static void test_malformed_refused(void **state)
   assert_int_equal(
       parse("<D:propfind xmlns:D=\"DAV:\">&xxe;</D:propfind>", &req), -EINVAL);
   assert_null(req);
+}
+
+static double ms_since(const struct timespec *t0)
+{
+  struct timespec t1;
+
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return (double) (t1.tv_sec - t0->tv_sec) * 1e3
+         + (double) (t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* A propfind whose <D:prop> carries n namespace declarations, or n
+ * attributes. */
+static char *flood(size_t n, bool namespaces)
+{
+  size_t cap = n * 32 + 256, len = 0;
+  char *text = malloc(cap);
+
+  assert_non_null(text);
+  len += (size_t) snprintf(text, cap, "<D:propfind xmlns:D=\"DAV:\"><D:prop");
+  for (size_t i = 0; i < n; i++)
+    len += (size_t) snprintf(
+        text + len, cap - len,
+        namespaces ? " xmlns:n%zu=\"urn:x\"" : " a%zu=\"v\"", i);
+  snprintf(text + len, cap - len, "><D:getetag/></D:prop></D:propfind>");
+  return text;
+}
+
+/* libxml2's work on namespaces and attributes grows with their square, so
+ * 100,000 of them must be refused before libxml2 reads them, at once. */
+static void test_floods_refused_quickly(void **state)
+{
+  struct webdav_request *req = NULL;
+  struct timespec t0;
+  char *text;
+
+  text = flood(100000, true);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  assert_int_equal(parse(text, &req), WEBDAV_ENAMESPACES);
+  assert_true(ms_since(&t0) < 200);
+  free(text);
+
+  text = flood(100000, false);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  assert_int_equal(parse(text, &req), WEBDAV_EATTRIBUTES);
+  assert_true(ms_since(&t0) < 200);
+  free(text);
+
+  /* Up to the limits, a tag is read. */
+  text = flood(WEBDAV_MAX_NAMESPACES - 1, true);
+  assert_int_equal(parse(text, &req), 0);
+  assert_int_equal(req->nprops, 1);
+  webdav_request_free(req);
+  free(text);
+}
+
+/* Declarations that stay in scope add up across elements. */
+static void test_namespaces_in_scope_counted(void **state)
+{
+  char text[8192];
+  size_t len = 0;
+  struct webdav_request *req = NULL;
+
+  len += (size_t) snprintf(text, sizeof(text), "<D:propfind xmlns:D=\"DAV:\">");
+  for (int level = 0; level < 8; level++) {
+    len += (size_t) snprintf(text + len, sizeof(text) - len, "<D:x");
+    for (int i = 0; i < 10; i++)
+      len += (size_t) snprintf(text + len, sizeof(text) - len,
+                               " xmlns:n%d_%d=\"urn:x\"", level, i);
+    len += (size_t) snprintf(text + len, sizeof(text) - len, ">");
+  }
+  for (int level = 0; level < 8; level++)
+    len += (size_t) snprintf(text + len, sizeof(text) - len, "</D:x>");
+  snprintf(text + len, sizeof(text) - len, "</D:propfind>");
+  assert_int_equal(parse(text, &req), WEBDAV_ENAMESPACES);
+}
+
+static char *nested(int depth)
+{
+  size_t cap = (size_t) depth * 16 + 64, len = 0;
+  char *text = malloc(cap);
+
+  assert_non_null(text);
+  len += (size_t) snprintf(text, cap, "<D:propfind xmlns:D=\"DAV:\">");
+  for (int i = 1; i < depth; i++)
+    len += (size_t) snprintf(text + len, cap - len, "<D:x>");
+  for (int i = 1; i < depth; i++)
+    len += (size_t) snprintf(text + len, cap - len, "</D:x>");
+  snprintf(text + len, cap - len, "</D:propfind>");
+  return text;
+}
+
+static void test_depth_and_elements_bounded(void **state)
+{
+  struct webdav_request *req = NULL;
+  size_t cap = (WEBDAV_MAX_ELEMENTS + 1) * 8 + 64, len = 0;
+  char *text;
+
+  text = nested(WEBDAV_MAX_DEPTH);
+  assert_int_equal(parse(text, &req), 0);
+  webdav_request_free(req);
+  free(text);
+  text = nested(WEBDAV_MAX_DEPTH + 1);
+  assert_int_equal(parse(text, &req), WEBDAV_EDEPTH);
+  free(text);
+  /* Deeper than libxml2's own limit (256) is still "too deep". */
+  text = nested(1000);
+  assert_int_equal(parse(text, &req), WEBDAV_EDEPTH);
+  free(text);
+
+  text = malloc(cap);
+  assert_non_null(text);
+  len += (size_t) snprintf(text, cap, "<D:propfind xmlns:D=\"DAV:\">");
+  for (size_t i = 0; i < WEBDAV_MAX_ELEMENTS; i++)
+    len += (size_t) snprintf(text + len, cap - len, "<D:x/>");
+  snprintf(text + len, cap - len, "</D:propfind>");
+  assert_int_equal(parse(text, &req), WEBDAV_EELEMENTS);
+  free(text);
+}
+
+/* The largest REPORT the agent answers: a calendar-multiget of 2000
+ * hrefs, here each declaring the DAV: namespace itself. */
+static void test_large_multiget_read(void **state)
+{
+  size_t cap = 2000 * 128 + 512, len = 0;
+  char *text = malloc(cap);
+  struct webdav_request *req = NULL;
+  size_t hrefs = 0;
+
+  assert_non_null(text);
+  len += (size_t) snprintf(
+      text, cap,
+      "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
+      "<C:calendar-multiget xmlns:C=\"urn:ietf:params:xml:ns:caldav\">"
+      "<prop xmlns=\"DAV:\"><getetag/><C:calendar-data/></prop>");
+  for (int i = 0; i < 2000; i++)
+    len += (size_t) snprintf(text + len, cap - len,
+                             "\n<href xmlns=\"DAV:\">/dav/calendars/"
+                             "alice%%40contoso.example/default/%d.ics</href>",
+                             i);
+  snprintf(text + len, cap - len, "</C:calendar-multiget>");
+  assert_int_equal(parse(text, &req), 0);
+  assert_int_equal(req->nprops, 2);
+  for (xmlNodePtr c = req->root->children; c != NULL; c = c->next)
+    hrefs += webdav_node_is(c, "DAV:", "href");
+  assert_int_equal(hrefs, 2000);
+  webdav_request_free(req);
+  free(text);
+}
+
+/* Bodies are read as UTF-8 (the guards count its bytes): an encoding
+ * declaration is ignored, and UTF-16 is refused. */
+static void test_read_as_utf8(void **state)
+{
+  static const char utf16[] = "<\0D\0:\0p\0/\0>\0";
+  struct webdav_request *req = NULL;
+
+  assert_int_equal(parse("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>"
+                         "<D:propfind xmlns:D=\"DAV:\"><D:prop><D:displayname/>"
+                         "</D:prop></D:propfind>",
+                         &req),
+                   0);
+  assert_string_equal(req->props[0].name, "displayname");
+  webdav_request_free(req);
+  assert_int_equal(parse("\xEF\xBB\xBF<D:propfind xmlns:D=\"DAV:\">"
+                         "<D:allprop/></D:propfind>",
+                         &req),
+                   0);
+  assert_int_equal(req->kind, WEBDAV_PROPFIND_ALLPROP);
+  webdav_request_free(req);
+  assert_int_equal(webdav_request_parse(utf16, sizeof(utf16) - 1, &req),
+                   -EINVAL);
+  assert_int_equal(parse("\x4C\x6F\xA7\x94", &req), -EINVAL);
 }
 
 static void test_allprop_and_empty(void **state)
@@ -211,6 +386,11 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_xxe_refused),
     cmocka_unit_test(test_malformed_refused),
+    cmocka_unit_test(test_floods_refused_quickly),
+    cmocka_unit_test(test_namespaces_in_scope_counted),
+    cmocka_unit_test(test_depth_and_elements_bounded),
+    cmocka_unit_test(test_large_multiget_read),
+    cmocka_unit_test(test_read_as_utf8),
     cmocka_unit_test(test_allprop_and_empty),
     cmocka_unit_test(test_prop_list),
     cmocka_unit_test(test_multistatus_round_trip),
