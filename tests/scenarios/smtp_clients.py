@@ -35,6 +35,25 @@ class SmtpClients(AgentTestCase):
         self.assertEqual([r["address"] for r in record["recipients"]],
                          ["swaks@example.net"])
 
+    def test_swaks_pipelined_with_one_refused_recipient(self):
+        # swaks pipelines MAIL, both RCPTs and DATA in one write; the agent
+        # refuses the malformed recipient and the message goes to the other.
+        before = self.sent_count(ALICE)
+        out = subprocess.run(
+            ["swaks", "--server", "127.0.0.1", "--port", str(self.box.smtp_port),
+             "--auth", "PLAIN", "--auth-user", sandbox.SERVICE_USER,
+             "--auth-password", sandbox.SERVICE_PASSWORD,
+             "--from", ALICE, "--to", "good@example.net,bad@@example.net",
+             "--header", "Subject: pipelined with swaks", "--body", "x",
+             "--pipeline"], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertRegex(out.stdout, r"<\*\* +501 5\.1\.3 ")
+        self.assertRegex(out.stdout, r"<-  250 2\.0\.0 .*queued as")
+        [record] = self.wait_one_more(ALICE, before)
+        self.assertEqual(record["resource"]["subject"], "pipelined with swaks")
+        self.assertEqual([r["address"] for r in record["recipients"]],
+                         ["good@example.net"])
+
     def test_curl(self):
         before = self.sent_count(ALICE)
         message = ("From: Alice <%s>\r\nTo: curl@example.net\r\n"
