@@ -10,6 +10,7 @@
 #include <sysexits.h>
 #include <uv.h>
 
+#include "agent_heartbeat.h"
 #include "caldav.h"
 #include "client_auth.h"
 #include "credential.h"
@@ -52,6 +53,7 @@ struct agent {
   struct mail_status_deps mail_status; /* the status API's argument */
   struct http_server *http_server;
   struct delivery *delivery;
+  struct agent_heartbeat *heartbeat; /* from ready until stopped */
   uv_signal_t sigterm;
   uv_signal_t sigint;
   uv_signal_t sighup;
@@ -233,6 +235,8 @@ static void agent_on_delivery_stopped(void *arg)
   if (agent->gate != NULL)
     policy_gate_close(agent->gate);
   agent->gate = NULL;
+  agent_heartbeat_stop(agent->heartbeat); /* a clean stop, on record */
+  agent->heartbeat = NULL;
   agent_close_signals(agent);
   log_info("- agent stopped");
 }
@@ -347,11 +351,15 @@ int agent_run(struct config *cfg, const char *config_path)
   status = agent_open_core(&agent);
   if (status == 0)
     status = agent_open_endpoints(&agent);
-  if (status == 0)
+  if (status == 0) {
     log_info("- agent ready smtp=%s http=%s database=%s", cfg->smtp_listen,
              cfg->http_listen, cfg->database);
-  else
+    /* Only now: an agent that failed to start (a second one on the same
+     * database, say) must not claim the file. */
+    agent_heartbeat_start(agent.loop, cfg->database, &agent.heartbeat);
+  } else {
     agent_stop(&agent);
+  }
   uv_run(agent.loop, UV_RUN_DEFAULT);
   agent_free(&agent);
   uv_loop_close(agent.loop);

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent_heartbeat.h"
 #include "audit.h"
 #include "config.h"
 #include "link_url.h"
@@ -204,13 +205,140 @@ static void cli_policy_state_get(struct cli *cli, struct cli_policy_state *ps)
   sqlite3_finalize(st);
 }
 
-/* Whether the integration is active: admin consent recorded and a token
- * obtainable; otherwise which of the two is missing. */
-static const char *cli_status_active(enum tenant_consent_state consent,
+/* What the agent's heartbeat file says (see include/agent_heartbeat.h). */
+struct cli_agent_state {
+  enum agent_heartbeat_state state;
+  struct agent_heartbeat_record rec;
+  bool pid_alive; /* looked at only when NOT_RESPONDING */
+  bool unreadable;
+  int64_t now;
+  char *path;
+};
+
+static void cli_agent_state_get(struct cli *cli, struct cli_agent_state *as)
+{
+  int rc;
+
+  memset(as, 0, sizeof(*as));
+  as->path = agent_heartbeat_path(cli->cfg.database);
+  as->now = store_now_ms();
+  rc = agent_heartbeat_read(as->path, &as->rec);
+  as->unreadable = rc < 0 && rc != -ENOENT;
+  as->state = agent_heartbeat_judge(&as->rec, as->now, &as->pid_alive);
+}
+
+static const char *cli_agent_state_name(enum agent_heartbeat_state state)
+{
+  switch (state) {
+    case AGENT_HEARTBEAT_RUNNING:
+      return "running";
+    case AGENT_HEARTBEAT_STOPPED:
+      return "stopped";
+    case AGENT_HEARTBEAT_NOT_RESPONDING:
+      return "not_responding";
+    case AGENT_HEARTBEAT_NONE:
+      break;
+  }
+  return "unknown";
+}
+
+/* "12 s", "5 min", "2 h", "3 days": one unit, rounded down. */
+static void cli_duration_format(int64_t ms, char *out, size_t len)
+{
+  int64_t s = ms > 0 ? ms / 1000 : 0;
+
+  if (s < 120)
+    snprintf(out, len, "%lld s", (long long) s);
+  else if (s < 120 * 60)
+    snprintf(out, len, "%lld min", (long long) (s / 60));
+  else if (s < 48 * 3600)
+    snprintf(out, len, "%lld h", (long long) (s / 3600));
+  else
+    snprintf(out, len, "%lld days", (long long) (s / 86400));
+}
+
+static void cli_agent_state_print(const struct cli_agent_state *as)
+{
+  char up[32], seen[32], when[32];
+
+  cli_duration_format(as->now - as->rec.started_at, up, sizeof(up));
+  cli_duration_format(as->now - as->rec.seen_at, seen, sizeof(seen));
+  cli_time_format(as->rec.stopped_at, when, sizeof(when));
+  switch (as->state) {
+    case AGENT_HEARTBEAT_RUNNING:
+      printf("agent:         running (pid %lld, up %s, last seen %s ago)\n",
+             (long long) as->rec.pid, up, seen);
+      break;
+    case AGENT_HEARTBEAT_STOPPED:
+      printf("agent:         not running (stopped cleanly at %s)\n", when);
+      break;
+    case AGENT_HEARTBEAT_NOT_RESPONDING:
+      printf("agent:         not responding (last seen %s ago; pid %lld %s)\n",
+             seen, (long long) as->rec.pid,
+             as->pid_alive ? "alive but silent" : "not alive");
+      break;
+    case AGENT_HEARTBEAT_NONE:
+      if (as->unreadable)
+        printf("agent:         unknown (%s cannot be read)\n", as->path);
+      else
+        printf("agent:         not running (never started on this database: "
+               "no %s)\n",
+               as->path);
+      break;
+  }
+}
+
+/* Adds what the heartbeat says to the "agent" object of status --json. */
+static void cli_agent_state_json(const struct cli_agent_state *as, json_t *o)
+{
+  char started[32], seen[32], stopped[32];
+  bool known = as->state != AGENT_HEARTBEAT_NONE;
+
+  cli_time_format(as->rec.started_at, started, sizeof(started));
+  cli_time_format(as->rec.seen_at, seen, sizeof(seen));
+  cli_time_format(as->rec.stopped_at, stopped, sizeof(stopped));
+  json_object_set_new(o, "state", json_string(cli_agent_state_name(as->state)));
+  json_object_set_new(o, "running",
+                      json_boolean(as->state == AGENT_HEARTBEAT_RUNNING));
+  json_object_set_new(
+      o, "pid", known ? json_integer((json_int_t) as->rec.pid) : json_null());
+  json_object_set_new(o, "version",
+                      known ? json_string(as->rec.version) : json_null());
+  json_object_set_new(o, "started_at",
+                      known ? json_string(started) : json_null());
+  json_object_set_new(o, "last_seen", known ? json_string(seen) : json_null());
+  json_object_set_new(
+      o, "last_seen_s",
+      known ? json_integer((json_int_t) ((as->now - as->rec.seen_at) / 1000))
+            : json_null());
+  json_object_set_new(o, "stopped_at",
+                      as->rec.stopped_at > 0 ? json_string(stopped)
+                                             : json_null());
+  json_object_set_new(o, "pid_alive",
+                      as->state == AGENT_HEARTBEAT_NOT_RESPONDING
+                          ? json_boolean(as->pid_alive)
+                          : json_null());
+  json_object_set_new(o, "heartbeat_file", json_string(as->path));
+}
+
+/* Whether the integration is active: the agent running, admin consent
+ * recorded and a token obtainable; otherwise what is missing. With the
+ * agent down, the token and consent lines are this tool's own checks, and
+ * whether the agent would deliver cannot be checked at all. */
+static const char *cli_status_active(const struct cli_agent_state *as,
+                                     enum tenant_consent_state consent,
                                      bool token_ok)
 {
   bool consented = consent == TENANT_CONSENT_GRANTED;
 
+  if (as->state == AGENT_HEARTBEAT_NOT_RESPONDING)
+    return "no: the agent is not responding, so whether it delivers cannot\n"
+           "               be checked; token and admin consent above are "
+           "this tool's checks";
+  if (as->state != AGENT_HEARTBEAT_RUNNING)
+    return "no: the agent is not running, so whether it delivers cannot be\n"
+           "               checked; token and admin consent above are this "
+           "tool's checks";
   if (consented && token_ok)
     return "yes";
   if (!consented && !token_ok)
@@ -224,6 +352,7 @@ static int cli_status(struct cli *cli, int argc, char **argv)
 {
   struct policy *policy = NULL;
   struct cli_policy_state ps;
+  struct cli_agent_state as;
   struct tenant_consent consent;
   char err[512] = "", when[32], token_msg[512];
   int64_t linked = 0, relink = 0, held = 0, queued = 0, failed = 0;
@@ -236,6 +365,7 @@ static int cli_status(struct cli *cli, int argc, char **argv)
   token_ok
       = policy_link_token_check(&cli->cfg, token_msg, sizeof(token_msg)) == 0;
   cli_policy_state_get(cli, &ps);
+  cli_agent_state_get(cli, &as);
   if (tenant_consent_get(cli->store, &consent) < 0
       || links_count(cli->store, &linked, &relink) < 0
       || queue_count(cli->store, "held", &held) < 0
@@ -243,9 +373,11 @@ static int cli_status(struct cli *cli, int argc, char **argv)
       || queue_count(cli->store, "failed", &failed) < 0) {
     cli_error("cannot read %s", cli->cfg.database);
     policy_free(policy);
+    free(as.path);
     return EX_IOERR;
   }
-  active = token_ok && consent.state == TENANT_CONSENT_GRANTED;
+  active = token_ok && consent.state == TENANT_CONSENT_GRANTED
+           && as.state == AGENT_HEARTBEAT_RUNNING;
 
   if (cli->json) {
     json_t *o = json_pack(
@@ -270,15 +402,18 @@ static int cli_status(struct cli *cli, int argc, char **argv)
         o, "token",
         json_pack("{s:b, s:s}", "ok", token_ok, "detail", token_msg));
     json_object_set_new(o, "active", json_boolean(active));
+    cli_agent_state_json(&as, json_object_get(o, "agent"));
     json_object_set_new(
         o, "link_mode",
         json_string(cli->cfg.link_mode == CONFIG_LINK_APPLICATION
                         ? "application"
                         : "delegated"));
     policy_free(policy);
+    free(as.path);
     return cli_json_print(o);
   }
 
+  cli_agent_state_print(&as);
   if (policy != NULL) {
     printf("integration:   %s\n", policy->enabled ? "enabled" : "DISABLED");
     printf("mode:          %s\n",
@@ -296,7 +431,8 @@ static int cli_status(struct cli *cli, int argc, char **argv)
          consent.at ? when : "", consent.error[0] ? ": " : "", consent.error);
   printf("token:         %s: %s\n", token_ok ? "ok" : "NOT OBTAINED",
          token_msg);
-  printf("active:        %s\n", cli_status_active(consent.state, token_ok));
+  printf("active:        %s\n",
+         cli_status_active(&as, consent.state, token_ok));
   if (ps.error[0] != '\0') {
     cli_time_format(ps.error_at, when, sizeof(when));
     printf("policy error:  the agent rejected the file at %s: %s\n"
@@ -309,11 +445,14 @@ static int cli_status(struct cli *cli, int argc, char **argv)
     if (policy != NULL && ps.digest[0]
         && strcmp(ps.digest, policy->digest) != 0)
       printf("               the file has changed since; the agent applies "
-             "it within a second if running\n");
+             "it %s\n",
+             as.state == AGENT_HEARTBEAT_RUNNING ? "within a second"
+                                                 : "when it starts");
   }
   printf("messages:      %lld held, %lld queued, %lld failed\n",
          (long long) held, (long long) queued, (long long) failed);
   policy_free(policy);
+  free(as.path);
   return EX_OK;
 }
 

@@ -8,17 +8,24 @@ nothing says so and is not audited, disable says what it does before
 doing it, drop --all-held fails every held message at once, held says
 when there is none, and each change is audited with the administrator
 behind sudo. Also what nextal-agent says about the same configuration
-file: its exit statuses and [http] max_connections. Needs NEXTAL_POLICY
+file: its exit statuses and [http] max_connections; and, against a
+running agent in the sandbox, that status says whether the agent runs
+(its pid), stopped cleanly, or stopped responding. Needs NEXTAL_POLICY
 and NEXTAL_AGENT (the binaries)."""
 import json
 import os
 import pty
 import pwd
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
+
+import scenario  # the sandbox, for the tests against a running agent
 
 POLICY = os.environ.get("NEXTAL_POLICY", "nextal-policy")
 
@@ -161,6 +168,21 @@ class PolicyCli(unittest.TestCase):
         status = json.loads(self.run_cli("status", "--json").stdout)
         self.assertFalse(status["enabled"])
         self.assertEqual(status["mode"], "all")
+
+    def test_status_without_the_agent_does_not_blame_the_token(self):
+        # No agent has ever run on this database, and no token can be had
+        # (login.example): status says the first, and the active line does
+        # not send anyone after the second.
+        text = self.run_cli("status").stdout
+        self.assertIn("agent:         not running (never started on this "
+                      "database: no %s.heartbeat)\n" % self.db, text)
+        active = text[text.index("active:"):text.index("agent applied:")]
+        self.assertIn("no: the agent is not running, so whether it delivers "
+                      "cannot be", active)
+        self.assertNotIn("no token can be obtained", active)
+        agent = json.loads(self.run_cli("status", "--json").stdout)["agent"]
+        self.assertEqual((agent["state"], agent["running"], agent["pid"]),
+                         ("unknown", False, None))
 
     def test_disable_needs_confirmation_off_a_terminal(self):
         p = self.run_cli("disable", check=False)
@@ -417,6 +439,79 @@ class PolicyCli(unittest.TestCase):
             "%2F.default&redirect_uri=https%3A%2F%2Fagent.example%2Foauth"
             "%2Fconsent&state="), url)
         self.assertNotEqual(url, self.run_cli("consent-link").stdout.strip())
+
+
+class AgentStatusHeartbeat(scenario.AgentTestCase):
+    """status against the real agent, which records its pid at start, a
+    heartbeat every 30 s and a clean stop in <database>.heartbeat."""
+
+    def status(self):
+        text = self.box.policy_cli("status").stdout
+        full = json.loads(self.box.policy_cli("status", "--json").stdout)
+        return text, full["agent"], full["active"]
+
+    def active_line(self, text):
+        return text[text.index("active:"):text.index("agent applied:")]
+
+    def age_heartbeat(self, seconds):
+        """Makes the last beat look `seconds` old, as after a crash or a
+        hung loop."""
+        path = self.box.path("agent.db.heartbeat")
+        with open(path) as f:
+            text = f.read()
+        old = int(time.time() * 1000) - seconds * 1000
+        with open(path, "w") as f:
+            f.write(re.sub(r"(?m)^seen_at=\d+$", "seen_at=%d" % old, text))
+
+    def assert_running(self, pid):
+        text, agent, _ = self.status()
+        self.assertRegex(text, r"(?m)^agent: +running \(pid %d, up \d+ s, "
+                         r"last seen \d+ s ago\)$" % pid)
+        self.assertEqual((agent["state"], agent["running"], agent["pid"]),
+                         ("running", True, pid))
+        self.assertIsNone(agent["stopped_at"])
+
+    def test_status_follows_the_agent_through_stop_restart_and_crash(self):
+        first = self.box.agent.pid
+        self.assert_running(first)
+
+        # A clean stop is on record; the active line says what cannot be
+        # checked rather than blaming the token.
+        self.box.stop_agent()
+        text, agent, active = self.status()
+        self.assertRegex(text, r"(?m)^agent: +not running \(stopped cleanly "
+                         r"at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)$")
+        self.assertIn("active:        no: the agent is not running",
+                      self.active_line(text))
+        self.assertEqual((agent["state"], agent["running"], agent["pid"]),
+                         ("stopped", False, first))
+        self.assertIsNotNone(agent["stopped_at"])
+        self.assertFalse(active)
+
+        self.box.start_agent()
+        second = self.box.agent.pid
+        self.assert_running(second)
+
+        # Beats gone stale: kill(pid, 0) tells a hung agent from a dead one.
+        self.age_heartbeat(300)
+        text, agent, _ = self.status()
+        self.assertRegex(text, r"(?m)^agent: +not responding \(last seen 5 "
+                         r"min ago; pid %d alive but silent\)$" % second)
+        self.assertEqual((agent["state"], agent["pid_alive"]),
+                         ("not_responding", True))
+        self.box.stop_agent(signal.SIGKILL)
+        self.age_heartbeat(300)
+        text, agent, active = self.status()
+        self.assertRegex(text, r"(?m)^agent: +not responding \(last seen 5 "
+                         r"min ago; pid %d not alive\)$" % second)
+        self.assertIn("active:        no: the agent is not responding",
+                      self.active_line(text))
+        self.assertEqual((agent["state"], agent["pid_alive"], agent["pid"]),
+                         ("not_responding", False, second))
+        self.assertFalse(active)
+
+        self.box.start_agent()  # tearDownClass stops it, and wants a 0
+        self.assert_running(self.box.agent.pid)
 
 
 AGENT = os.environ.get("NEXTAL_AGENT", "nextal-agent")
