@@ -108,6 +108,11 @@ static const char *const store_migrations[] = {
    * zone (see docs/caldav.md); NULL for UTC, floating and all-day times. */
   "ALTER TABLE caldav_objects ADD COLUMN start_tzid TEXT;"
   "ALTER TABLE caldav_objects ADD COLUMN end_tzid TEXT;",
+  /* 9: the ATTENDEEs with SCHEDULE-AGENT=CLIENT or NONE of a CalDAV
+   * object's master, which Graph never sees, as a JSON array of their
+   * iCalendar lines, so that GET gives them back (see docs/caldav.md);
+   * NULL for none and for events made in Outlook. */
+  "ALTER TABLE caldav_objects ADD COLUMN client_attendees TEXT;",
 };
 
 #define STORE_NMIGRATIONS                                                      \

@@ -120,6 +120,7 @@ void caldav_load_reset(struct caldav_load *ld)
   json_decref(ld->exceptions);
   json_decref(ld->deleted);
   free(ld->expected);
+  free(ld->client_attendees);
   free(ld->etag);
   memset(ld, 0, sizeof(*ld));
 }
@@ -236,7 +237,8 @@ static int caldav_load_expand(struct caldav_load *ld)
 /* The ETag of what was loaded: the change key alone for a plain event or
  * an untouched series, else a digest that also covers every exception's
  * change key and every deleted occurrence, so that an edit of one
- * occurrence in Outlook changes it too. */
+ * occurrence in Outlook changes it too; either with the remembered
+ * client-scheduled attendees (caldav_object_etag()). */
 static char *caldav_load_etag(const struct caldav_load *ld)
 {
   const char *ck = json_string_value(json_object_get(ld->event, "changeKey"));
@@ -248,7 +250,7 @@ static char *caldav_load_etag(const struct caldav_load *ld)
   if (ck == NULL || ck[0] == '\0')
     return NULL;
   if (json_array_size(ld->exceptions) == 0 && json_array_size(ld->deleted) == 0)
-    return caldav_etag(ck);
+    return caldav_object_etag(ck, ld->client_attendees);
   text = xstrdup(ck);
   json_array_foreach(ld->exceptions, i, x)
   {
@@ -267,7 +269,7 @@ static char *caldav_load_etag(const struct caldav_load *ld)
     free(text);
     text = more;
   }
-  etag = caldav_etag(text);
+  etag = caldav_object_etag(text, ld->client_attendees);
   free(text);
   return etag;
 }
@@ -373,14 +375,23 @@ static void caldav_load_on_event(void *arg, const struct graph_response *resp)
   free(suffix);
 }
 
+/* Starts r->ld for event_id with the attendees the client schedules
+ * itself; a store error only leaves them out. */
+static void caldav_load_start(struct caldav_req *r, const char *event_id)
+{
+  caldav_load_reset(&r->ld);
+  r->ld.event_id = xstrdup(event_id);
+  caldav_row_client(r->deps->store, r->address, event_id,
+                    &r->ld.client_attendees);
+}
+
 void caldav_load(struct caldav_req *r, const char *event_id,
                  caldav_loaded_cb then)
 {
   char *path = caldav_event_path(r->address, event_id, "");
 
-  caldav_load_reset(&r->ld);
+  caldav_load_start(r, event_id);
   r->ld.then = then;
-  r->ld.event_id = xstrdup(event_id);
   caldav_graph(r, "GET", path, NULL, NULL, caldav_load_on_event);
   free(path);
 }
@@ -394,8 +405,7 @@ bool caldav_load_given(struct caldav_req *r, const char *event_id,
   if (type == NULL || strcmp(type, "singleInstance") != 0
       || json_is_object(json_object_get(event, "recurrence")))
     return false;
-  caldav_load_reset(&r->ld);
-  r->ld.event_id = xstrdup(event_id);
+  caldav_load_start(r, event_id);
   r->ld.event = json_incref(event);
   r->ld.etag = caldav_load_etag(&r->ld);
   return true;
@@ -403,16 +413,23 @@ bool caldav_load_given(struct caldav_req *r, const char *event_id,
 
 /* The zones the client wrote the object in come from its mapping row, so
  * that times come back in them (ical_graph_to_ical() decides whether Graph
- * still holds the same zone). A store error only loses that preference. */
+ * still holds the same zone). A store error only loses that preference.
+ * The attendees the client schedules itself, which Graph never had, come
+ * back from what caldav_load() read. */
 char *caldav_load_ical(struct caldav_req *r, const char *uid, char *err,
                        size_t errsize)
 {
   struct ical_graph_ical_options opt = { .uid = uid,
                                          .exceptions = r->ld.exceptions,
                                          .deleted = r->ld.deleted };
+  json_t *client = NULL;
   char *start_tzid = NULL;
   char *end_tzid = NULL;
   char *text = NULL;
+
+  if (r->ld.client_attendees != NULL)
+    client = json_loads(r->ld.client_attendees, 0, NULL);
+  opt.client_attendees = client;
 
   if (r->ld.event_id != NULL)
     caldav_row_zones(r->deps->store, r->address, uid, r->ld.event_id,
@@ -422,6 +439,7 @@ char *caldav_load_ical(struct caldav_req *r, const char *uid, char *err,
   if (ical_graph_to_ical(r->ld.event, &opt, &text, err, errsize)
       != ICAL_GRAPH_OK)
     text = NULL;
+  json_decref(client);
   free(start_tzid);
   free(end_tzid);
   return text;

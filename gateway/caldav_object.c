@@ -270,22 +270,32 @@ static void caldav_put_on_series(struct caldav_req *r, bool found)
 }
 
 /* The zones the client wrote DTSTART and DTEND in go into the mapping, so
- * that GET and REPORT answer in them (caldav_load_ical()). */
-static void caldav_put_remember_zones(struct caldav_req *r)
+ * that GET and REPORT answer in them (caldav_load_ical()), and so do the
+ * attendees the client schedules itself, which Graph never saw: this PUT's
+ * replace the last one's. */
+static void caldav_put_remember(struct caldav_req *r)
 {
   free(r->row.start_tzid);
   free(r->row.end_tzid);
+  free(r->row.client_attendees);
   r->row.start_tzid
       = r->tr.start_tzid[0] != '\0' ? xstrdup(r->tr.start_tzid) : NULL;
   r->row.end_tzid = r->tr.end_tzid[0] != '\0' ? xstrdup(r->tr.end_tzid) : NULL;
+  r->row.client_attendees = NULL;
+  if (json_array_size(r->tr.client_attendees) > 0) {
+    r->row.client_attendees = json_dumps(r->tr.client_attendees, JSON_COMPACT);
+    if (r->row.client_attendees == NULL)
+      abort(); /* jansson fails only when out of memory */
+  }
 }
 
 /* After the master was written: the occurrences, then the answer. */
 static void caldav_put_written(struct caldav_req *r, const json_t *event)
 {
-  char *etag;
+  const char *ck = json_string_value(json_object_get(event, "changeKey"));
+  char *etag = NULL;
 
-  caldav_put_remember_zones(r);
+  caldav_put_remember(r);
 
   if (json_array_size(r->tr.exdates) > 0
       || json_array_size(r->tr.overrides) > 0) {
@@ -294,7 +304,9 @@ static void caldav_put_written(struct caldav_req *r, const json_t *event)
     caldav_load(r, r->row.event_id, caldav_put_on_series);
     return;
   }
-  etag = caldav_event_etag(event);
+  /* The ETag GET will give: the change key and these attendees. */
+  if (ck != NULL && ck[0] != '\0')
+    etag = caldav_object_etag(ck, r->row.client_attendees);
   caldav_put_answer(r, etag);
   free(etag);
 }

@@ -22,6 +22,7 @@ void caldav_row_clear(struct caldav_row *row)
   free(row->etag);
   free(row->start_tzid);
   free(row->end_tzid);
+  free(row->client_attendees);
   memset(row, 0, sizeof(*row));
 }
 
@@ -58,7 +59,8 @@ static char *caldav_column(sqlite3_stmt *st, int col)
 }
 
 /* The columns caldav_row_load() reads, in its order. */
-#define CALDAV_ROW_COLUMNS "name, uid, event_id, etag, start_tzid, end_tzid"
+#define CALDAV_ROW_COLUMNS                                                     \
+  "name, uid, event_id, etag, start_tzid, end_tzid, client_attendees"
 
 /* Fills row from the CALDAV_ROW_COLUMNS of st. */
 static void caldav_row_load(struct caldav_row *row, sqlite3_stmt *st)
@@ -69,6 +71,7 @@ static void caldav_row_load(struct caldav_row *row, sqlite3_stmt *st)
   row->etag = caldav_column(st, 3);
   row->start_tzid = caldav_column(st, 4);
   row->end_tzid = caldav_column(st, 5);
+  row->client_attendees = caldav_column(st, 6);
 }
 
 int caldav_row_find(struct store *store, const char *address, const char *key,
@@ -123,7 +126,34 @@ int caldav_row_zones(struct store *store, const char *address, const char *uid,
   return rc;
 }
 
-/* Runs one statement with up to seven text parameters. Returns 0 or -EIO. */
+int caldav_row_client(struct store *store, const char *address,
+                      const char *event_id, char **client_attendees)
+{
+  /* An adopted alias of the same event (a lost PUT answer) has none: the
+   * row the client wrote is preferred. */
+  sqlite3_stmt *st = caldav_prepare(
+      store, "SELECT client_attendees FROM caldav_objects"
+             " WHERE address = ?1 AND event_id = ?2"
+             " ORDER BY client_attendees IS NULL, name LIMIT 1");
+  int rc;
+
+  *client_attendees = NULL;
+  if (st == NULL)
+    return -EIO;
+  sqlite3_bind_text(st, 1, address, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, event_id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *client_attendees = caldav_column(st, 0);
+    rc = 0;
+  } else {
+    rc = rc == SQLITE_DONE ? -ENOENT : -EIO;
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Runs one statement with up to eight text parameters. Returns 0 or -EIO. */
 static int caldav_store_run(struct store *store, const char *sql,
                             const char *const *params, int nparams)
 {
@@ -146,14 +176,15 @@ int caldav_row_put(struct store *store, const char *address,
                    const struct caldav_row *row)
 {
   const char *params[]
-      = { address,   row->name,       row->uid,     row->event_id,
-          row->etag, row->start_tzid, row->end_tzid };
+      = { address,   row->name,       row->uid,      row->event_id,
+          row->etag, row->start_tzid, row->end_tzid, row->client_attendees };
 
   return caldav_store_run(store,
                           "INSERT OR REPLACE INTO caldav_objects"
                           " (address, name, uid, event_id, etag, start_tzid,"
-                          " end_tzid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                          params, 7);
+                          " end_tzid, client_attendees)"
+                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                          params, 8);
 }
 
 void caldav_row_set_etag(struct store *store, const char *address,
@@ -249,6 +280,23 @@ char *caldav_etag(const char *change_key)
   char hex[CALDAV_ETAG_HEX + 1];
 
   gnutls_hash_fast(GNUTLS_DIG_SHA256, change_key, strlen(change_key), digest);
+  caldav_tag_hex(digest, hex);
+  return xasprintf("\"%s\"", hex);
+}
+
+char *caldav_object_etag(const char *key, const char *client_attendees)
+{
+  gnutls_hash_hd_t hd;
+  unsigned char digest[32];
+  char hex[CALDAV_ETAG_HEX + 1];
+
+  if (client_attendees == NULL)
+    return caldav_etag(key);
+  if (gnutls_hash_init(&hd, GNUTLS_DIG_SHA256) < 0)
+    abort(); /* fails only when out of memory */
+  gnutls_hash(hd, key, strlen(key) + 1);
+  gnutls_hash(hd, client_attendees, strlen(client_attendees));
+  gnutls_hash_deinit(hd, digest);
   caldav_tag_hex(digest, hex);
   return xasprintf("\"%s\"", hex);
 }

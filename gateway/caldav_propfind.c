@@ -365,7 +365,7 @@ static void caldav_refresh_listed(struct caldav_req *r, bool complete)
     if (type != NULL && strcmp(type, "seriesMaster") == 0) {
       caldav_item_add(r, NULL, &rows[i], true);
     } else if (ck != NULL && ck[0] != '\0') {
-      char *etag = caldav_etag(ck);
+      char *etag = caldav_object_etag(ck, rows[i].client_attendees);
 
       if (rows[i].etag == NULL || strcmp(rows[i].etag, etag) != 0)
         caldav_row_set_etag(r->deps->store, r->address, rows[i].name, etag);

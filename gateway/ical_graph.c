@@ -44,6 +44,7 @@ struct ig_in {
   const struct ical_graph_options *opt;
   struct ical_graph_result *res;
   char default_win[TZ_MAP_NAME_MAX]; /* "" when the caller gave no zone */
+  size_t client_text; /* bytes of the lines in res->client_attendees */
 };
 
 _Static_assert(ICAL_GRAPH_ZONE_MAX == TZ_MAP_NAME_MAX,
@@ -357,18 +358,64 @@ static const char *ig_attendee_type(icalproperty *p)
 }
 
 /* True when the client schedules this attendee itself (RFC 6638 7.1):
- * Graph would mail an invitation of its own, so the attendee stays out. */
+ * Graph would mail an invitation of its own, so the attendee stays out.
+ * libical 3 reads SCHEDULE-AGENT=NONE as an X value (its
+ * ICAL_SCHEDULEAGENT_NONE means "no value"), so the text is compared;
+ * other unknown values are SERVER, as RFC 6638 asks. */
 static bool ig_client_scheduled(icalproperty *p)
 {
   icalparameter *sa;
+  const char *x;
 
   sa = icalproperty_get_first_parameter(p, ICAL_SCHEDULEAGENT_PARAMETER);
-  return sa
-         && (icalparameter_get_scheduleagent(sa) == ICAL_SCHEDULEAGENT_CLIENT
-             || icalparameter_get_scheduleagent(sa) == ICAL_SCHEDULEAGENT_NONE);
+  if (!sa)
+    return false;
+  if (icalparameter_get_scheduleagent(sa) == ICAL_SCHEDULEAGENT_CLIENT)
+    return true;
+  x = icalparameter_get_scheduleagent(sa) == ICAL_SCHEDULEAGENT_X
+          ? icalparameter_get_xvalue(sa)
+          : NULL;
+  return x && strcasecmp(x, "NONE") == 0;
 }
 
-static int ig_add_attendee(struct ig_in *in, icalproperty *p, json_t *list)
+/* The master's client-scheduled ATTENDEE, kept as libical writes it (one
+ * unfolded line, parameters in the client's order) so that the caller can
+ * give it back on reading; within the ICAL_GRAPH_CLIENT_* limits. */
+static int ig_keep_client_attendee(struct ig_in *in, icalproperty *p)
+{
+  char *text = icalproperty_as_ical_string_r(p);
+  size_t n = 0;
+
+  /* Line ends go, and the blank that starts a folded line with them. */
+  for (size_t i = 0; text[i] != '\0'; i++) {
+    if (text[i] != '\r' && text[i] != '\n') {
+      text[n++] = text[i];
+      continue;
+    }
+    if (text[i] == '\r' && text[i + 1] == '\n')
+      i++;
+    if (text[i + 1] == ' ' || text[i + 1] == '\t')
+      i++;
+  }
+  text[n] = '\0';
+  if (json_array_size(in->res->client_attendees)
+          >= ICAL_GRAPH_CLIENT_ATTENDEES_MAX
+      || in->client_text + n > ICAL_GRAPH_CLIENT_TEXT_MAX) {
+    free(text);
+    return IN_FAIL(in, ICAL_GRAPH_ELIMIT,
+                   "more than %d attendees with SCHEDULE-AGENT=CLIENT or "
+                   "NONE, or more than %d bytes of them: the calendar "
+                   "remembers no more of the attendees a client invites",
+                   ICAL_GRAPH_CLIENT_ATTENDEES_MAX, ICAL_GRAPH_CLIENT_TEXT_MAX);
+  }
+  in->client_text += n;
+  json_array_append_new(in->res->client_attendees, json_string(text));
+  free(text);
+  return ICAL_GRAPH_OK;
+}
+
+static int ig_add_attendee(struct ig_in *in, icalproperty *p, bool master,
+                           json_t *list)
 {
   icalparameter *cn = icalproperty_get_first_parameter(p, ICAL_CN_PARAMETER);
   const char *addr = ig_mailto(icalproperty_get_attendee(p));
@@ -383,7 +430,7 @@ static int ig_add_attendee(struct ig_in *in, icalproperty *p, json_t *list)
     return ICAL_GRAPH_OK; /* the organizer is not invited to their meeting */
   if (ig_client_scheduled(p)) {
     json_array_append_new(in->res->client_scheduled, json_string(addr));
-    return ICAL_GRAPH_OK;
+    return master ? ig_keep_client_attendee(in, p) : ICAL_GRAPH_OK;
   }
   if (json_array_size(list) >= ICAL_GRAPH_ATTENDEES_MAX)
     return IN_FAIL(in, ICAL_GRAPH_ELIMIT,
@@ -399,7 +446,8 @@ static int ig_add_attendee(struct ig_in *in, icalproperty *p, json_t *list)
   return rc;
 }
 
-static int ig_add_attendees(struct ig_in *in, icalcomponent *ev, json_t *obj)
+static int ig_add_attendees(struct ig_in *in, icalcomponent *ev, bool master,
+                            json_t *obj)
 {
   json_t *list = json_array();
   icalproperty *p;
@@ -409,7 +457,7 @@ static int ig_add_attendees(struct ig_in *in, icalcomponent *ev, json_t *obj)
   for (p = icalcomponent_get_first_property(ev, ICAL_ATTENDEE_PROPERTY);
        p && rc == ICAL_GRAPH_OK;
        p = icalcomponent_get_next_property(ev, ICAL_ATTENDEE_PROPERTY))
-    rc = ig_add_attendee(in, p, list);
+    rc = ig_add_attendee(in, p, master, list);
   return rc;
 }
 
@@ -882,7 +930,7 @@ static int ig_event_build(struct ig_in *in, icalcomponent *ev, bool master,
   if (rc == ICAL_GRAPH_OK)
     rc = ig_add_times(in, ev, master, obj, start);
   if (rc == ICAL_GRAPH_OK)
-    rc = ig_add_attendees(in, ev, obj);
+    rc = ig_add_attendees(in, ev, master, obj);
   if (rc == ICAL_GRAPH_OK)
     rc = ig_add_flags(in, ev, obj);
   if (rc == ICAL_GRAPH_OK && master)
@@ -1067,6 +1115,7 @@ int ical_graph_from_ical(const char *text, size_t len,
 
   memset(res, 0, sizeof(*res));
   res->client_scheduled = json_array();
+  res->client_attendees = json_array();
   res->exdates = json_array();
   res->overrides = json_array();
   if (len > ICAL_GRAPH_TEXT_MAX)
@@ -1104,6 +1153,7 @@ void ical_graph_result_free(struct ical_graph_result *res)
 {
   json_decref(res->event);
   json_decref(res->client_scheduled);
+  json_decref(res->client_attendees);
   json_decref(res->exdates);
   json_decref(res->overrides);
   free(res->uid);
@@ -1666,6 +1716,67 @@ static int ig_out_rrule(struct ig_out *o, const json_t *rec, icaltimetype start,
   return ICAL_GRAPH_OK;
 }
 
+/* Whether vev has an ATTENDEE with the mailto: address addr already. */
+static bool ig_has_attendee(icalcomponent *vev, const char *addr)
+{
+  icalproperty *p;
+
+  for (p = icalcomponent_get_first_property(vev, ICAL_ATTENDEE_PROPERTY); p;
+       p = icalcomponent_get_next_property(vev, ICAL_ATTENDEE_PROPERTY)) {
+    const char *have = ig_mailto(icalproperty_get_attendee(p));
+
+    if (have && strcasecmp(have, addr) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* One remembered client-scheduled ATTENDEE line as a property, or NULL
+ * when it is not one (a line end in it could smuggle in others). */
+static icalproperty *ig_client_attendee(const char *line)
+{
+  icalproperty *p;
+  const char *addr;
+
+  if (!line || strpbrk(line, "\r\n") || strncasecmp(line, "ATTENDEE", 8) != 0)
+    return NULL;
+  p = icalproperty_new_from_string(line);
+  if (!p)
+    return NULL;
+  addr = icalproperty_isa(p) == ICAL_ATTENDEE_PROPERTY
+             ? ig_mailto(icalproperty_get_attendee(p))
+             : NULL;
+  if (!addr) {
+    icalproperty_free(p);
+    return NULL;
+  }
+  if (!icalproperty_get_first_parameter(p, ICAL_SCHEDULEAGENT_PARAMETER))
+    icalproperty_add_parameter(
+        p, icalparameter_new_scheduleagent(ICAL_SCHEDULEAGENT_CLIENT));
+  return p;
+}
+
+/* The attendees the client schedules itself never reached Graph: they come
+ * back from what the CalDAV layer remembered, unless Graph now lists the
+ * address (added in Outlook), whose line then stands. */
+static void ig_out_client_attendees(const json_t *lines, icalcomponent *vev)
+{
+  const json_t *x;
+  size_t i;
+
+  json_array_foreach(lines, i, x)
+  {
+    icalproperty *p = ig_client_attendee(json_string_value(x));
+
+    if (!p)
+      continue;
+    if (ig_has_attendee(vev, ig_mailto(icalproperty_get_attendee(p))))
+      icalproperty_free(p);
+    else
+      icalcomponent_add_property(vev, p);
+  }
+}
+
 /* One VEVENT from a Graph event; a RECURRENCE-ID when rid is given. */
 static int ig_out_event(struct ig_out *o, const json_t *ev, const char *uid,
                         icalcomponent **vev_out, icaltimetype *start,
@@ -1775,6 +1886,8 @@ int ical_graph_to_ical(const json_t *event,
     return OUT_FAIL(&o, ICAL_GRAPH_EGRAPH, "no event or no UID");
   o.vcal = ig_new_vcalendar(NULL);
   rc = ig_out_event(&o, event, opt->uid, &vev, &start, &zone);
+  if (rc == ICAL_GRAPH_OK)
+    ig_out_client_attendees(opt->client_attendees, vev);
   if (rc == ICAL_GRAPH_OK && json_is_object(rec))
     rc = ig_out_rrule(&o, rec, start, zone, vev);
   if (rc == ICAL_GRAPH_OK && json_is_object(rec))

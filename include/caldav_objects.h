@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* The CalDAV mapping table (caldav_objects, migrations 3 and 8): for each
- * linked user, Nextal's object names and UIDs against Graph event ids, the
- * ETags last served and the zones the client wrote, and the tags derived
- * from them. */
+/* The CalDAV mapping table (caldav_objects, migrations 3, 8 and 9): for
+ * each linked user, Nextal's object names and UIDs against Graph event ids,
+ * the ETags last served, the zones the client wrote and the attendees it
+ * schedules itself, and the tags derived from them. */
 #ifndef NX_CALDAV_OBJECTS_H
 #define NX_CALDAV_OBJECTS_H
 
@@ -12,9 +12,10 @@
 #define CALDAV_ETAG_HEX 32
 
 /* One row: the object's name and UID, its Graph event id, the ETag last
- * served (NULL before the first), and the IANA zones the client wrote
- * DTSTART and DTEND in (NULL for UTC, floating and all-day times, and for
- * objects made in Outlook). Every string is owned by the row;
+ * served (NULL before the first), the IANA zones the client wrote DTSTART
+ * and DTEND in (NULL for UTC, floating and all-day times, and for objects
+ * made in Outlook), and the master's ATTENDEEs the client schedules itself,
+ * which Graph never sees. Every string is owned by the row;
  * caldav_row_clear() frees them. */
 struct caldav_row {
   char *name;
@@ -23,6 +24,9 @@ struct caldav_row {
   char *etag;
   char *start_tzid;
   char *end_tzid;
+  char *client_attendees; /* JSON array of the ATTENDEE lines of the last
+                             PUT (ical_graph_result's client_attendees), or
+                             NULL for none and for objects made in Outlook */
 };
 
 /* Frees the strings of row and zeroes it; a zeroed row is a no-op. */
@@ -43,6 +47,13 @@ int caldav_row_put(struct store *store, const char *address,
  * (free()) or NULL when none is remembered. Returns 0, -ENOENT or -EIO. */
 int caldav_row_zones(struct store *store, const char *address, const char *uid,
                      const char *event_id, char **start_tzid, char **end_tzid);
+
+/* Reads the client-scheduled ATTENDEE lines (a JSON array, see struct
+ * caldav_row) remembered for the object of address that maps event_id:
+ * *client_attendees receives a new string (free()) or NULL when none is
+ * remembered. Returns 0, -ENOENT or -EIO. */
+int caldav_row_client(struct store *store, const char *address,
+                      const char *event_id, char **client_attendees);
 
 /* Records the ETag last served for a name; a store error is logged. */
 void caldav_row_set_etag(struct store *store, const char *address,
@@ -75,6 +86,13 @@ void caldav_rows_free(struct caldav_row *rows, int n);
 /* The ETag of a Graph change key, a quoted string of hex digits so that it
  * never holds a character that needs care in a header. free() it. */
 char *caldav_etag(const char *change_key);
+
+/* The ETag of an object whose Graph side key derives (a change key, or
+ * a series' digest input) and whose remembered client-scheduled attendees
+ * are client_attendees: caldav_etag(key) when there are none, else a digest
+ * of both, so that a PUT that changes only those attendees changes the
+ * ETag even when Graph's event stays the same. free() it. */
+char *caldav_object_etag(const char *key, const char *client_attendees);
 
 /* The collection tag of rows: a digest of every name and ETag, so that any
  * create, change or delete the agent has seen changes it. free() it. */

@@ -79,7 +79,9 @@ struct caldav_load {
   time_t *expected;   /* occurrence starts the pattern gives */
   size_t nexpected;
   unsigned pages;
-  char *etag;
+  char *client_attendees; /* the object's remembered client-scheduled
+                             ATTENDEE lines (JSON array), or NULL */
+  char *etag;             /* covers client_attendees too */
 };
 
 /* One request in progress; freed by caldav_finish(). */
@@ -199,7 +201,9 @@ char *caldav_event_path(const char *address, const char *event_id,
 
 /* Loads event_id into r->ld and calls then(r, found) on the loop; found is
  * false when Graph no longer has the event. Other Graph failures are
- * answered here, then is not called. */
+ * answered here, then is not called. The client-scheduled attendees the
+ * mapping remembers for event_id are read first, for the ETag and the
+ * calendar object. */
 void caldav_load(struct caldav_req *r, const char *event_id,
                  caldav_loaded_cb then);
 

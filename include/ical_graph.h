@@ -19,6 +19,12 @@
 #define ICAL_GRAPH_OVERRIDES_MAX 200
 /* EXDATE values per series. */
 #define ICAL_GRAPH_EXDATES_MAX 1000
+/* The master's client-scheduled ATTENDEEs (SCHEDULE-AGENT=CLIENT or NONE)
+ * the caller remembers per object, and the bytes their lines may take
+ * together: the CalDAV layer keeps them in its mapping table and lists up
+ * to CALDAV_OBJECTS_MAX rows at once. */
+#define ICAL_GRAPH_CLIENT_ATTENDEES_MAX 16
+#define ICAL_GRAPH_CLIENT_TEXT_MAX 4096
 /* Room for "nextal-" and a SHA-256 in hex, terminator included. */
 #define ICAL_GRAPH_TXID_SIZE 72
 /* Longest zone name in a result, terminator included (TZ_MAP_NAME_MAX). */
@@ -62,6 +68,10 @@ struct ical_graph_result {
   bool cancelled; /* master has STATUS:CANCELLED: cancel, don't create */
   char *method;   /* METHOD value when present (the call then fails) */
   json_t *client_scheduled; /* addresses left out: SCHEDULE-AGENT=CLIENT */
+  /* The master's client-scheduled ATTENDEE properties as libical writes
+   * them, parameters included: one unfolded line each, without CRLF, for
+   * the caller to remember and pass back to ical_graph_to_ical. */
+  json_t *client_attendees;
   json_t *exdates;   /* original starts to delete, dateTimeTimeZone objects */
   json_t *overrides; /* [{"originalStart": dateTimeTimeZone, "event": {}}] */
   /* The IANA zones (libical's names) the master's DTSTART and DTEND were
@@ -108,6 +118,8 @@ struct ical_graph_ical_options {
                                DateTimeOffset strings, or NULL */
   const char *start_tzid;   /* zones the client wrote DTSTART and DTEND in */
   const char *end_tzid;     /* (result's start_tzid, end_tzid), or NULL */
+  const json_t *client_attendees; /* remembered ATTENDEE lines (result's
+                                     client_attendees), or NULL */
 };
 
 /* Builds a VCALENDAR with one VEVENT (plus one per exception) from a Graph
@@ -117,10 +129,12 @@ struct ical_graph_ical_options {
  * libical's zone data; opt->start_tzid and end_tzid replace those while
  * they map to the same Windows zone, so that a time written in
  * America/Winnipeg comes back there and not in America/Chicago, the IANA
- * zone of "Central Standard Time". On
- * success returns ICAL_GRAPH_OK and stores in *text a string the caller
- * frees with free(); otherwise a negative ical_graph_error with a sentence
- * in err (errsize bytes). */
+ * zone of "Central Standard Time". The lines of opt->client_attendees
+ * that are ATTENDEEs are added to the master VEVENT as they were written
+ * (SCHEDULE-AGENT=CLIENT added where missing), except an address Graph
+ * lists itself, which Graph's line stands for. On success returns ICAL_GRAPH_OK
+ * and stores in *text a string the caller frees with free(); otherwise a
+ * negative ical_graph_error with a sentence in err (errsize bytes). */
 int ical_graph_to_ical(const json_t *event,
                        const struct ical_graph_ical_options *opt, char **text,
                        char *err, size_t errsize);

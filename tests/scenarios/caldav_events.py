@@ -792,6 +792,91 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(kinds, ["request", "cancel"])
         self.assertEqual(self.curl("GET", self.obj_path(name)).status, 404)
 
+    def test_client_scheduled_attendees_read_back(self):
+        uid = self.unique("client-sched")
+        name = uid + ".ics"
+        subject = self.unique("Candidate invited by Nextal")
+        cal = "/dav/calendars/%s/default/" % ALICE
+        sam = "ATTENDEE;SCHEDULE-AGENT=CLIENT;CN=Sam:mailto:sam@example.net"
+        pat = ("ATTENDEE;SCHEDULE-AGENT=NONE;ROLE=OPT-PARTICIPANT:"
+               "mailto:pat@example.net")
+        bob = "ATTENDEE;CN=Bob;ROLE=REQ-PARTICIPANT:mailto:%s" % BOB
+
+        def unfolded(text):
+            return re.sub(r"\r?\n[ \t]", "", text)
+
+        def graph_left_them_out():
+            [ev] = self.events_with(subject)
+            invited = sorted(a["emailAddress"]["address"]
+                             for a in ev["attendees"])
+            self.assertEqual(invited, [BOB, "jordan@example.net"])
+            mailed = json.dumps(self.invitations())
+            self.assertNotIn("sam@example.net", mailed)
+            self.assertNotIn("pat@example.net", mailed)
+
+        r = self.put(name, vevent(uid, subject, extra="\n".join([bob, sam, pat])),
+                     "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        etag1 = r.header("ETag")
+        graph_left_them_out()
+
+        # GET gives them back as written, with their SCHEDULE-AGENT.
+        r = self.curl("GET", self.obj_path(name))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("ETag"), etag1)
+        body = unfolded(r.body)
+        self.assertIn("\r\n" + sam + "\r\n", body)
+        self.assertIn("\r\n" + pat + "\r\n", body)
+        self.assertEqual(body.count("mailto:sam@example.net"), 1)
+
+        # So do REPORTs, the multiget (one GET each) and the time-range
+        # query (whole from calendarView), and every path gives one ETag.
+        multiget = ('<C:calendar-multiget xmlns:D="DAV:" xmlns:C="urn:ietf:'
+                    'params:xml:ns:caldav"><D:prop><D:getetag/>'
+                    '<C:calendar-data/></D:prop><D:href>%s%s</D:href>'
+                    '</C:calendar-multiget>' % (cal, name))
+        query = ('<C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:'
+                 'xml:ns:caldav"><D:prop><D:getetag/><C:calendar-data/>'
+                 '</D:prop><C:filter><C:comp-filter name="VCALENDAR">'
+                 '<C:comp-filter name="VEVENT"><C:time-range '
+                 'start="20300304T000000Z" end="20300305T000000Z"/>'
+                 '</C:comp-filter></C:comp-filter></C:filter>'
+                 '</C:calendar-query>')
+        for report in (multiget, query):
+            r = self.curl("REPORT", cal, report, ["Depth: 1"])
+            self.assertEqual(r.status, 207)
+            got = {x.find(DAV + "href").text: x
+                   for x in ET.fromstring(r.body).findall(DAV + "response")}
+            data = got[cal + name].find(".//%scalendar-data" % CAL).text
+            self.assertIn(sam, unfolded(data))
+            self.assertEqual(
+                got[cal + name].find(".//%sgetetag" % DAV).text, etag1)
+        self.assertEqual(self.propfind_etags()[1][name], etag1)
+
+        # A PUT that changes only the candidate's line: a new ETag, the new
+        # line back, and still nothing of theirs in Graph.
+        samantha = sam.replace("CN=Sam", "CN=Samantha")
+        r = self.put(name, vevent(uid, subject,
+                                  extra="\n".join([bob, samantha, pat])),
+                     "If-Match: " + etag1)
+        self.assertEqual(r.status, 204, r.body)
+        etag2 = r.header("ETag")
+        self.assertNotEqual(etag2, etag1)
+        r = self.curl("GET", self.obj_path(name))
+        self.assertEqual(r.header("ETag"), etag2)
+        self.assertIn("\r\n" + samantha + "\r\n", unfolded(r.body))
+        self.assertNotIn("CN=Sam:", unfolded(r.body))
+        self.assertEqual(self.propfind_etags()[1][name], etag2)
+        graph_left_them_out()
+
+        # Each PUT replaces what was remembered.
+        r = self.put(name, vevent(uid, subject, extra=bob), "If-Match: " + etag2)
+        self.assertEqual(r.status, 204, r.body)
+        r = self.curl("GET", self.obj_path(name))
+        self.assertNotIn("sam@example.net", r.body)
+        self.assertNotIn("pat@example.net", r.body)
+        self.assertEqual(self.curl("DELETE", self.obj_path(name)).status, 204)
+
     def invitations(self, address=ALICE):
         quoted = urllib.parse.quote(address)
         return self.box.sim_get(

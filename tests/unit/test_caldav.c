@@ -668,6 +668,59 @@ static void test_mapping_remembers_zones(void **state)
   caldav_rows_free(rows, 2);
 }
 
+/* The mapping keeps the client-scheduled attendees of the last PUT
+ * (migration 9), an adopted alias of the same event does not hide them,
+ * and they count in the ETag. */
+static void test_mapping_remembers_client_attendees(void **state)
+{
+  static const char sam[]
+      = "[\"ATTENDEE;SCHEDULE-AGENT=CLIENT;CN=Sam:mailto:sam@example.net\"]";
+  static const char samantha[] = "[\"ATTENDEE;SCHEDULE-AGENT=CLIENT;"
+                                 "CN=Samantha:mailto:sam@example.net\"]";
+  struct fixture *f = *state;
+  struct caldav_row row = { .name = "c.ics",
+                            .uid = "c-uid",
+                            .event_id = "EV1",
+                            .client_attendees = (char *) sam };
+  struct caldav_row got = { 0 };
+  char *lines = NULL;
+  char *plain, *e1, *e2, *e3;
+
+  assert_true(store_schema_version(f->store) >= 9);
+  assert_int_equal(caldav_row_put(f->store, ALICE, &row), 0);
+  assert_int_equal(caldav_row_find(f->store, ALICE, "name", "c.ics", &got), 0);
+  assert_string_equal(got.client_attendees, sam);
+  caldav_row_clear(&got);
+
+  /* The adopted name of the same event sorts first but has none. */
+  assert_int_equal(caldav_row_adopt(f->store, ALICE, "EV1", "outlook-uid"), 0);
+  assert_int_equal(caldav_row_client(f->store, ALICE, "EV1", &lines), 0);
+  assert_string_equal(lines, sam);
+  free(lines);
+  assert_int_equal(caldav_row_client(f->store, ALICE, "EV2", &lines), -ENOENT);
+  assert_null(lines);
+
+  /* A PUT without them forgets them. */
+  row.client_attendees = NULL;
+  assert_int_equal(caldav_row_put(f->store, ALICE, &row), 0);
+  assert_int_equal(caldav_row_client(f->store, ALICE, "EV1", &lines), 0);
+  assert_null(lines);
+
+  /* Same change key: the ETag still follows the attendees. */
+  plain = caldav_etag("CK1");
+  e1 = caldav_object_etag("CK1", NULL);
+  e2 = caldav_object_etag("CK1", sam);
+  e3 = caldav_object_etag("CK1", samantha);
+  assert_string_equal(e1, plain);
+  assert_string_not_equal(e2, plain);
+  assert_string_not_equal(e3, e2);
+  assert_int_equal(strlen(e2), CALDAV_ETAG_HEX + 2);
+  free(plain);
+  free(e1);
+  free(e2);
+  free(e3);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -681,6 +734,8 @@ int main(void)
                                     teardown),
     cmocka_unit_test_setup_teardown(test_mapping_remembers_zones, setup,
                                     teardown),
+    cmocka_unit_test_setup_teardown(test_mapping_remembers_client_attendees,
+                                    setup, teardown),
     cmocka_unit_test_setup_teardown(test_impossible_dates_refused, setup,
                                     teardown),
     cmocka_unit_test_setup_teardown(test_xml_bodies_bounded, setup, teardown),

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <libical/ical.h>
 
@@ -197,6 +198,90 @@ static void test_attendee_roles(void **state)
   assert_int_equal(json_array_size(res.client_scheduled), 1);
   assert_jstr(res.client_scheduled, "0", "candidate@example.net");
   assert_jstr(res.event, "start.timeZone", "UTC");
+  ical_graph_result_free(&res);
+}
+
+/* The master's client-scheduled attendees stay out of Graph but are kept,
+ * each as its whole line, for the caller to remember; those of overridden
+ * occurrences are not, and the kept ones are bounded. */
+static void test_client_attendees_kept(void **state)
+{
+  static const char long_cn[]
+      = "ATTENDEE;SCHEDULE-AGENT=NONE;CN=Alexandra Konstantinopoulou-"
+        "Papadimitriou;ROLE=OPT-PARTICIPANT;PARTSTAT=ACCEPTED:mailto:ale"
+        "xandra.konstantinopoulou@candidates.example.net";
+  struct ical_graph_result res;
+  char *lines, *text;
+
+  assert_int_equal(translate_file("attendees.ics", &res), ICAL_GRAPH_OK);
+  assert_int_equal(json_array_size(res.client_attendees), 1);
+  assert_jstr(res.client_attendees, "0",
+              "ATTENDEE;SCHEDULE-AGENT=CLIENT:mailto:candidate@example.net");
+  ical_graph_result_free(&res);
+
+  /* A line libical folds comes back whole, parameters in their order. */
+  lines = xasprintf("DTSTART:20261203T090000Z\r\n%.74s\r\n %s\r\n", long_cn,
+                    long_cn + 74);
+  assert_int_equal(translate_inline(lines, &berlin, &res), ICAL_GRAPH_OK);
+  free(lines);
+  assert_int_equal(json_array_size(jpath(res.event, "attendees")), 0);
+  assert_jstr(res.client_attendees, "0", long_cn);
+  ical_graph_result_free(&res);
+
+  /* A plain object has none; an override's are left out of Graph only. */
+  assert_int_equal(translate_file("simple.ics", &res), ICAL_GRAPH_OK);
+  assert_int_equal(json_array_size(res.client_attendees), 0);
+  ical_graph_result_free(&res);
+  text = xasprintf(
+      "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"
+      "BEGIN:VEVENT\r\nUID:o@nextal\r\nDTSTAMP:20260101T120000Z\r\n"
+      "DTSTART:20261201T090000Z\r\nRRULE:FREQ=WEEKLY;COUNT=3\r\n"
+      "ATTENDEE;SCHEDULE-AGENT=CLIENT:mailto:a@example.net\r\n"
+      "END:VEVENT\r\nBEGIN:VEVENT\r\nUID:o@nextal\r\n"
+      "DTSTAMP:20260101T120000Z\r\nRECURRENCE-ID:20261208T090000Z\r\n"
+      "DTSTART:20261208T100000Z\r\n"
+      "ATTENDEE;SCHEDULE-AGENT=CLIENT:mailto:b@example.net\r\n"
+      "END:VEVENT\r\nEND:VCALENDAR\r\n");
+  assert_int_equal(ical_graph_from_ical(text, strlen(text), &berlin, &res),
+                   ICAL_GRAPH_OK);
+  free(text);
+  assert_int_equal(json_array_size(res.client_scheduled), 2);
+  assert_int_equal(json_array_size(res.client_attendees), 1);
+  assert_jstr(res.client_attendees, "0",
+              "ATTENDEE;SCHEDULE-AGENT=CLIENT:mailto:a@example.net");
+  assert_int_equal(json_array_size(jpath(res.overrides, "0.event.attendees")),
+                   0);
+  ical_graph_result_free(&res);
+
+  /* One more than ICAL_GRAPH_CLIENT_ATTENDEES_MAX is refused. */
+  lines = xstrdup("DTSTART:20261203T090000Z\r\n");
+  for (int i = 0; i <= ICAL_GRAPH_CLIENT_ATTENDEES_MAX; i++) {
+    char *more = xasprintf("%sATTENDEE;SCHEDULE-AGENT=CLIENT:mailto:c%d@"
+                           "example.net\r\n",
+                           lines, i);
+
+    free(lines);
+    lines = more;
+  }
+  assert_int_equal(translate_inline(lines, &berlin, &res), ICAL_GRAPH_ELIMIT);
+  assert_non_null(strstr(res.error, "more than 16 attendees with "
+                                    "SCHEDULE-AGENT=CLIENT or NONE"));
+  free(lines);
+  ical_graph_result_free(&res);
+
+  /* So is more than ICAL_GRAPH_CLIENT_TEXT_MAX bytes of them. */
+  lines = xstrdup("DTSTART:20261203T090000Z\r\n");
+  for (int i = 0; i < 12; i++) {
+    char *more = xasprintf("%sATTENDEE;SCHEDULE-AGENT=CLIENT;CN=%0350d:"
+                           "mailto:d%d@example.net\r\n",
+                           lines, 0, i);
+
+    free(lines);
+    lines = more;
+  }
+  assert_int_equal(translate_inline(lines, &berlin, &res), ICAL_GRAPH_ELIMIT);
+  assert_non_null(strstr(res.error, "4096 bytes"));
+  free(lines);
   ical_graph_result_free(&res);
 }
 
@@ -980,6 +1065,74 @@ static void test_round_trip(void **state)
   ical_graph_result_free(&res);
 }
 
+/* Remembered client-scheduled attendees come back on the master as they
+ * were written, with their SCHEDULE-AGENT; Graph's own attendee of the
+ * same address stands, and lines that are not ATTENDEEs are ignored. */
+static void test_reverse_client_attendees(void **state)
+{
+  json_t *ev = json_load_data("graph_event.json");
+  json_t *lines = json_pack(
+      "[s, s, s, s, s, i]",
+      "ATTENDEE;SCHEDULE-AGENT=CLIENT;CN=Sam Candidate;PARTSTAT=NEEDS-ACTION:"
+      "mailto:sam@example.net",
+      "ATTENDEE;CN=Jane Again;SCHEDULE-AGENT=CLIENT:mailto:JANE@example.org",
+      "ATTENDEE;CN=Kim:mailto:kim@example.net", "SUMMARY:not an attendee",
+      "ATTENDEE:mailto:x@example.net\r\nSUMMARY:smuggled", 7);
+  struct ical_graph_ical_options opt
+      = { .uid = "simple-1@nextal", .client_attendees = lines };
+  icalcomponent *cal, *vev;
+  icalproperty *p;
+  char err[256], *text = NULL;
+  int n = 0;
+
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  cal = ical_parse_checked(text);
+  vev = icalcomponent_get_first_component(cal, ICAL_VEVENT_COMPONENT);
+  p = attendee_find(vev, "mailto:sam@example.net");
+  assert_string_equal(param_str(p, ICAL_SCHEDULEAGENT_PARAMETER),
+                      "SCHEDULE-AGENT=CLIENT");
+  assert_string_equal(param_str(p, ICAL_CN_PARAMETER), "CN=Sam Candidate");
+  assert_string_equal(param_str(p, ICAL_PARTSTAT_PARAMETER),
+                      "PARTSTAT=NEEDS-ACTION");
+  /* A line without SCHEDULE-AGENT gets CLIENT: Graph never scheduled it. */
+  p = attendee_find(vev, "mailto:kim@example.net");
+  assert_string_equal(param_str(p, ICAL_SCHEDULEAGENT_PARAMETER),
+                      "SCHEDULE-AGENT=CLIENT");
+  p = attendee_find(vev, "mailto:jane@example.org");
+  assert_string_equal(param_str(p, ICAL_SCHEDULEAGENT_PARAMETER), "");
+  for (p = icalcomponent_get_first_property(vev, ICAL_ATTENDEE_PROPERTY); p;
+       p = icalcomponent_get_next_property(vev, ICAL_ATTENDEE_PROPERTY))
+    n += strcasecmp(icalproperty_get_attendee(p), "mailto:jane@example.org")
+         == 0;
+  assert_int_equal(n, 1);
+  assert_null(strstr(text, "x@example.net"));
+  assert_null(strstr(text, "smuggled"));
+  assert_null(strstr(text, "not an attendee"));
+  icalcomponent_free(cal);
+  free(text);
+  json_decref(lines);
+  json_decref(ev);
+}
+
+/* What a PUT keeps is what GET gives back, line for line. */
+static void test_client_attendees_round_trip(void **state)
+{
+  struct ical_graph_result res;
+  struct ical_graph_ical_options opt = { .uid = "attendees-1@nextal" };
+  char err[256], *text = NULL;
+
+  assert_int_equal(translate_file("attendees.ics", &res), ICAL_GRAPH_OK);
+  opt.client_attendees = res.client_attendees;
+  assert_int_equal(ical_graph_to_ical(res.event, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  assert_non_null(strstr(
+      text,
+      "\r\nATTENDEE;SCHEDULE-AGENT=CLIENT:mailto:candidate@example.net\r\n"));
+  free(text);
+  ical_graph_result_free(&res);
+}
+
 static void test_freebusy(void **state)
 {
   json_t *sched = json_load_data("get_schedule.json");
@@ -1039,6 +1192,7 @@ int main(void)
     cmocka_unit_test(test_simple_event),
     cmocka_unit_test(test_all_day),
     cmocka_unit_test(test_attendee_roles),
+    cmocka_unit_test(test_client_attendees_kept),
     cmocka_unit_test(test_windows_tzid),
     cmocka_unit_test(test_winnipeg_without_vtimezone),
     cmocka_unit_test(test_alias_calcutta),
@@ -1062,6 +1216,8 @@ int main(void)
     cmocka_unit_test(test_reverse_all_day_series),
     cmocka_unit_test(test_reverse_exceptions),
     cmocka_unit_test(test_round_trip),
+    cmocka_unit_test(test_reverse_client_attendees),
+    cmocka_unit_test(test_client_attendees_round_trip),
     cmocka_unit_test(test_freebusy),
   };
 
