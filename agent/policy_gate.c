@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <libgen.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@ struct policy_gate {
   uv_timer_t settle;
   int open_handles;     /* freed when the last one has closed */
   char last_error[512]; /* the rejection last logged, to log it once */
+  bool rereading;       /* policy_gate_check is reading the file itself */
 };
 
 /* A growing audit detail, cut at AUDIT_DETAIL_MAX. */
@@ -352,6 +354,20 @@ void policy_gate_check(struct policy_gate *gate, enum policy_request req,
   facts.link_reason = reason[0] ? reason : NULL;
 
   policy_decide(gate->policy, req, address, &facts, out);
+
+  /* nextal-policy disable wipes every token as it writes the file, and
+   * this gate reads the file a moment later: a user disconnected by a
+   * switch-off the gate has not seen yet would be told link_expired.
+   * Reading the file now gives the reason the administrator set. */
+  if (facts.link == POLICY_LINK_NEEDS_RELINK && facts.link_reason != NULL
+      && strcmp(facts.link_reason, "org_disabled") == 0
+      && policy_gate_enabled(gate) && !gate->rereading) {
+    gate->rereading = true;
+    uv_timer_stop(&gate->settle);
+    policy_gate_load(gate, true);
+    gate->rereading = false;
+    policy_decide(gate->policy, req, address, &facts, out);
+  }
   log_trace(LOG_TRACE_POLICY, "- policy decided req=%d code=%s", (int) req,
             out->code);
 }

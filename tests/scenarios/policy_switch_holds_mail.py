@@ -126,6 +126,20 @@ class PolicySwitchHoldsMail(AgentTestCase):
         wait_for(lambda: self.states(BOB).get("sent") == 1, 30,
                  "bob's mail sent once linked again")
 
+    def test_refusal_right_after_disable_names_the_switch(self):
+        # The CLI wipes the tokens as it writes the file; a request that
+        # comes before the agent has read the file is still told the
+        # switch is off, not that the user must link again.
+        for _ in range(5):
+            self.box.policy_cli("disable", "--yes")
+            code, text = self.mail_from_answer(ALICE)
+            self.assertEqual(code, 550)
+            self.assertTrue(text.startswith("5.7.1 org_disabled: "), text)
+            self.box.policy_cli("enable")
+            self.wait_refused(ALICE, "link_expired")
+            for user in (ALICE, BOB, CAROL):
+                self.box.link(user)
+
     def test_removing_one_user_holds_only_theirs(self):
         self.box.policy_cli("mode", "specific")
         self.box.policy_cli("allow", ALICE)
