@@ -19,10 +19,14 @@
 #include <libxml/HTMLparser.h>
 #include <libxml/tree.h>
 
+#include "http_server.h"
 #include "tz_map.h"
 #include "xalloc.h"
 
 #define IG_PRODID "-//Nextal//nextal-agent//EN"
+/* Longest e-mail address (RFC 5321 4.5.3.1.3: a 256-byte path less the
+ * angle brackets). */
+#define IG_ADDRESS_MAX 254
 
 /* Graph's names for RFC 5545 weekdays, indexed by icalrecurrencetype_weekday
  * (1 = Sunday). */
@@ -103,6 +107,71 @@ static const char *ig_mailto(const char *value)
   if (value && strncasecmp(value, "mailto:", 7) == 0 && value[7] != '\0')
     return value + 7;
   return NULL;
+}
+
+/* RFC 5322 atext, the characters of a dot-atom local part. */
+static bool ig_atext(unsigned char c)
+{
+  return c < 0x80
+         && (isalnum(c) || (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c)));
+}
+
+/* Whether s[0..len) is a dot-atom of chars accepted by ok: no empty part,
+ * no dot at either end. */
+static bool ig_dot_atom(const char *s, size_t len, bool (*ok)(unsigned char))
+{
+  if (len == 0 || s[0] == '.' || s[len - 1] == '.')
+    return false;
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] == '.' ? s[i + 1] == '.' : !ok((unsigned char) s[i]))
+      return false;
+  }
+  return true;
+}
+
+static bool ig_domain_char(unsigned char c)
+{
+  return c < 0x80 && (isalnum(c) || c == '-');
+}
+
+/* Whether addr is one ASCII local@domain Exchange can address: a dot-atom
+ * local part of at most 64 bytes, a host name, 254 bytes in all. Quoted
+ * local parts, address literals and non-ASCII (EAI) addresses are not. */
+static bool ig_address_valid(const char *addr)
+{
+  const char *at = strchr(addr, '@');
+  size_t len = strlen(addr);
+
+  if (at == NULL || len > IG_ADDRESS_MAX || at - addr > 64)
+    return false;
+  return ig_dot_atom(addr, (size_t) (at - addr), ig_atext)
+         && ig_dot_atom(at + 1, strlen(at + 1), ig_domain_char);
+}
+
+/* The one address of a mailto: URI (RFC 6068), percent-decoded, into *out
+ * (free()): hfields after '?' (subject=, body=) say nothing about who is
+ * invited and are dropped; a list of addresses, or anything that is not
+ * local@domain once decoded, is refused. Returns ICAL_GRAPH_OK, or the
+ * error with *out NULL. */
+static int ig_mailto_decode(struct ig_in *in, const char *what, const char *uri,
+                            char **out)
+{
+  const char *to = ig_mailto(uri);
+
+  *out = NULL;
+  if (to == NULL)
+    return IN_FAIL(in, ICAL_GRAPH_EINVALID,
+                   "%s \"%s\" is not a mailto: address", what, uri ? uri : "");
+  if (http_percent_decode(to, strcspn(to, "?"), 0, out) < 0
+      || !ig_address_valid(*out)) {
+    free(*out);
+    *out = NULL;
+    return IN_FAIL(in, ICAL_GRAPH_EPARSE,
+                   "%s \"%s\" is not one e-mail address of the form "
+                   "local@domain (ASCII, at most %d bytes)",
+                   what, uri, IG_ADDRESS_MAX);
+  }
+  return ICAL_GRAPH_OK;
 }
 
 /* The time as the client wrote it, fields unchecked: "20261345T250000". */
@@ -191,6 +260,10 @@ static int ig_zone_resolve(struct ig_in *in, icalproperty *prop,
   tzid = icalparameter_get_tzid(param);
   rc = tz_map_to_windows(tzid, w->win, sizeof(w->win));
   vzone = icalcomponent_get_timezone(in->vcal, tzid);
+  /* A VTIMEZONE without STANDARD or DAYLIGHT defines no offset at all (it
+   * would read as UTC): the TZID is taken as if it had none. */
+  if (vzone && !tz_map_vtimezone_has_rules(icaltimezone_get_component(vzone)))
+    vzone = NULL;
   if (rc == TZ_MAP_OK) {
     w->zone = tz_map_ical_zone(tzid);
     /* Remembered so that the time can come back in this zone. */
@@ -418,24 +491,26 @@ static int ig_add_attendee(struct ig_in *in, icalproperty *p, bool master,
                            json_t *list)
 {
   icalparameter *cn = icalproperty_get_first_parameter(p, ICAL_CN_PARAMETER);
-  const char *addr = ig_mailto(icalproperty_get_attendee(p));
+  char *addr;
   json_t *email;
   int rc;
 
-  if (!addr)
-    return IN_FAIL(in, ICAL_GRAPH_EINVALID,
-                   "attendee \"%s\" is not a mailto: address",
-                   icalproperty_get_attendee(p));
+  rc = ig_mailto_decode(in, "attendee", icalproperty_get_attendee(p), &addr);
+  if (rc < 0)
+    return rc;
   if (in->opt->user && strcasecmp(addr, in->opt->user) == 0)
-    return ICAL_GRAPH_OK; /* the organizer is not invited to their meeting */
+    goto out; /* the organizer is not invited to their meeting */
   if (ig_client_scheduled(p)) {
     json_array_append_new(in->res->client_scheduled, json_string(addr));
-    return master ? ig_keep_client_attendee(in, p) : ICAL_GRAPH_OK;
+    if (master)
+      rc = ig_keep_client_attendee(in, p);
+    goto out;
   }
-  if (json_array_size(list) >= ICAL_GRAPH_ATTENDEES_MAX)
-    return IN_FAIL(in, ICAL_GRAPH_ELIMIT,
-                   "more than %d attendees, Graph's limit",
-                   ICAL_GRAPH_ATTENDEES_MAX);
+  if (json_array_size(list) >= ICAL_GRAPH_ATTENDEES_MAX) {
+    rc = IN_FAIL(in, ICAL_GRAPH_ELIMIT, "more than %d attendees, Graph's limit",
+                 ICAL_GRAPH_ATTENDEES_MAX);
+    goto out;
+  }
 
   email = json_object();
   json_array_append_new(list, json_pack("{s:o, s:s}", "emailAddress", email,
@@ -443,6 +518,8 @@ static int ig_add_attendee(struct ig_in *in, icalproperty *p, bool master,
   rc = ig_set_string(in, email, "address", addr);
   if (rc == ICAL_GRAPH_OK && cn)
     rc = ig_set_string(in, email, "name", icalparameter_get_cn(cn));
+out:
+  free(addr);
   return rc;
 }
 
@@ -942,8 +1019,29 @@ static int ig_event_build(struct ig_in *in, icalcomponent *ev, bool master,
   return rc;
 }
 
+/* RFC 5545 3.8.5.1 and 3.8.4.4: an EXDATE or RECURRENCE-ID has the value
+ * type of the series' DTSTART. A date on a date-time series (or the other
+ * way round) names no occurrence at all, so it is refused rather than
+ * silently ignored. Checked before any zone is resolved. */
+static int ig_value_type_check(struct ig_in *in, icalproperty *p,
+                               icaltimetype t, icaltimetype start)
+{
+  char text[64];
+
+  if (t.is_date == start.is_date)
+    return ICAL_GRAPH_OK;
+  ig_time_text(t, text, sizeof(text));
+  return IN_FAIL(in, ICAL_GRAPH_EPARSE,
+                 "%s %s is a %s but the series' DTSTART is a %s; RFC 5545 "
+                 "requires the same value type",
+                 icalproperty_kind_to_string(icalproperty_isa(p)), text,
+                 t.is_date ? "date" : "date-time",
+                 start.is_date ? "date" : "date-time");
+}
+
 static int ig_add_exdates(struct ig_in *in, icalcomponent *ev)
 {
+  icaltimetype start = icalcomponent_get_dtstart(ev);
   icalproperty *p;
   int rc = ICAL_GRAPH_OK;
 
@@ -956,7 +1054,9 @@ static int ig_add_exdates(struct ig_in *in, icalcomponent *ev)
     if (json_array_size(in->res->exdates) >= ICAL_GRAPH_EXDATES_MAX)
       return IN_FAIL(in, ICAL_GRAPH_ELIMIT, "more than %d EXDATE values",
                      ICAL_GRAPH_EXDATES_MAX);
-    rc = ig_zone_resolve(in, p, &w);
+    rc = ig_value_type_check(in, p, w.t, start);
+    if (rc == ICAL_GRAPH_OK)
+      rc = ig_zone_resolve(in, p, &w);
     if (rc == ICAL_GRAPH_OK)
       rc = ig_utc_key(in, &w, &key);
     if (key)
@@ -966,7 +1066,8 @@ static int ig_add_exdates(struct ig_in *in, icalcomponent *ev)
 }
 
 /* An override: cancelled ones delete their occurrence, others replace it. */
-static int ig_add_override(struct ig_in *in, icalcomponent *ev)
+static int ig_add_override(struct ig_in *in, icalcomponent *master,
+                           icalcomponent *ev)
 {
   icalproperty *p
       = icalcomponent_get_first_property(ev, ICAL_RECURRENCEID_PROPERTY);
@@ -984,7 +1085,9 @@ static int ig_add_override(struct ig_in *in, icalcomponent *ev)
   if (json_array_size(in->res->overrides) >= ICAL_GRAPH_OVERRIDES_MAX)
     return IN_FAIL(in, ICAL_GRAPH_ELIMIT, "more than %d overridden occurrences",
                    ICAL_GRAPH_OVERRIDES_MAX);
-  rc = ig_zone_resolve(in, p, &rid);
+  rc = ig_value_type_check(in, p, rid.t, icalcomponent_get_dtstart(master));
+  if (rc == ICAL_GRAPH_OK)
+    rc = ig_zone_resolve(in, p, &rid);
   if (rc == ICAL_GRAPH_OK)
     rc = ig_utc_key(in, &rid, &key);
   if (rc < 0)
@@ -1100,7 +1203,7 @@ static int ig_translate(struct ig_in *in)
       rc = IN_FAIL(in, ICAL_GRAPH_EINVALID,
                    "RECURRENCE-ID in an object without RRULE");
     else if (c != master)
-      rc = ig_add_override(in, c);
+      rc = ig_add_override(in, master, c);
   }
   return rc;
 }

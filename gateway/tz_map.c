@@ -304,6 +304,15 @@ static int tz_match_offsets(const int *offsets, int ndays, int year,
   return rc;
 }
 
+bool tz_map_vtimezone_has_rules(icalcomponent *vtimezone)
+{
+  return icalcomponent_get_first_component(vtimezone, ICAL_XSTANDARD_COMPONENT)
+             != NULL
+         || icalcomponent_get_first_component(vtimezone,
+                                              ICAL_XDAYLIGHT_COMPONENT)
+                != NULL;
+}
+
 int tz_map_match_vtimezone(icalcomponent *vtimezone, int year, char *out,
                            size_t size)
 {
@@ -316,6 +325,8 @@ int tz_map_match_vtimezone(icalcomponent *vtimezone, int year, char *out,
   int ndays, day, rc;
 
   assert(icalcomponent_isa(vtimezone) == ICAL_VTIMEZONE_COMPONENT);
+  if (!tz_map_vtimezone_has_rules(vtimezone))
+    return TZ_MAP_EUNKNOWN;
   location = icaltimezone_get_location_from_vtimezone(vtimezone);
   if (location) {
     rc = tz_map_to_windows(location, out, size);

@@ -6,6 +6,7 @@
 #define NX_TZ_MAP_H
 
 #include <libical/ical.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Longest zone name accepted or produced, terminator included. Windows names
@@ -42,13 +43,19 @@ int tz_map_to_iana(const char *tzid, char *out, size_t size);
  * the caller frees nothing. */
 icaltimezone *tz_map_ical_zone(const char *tzid);
 
+/* Whether the VTIMEZONE component vtimezone has at least one STANDARD or
+ * DAYLIGHT observance, without which it defines no zone (RFC 5545 3.6.5
+ * requires one). */
+bool tz_map_vtimezone_has_rules(icalcomponent *vtimezone);
+
 /* Finds the Windows zone whose UTC offsets equal those of the VTIMEZONE
  * component vtimezone at every day of the given year, for TZIDs no table
  * knows (Outlook's "(UTC+01:00) Amsterdam, Berlin, ..." or "Customized Time
  * Zone"). Its X-LIC-LOCATION is tried first. When several zones match, one
  * whose city is named in the TZID wins, then the zone CLDR lists first for
  * its Windows name. Copies the Windows name into out; returns TZ_MAP_OK or
- * TZ_MAP_EUNKNOWN when no zone matches. The component is not modified. */
+ * TZ_MAP_EUNKNOWN when no zone matches or the component has no observance
+ * to match (tz_map_vtimezone_has_rules()). The component is not modified. */
 int tz_map_match_vtimezone(icalcomponent *vtimezone, int year, char *out,
                            size_t size);
 

@@ -736,6 +736,134 @@ static void test_impossible_dates(void **state)
   ical_graph_result_free(&res);
 }
 
+/* RFC 5545: EXDATE and RECURRENCE-ID take the value type of DTSTART. A
+ * date on a date-time series names no occurrence and is refused, the
+ * property named, before any zone is needed. */
+static void test_exdate_value_type(void **state)
+{
+  static const struct ical_graph_options no_zone = { .user = USER };
+  struct ical_graph_result res;
+  char *text;
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20300304T090000\r\n"
+                       "RRULE:FREQ=DAILY;COUNT=3\r\n"
+                       "EXDATE;VALUE=DATE:20300305\r\n",
+                       &no_zone, &res),
+      ICAL_GRAPH_EPARSE);
+  assert_non_null(strstr(res.error, "EXDATE 20300305 is a date but the "
+                                    "series' DTSTART is a date-time"));
+  ical_graph_result_free(&res);
+
+  assert_int_equal(translate_inline("DTSTART;VALUE=DATE:20300304\r\n"
+                                    "RRULE:FREQ=DAILY;COUNT=3\r\n"
+                                    "EXDATE:20300305T000000Z\r\n",
+                                    &berlin, &res),
+                   ICAL_GRAPH_EPARSE);
+  assert_non_null(strstr(res.error, "EXDATE 20300305T000000 is a date-time"));
+  ical_graph_result_free(&res);
+
+  text = xasprintf(
+      "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"
+      "BEGIN:VEVENT\r\nUID:vt@nextal\r\nDTSTAMP:20260101T120000Z\r\n"
+      "DTSTART;TZID=Europe/Berlin:20300304T090000\r\n"
+      "RRULE:FREQ=DAILY;COUNT=3\r\nSUMMARY:S\r\nEND:VEVENT\r\n"
+      "BEGIN:VEVENT\r\nUID:vt@nextal\r\nDTSTAMP:20260101T120000Z\r\n"
+      "RECURRENCE-ID;VALUE=DATE:20300305\r\n"
+      "DTSTART;TZID=Europe/Berlin:20300305T150000\r\nSUMMARY:O\r\n"
+      "END:VEVENT\r\nEND:VCALENDAR\r\n");
+  assert_int_equal(ical_graph_from_ical(text, strlen(text), &berlin, &res),
+                   ICAL_GRAPH_EPARSE);
+  assert_non_null(strstr(res.error, "RECURRENCE-ID 20300305 is a date"));
+  ical_graph_result_free(&res);
+  free(text);
+}
+
+/* A VTIMEZONE with no observance defines no zone: its TZID resolves by name
+ * as if it were missing, and an unknown name is refused, not taken as UTC. */
+#define EMPTY_VTZ_CAL(tz)                                                      \
+  "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\n"                   \
+  "BEGIN:VTIMEZONE\r\nTZID:" tz "\r\nEND:VTIMEZONE\r\n"                        \
+  "BEGIN:VEVENT\r\nUID:etz@nextal\r\nDTSTAMP:20260101T120000Z\r\n"             \
+  "DTSTART;TZID=" tz ":20300304T090000\r\n"                                    \
+  "DTEND;TZID=" tz ":20300304T100000\r\nSUMMARY:S\r\n"                         \
+  "END:VEVENT\r\nEND:VCALENDAR\r\n"
+
+static void test_empty_vtimezone(void **state)
+{
+  static const char unknown[] = EMPTY_VTZ_CAL("Empty");
+  static const char known[] = EMPTY_VTZ_CAL("Europe/Berlin");
+  struct ical_graph_result res;
+
+  assert_int_equal(
+      ical_graph_from_ical(unknown, strlen(unknown), &berlin, &res),
+      ICAL_GRAPH_ETZ);
+  assert_non_null(strstr(res.error, "\"Empty\" is unknown and the calendar "
+                                    "carries no VTIMEZONE"));
+  ical_graph_result_free(&res);
+
+  assert_int_equal(ical_graph_from_ical(known, strlen(known), &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.timeZone", "W. Europe Standard Time");
+  ical_graph_result_free(&res);
+}
+
+/* An ATTENDEE's mailto: URI is percent-decoded (RFC 6068), its hfields
+ * dropped, and what is left must be one ASCII local@domain. */
+static void test_attendee_address(void **state)
+{
+  static const char *const bad[] = {
+    "mailto:@",
+    "mailto:a@",
+    "mailto:@example.net",
+    "mailto:a@b@c",
+    "mailto:a b@example.net",
+    "mailto:a%40b@example.net",
+    "mailto:a@example.net,b@example.net",
+    "mailto:\"quoted local\"@example.net",
+    "mailto:<x@example.net>",
+    "mailto:j\xc3\xbcrgen@example.net",
+    "mailto:a%00@example.net",
+    "mailto:a%zz@example.net",
+    "mailto:a..b@example.net",
+    "mailto:a@example..net",
+    "mailto:?subject=x",
+  };
+  struct ical_graph_result res;
+  char *lines;
+
+  for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+    lines
+        = xasprintf("DTSTART:20300304T090000Z\r\nATTENDEE;CN=X:%s\r\n", bad[i]);
+    assert_int_equal(translate_inline(lines, &berlin, &res), ICAL_GRAPH_EPARSE);
+    if (strstr(res.error, "is not one e-mail address") == NULL)
+      fail_msg("case %zu: \"%s\"", i, res.error);
+    ical_graph_result_free(&res);
+    free(lines);
+  }
+
+  /* Too long: a 400-byte local part. */
+  lines = xasprintf("DTSTART:20300304T090000Z\r\nATTENDEE:mailto:%0400d"
+                    "@example.net\r\n",
+                    0);
+  assert_int_equal(translate_inline(lines, &berlin, &res), ICAL_GRAPH_EPARSE);
+  ical_graph_result_free(&res);
+  free(lines);
+
+  /* Escapes decode, hfields go, the scheme is case-insensitive. */
+  assert_int_equal(
+      translate_inline("DTSTART:20300304T090000Z\r\n"
+                       "ATTENDEE:mailto:j%2Bdoe@example.net?subject=x\r\n"
+                       "ATTENDEE:MAILTO:UPPER@EXAMPLE.NET\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  assert_jstr(res.event, "attendees.0.emailAddress.address",
+              "j+doe@example.net");
+  assert_jstr(res.event, "attendees.1.emailAddress.address",
+              "UPPER@EXAMPLE.NET");
+  ical_graph_result_free(&res);
+}
+
 /* Undoes RFC 5545 line folding in place, so tests can search lines. */
 static char *unfold(char *text)
 {
@@ -1206,6 +1334,9 @@ int main(void)
     cmocka_unit_test(test_until_end_date),
     cmocka_unit_test(test_unsupported_rules),
     cmocka_unit_test(test_exdate_and_overrides),
+    cmocka_unit_test(test_exdate_value_type),
+    cmocka_unit_test(test_empty_vtimezone),
+    cmocka_unit_test(test_attendee_address),
     cmocka_unit_test(test_teams),
     cmocka_unit_test(test_scheduling_rules),
     cmocka_unit_test(test_invalid_objects),

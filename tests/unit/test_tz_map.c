@@ -186,6 +186,29 @@ static void test_match_vtimezone(void **state)
   assert_vtimezone(custom_bogus, TZ_MAP_EUNKNOWN, NULL);
 }
 
+/* A VTIMEZONE with no STANDARD or DAYLIGHT has no offsets: libical reads it
+ * as UTC, which must not match a zone that happens to be UTC all year
+ * (Africa/Sao_Tome), nor does an X-LIC-LOCATION make it a zone. */
+static void test_match_vtimezone_empty(void **state)
+{
+  static const char empty[] = "BEGIN:VTIMEZONE\r\n"
+                              "TZID:Empty\r\n"
+                              "END:VTIMEZONE\r\n";
+  static const char located[] = "BEGIN:VTIMEZONE\r\n"
+                                "TZID:Empty\r\n"
+                                "X-LIC-LOCATION:Europe/Berlin\r\n"
+                                "END:VTIMEZONE\r\n";
+  icalcomponent *vtz = icalparser_parse_string(empty);
+
+  assert_false(tz_map_vtimezone_has_rules(vtz));
+  icalcomponent_free(vtz);
+  vtz = icalparser_parse_string(outlook_vtimezone);
+  assert_true(tz_map_vtimezone_has_rules(vtz));
+  icalcomponent_free(vtz);
+  assert_vtimezone(empty, TZ_MAP_EUNKNOWN, NULL);
+  assert_vtimezone(located, TZ_MAP_EUNKNOWN, NULL);
+}
+
 static void test_match_x_lic_location(void **state)
 {
   static const char text[] = "BEGIN:VTIMEZONE\r\n"
@@ -220,6 +243,7 @@ int main(void)
     cmocka_unit_test(test_to_iana),
     cmocka_unit_test(test_ical_zone),
     cmocka_unit_test(test_match_vtimezone),
+    cmocka_unit_test(test_match_vtimezone_empty),
     cmocka_unit_test(test_match_x_lic_location),
   };
 
