@@ -227,6 +227,26 @@ static void graph_call_fail(struct graph_call *call, const char *code,
 static void graph_call_on_token(void *arg, const char *token, const char *error,
                                 const char *description, bool permanent);
 
+/* An answer longer than http_client keeps: said once, as a warning, since
+ * only a request that asks for less will ever get through. */
+static void graph_call_too_large(const struct graph_call *call,
+                                 struct graph_response *resp, const char *why)
+{
+  char mailbox[128];
+  char path[256];
+
+  snprintf(resp->error_code, sizeof(resp->error_code), "%s",
+           GRAPH_REPLY_TOO_LARGE);
+  snprintf(resp->error_message, sizeof(resp->error_message), "%s", why);
+  log_warn("%s graph reply_too_large method=%s path=%s request_id=%s"
+           " error=\"%s\"",
+           log_escape(mailbox, sizeof(mailbox), call->mailbox,
+                      strlen(call->mailbox)),
+           call->method,
+           log_escape(path, sizeof(path), call->path, strlen(call->path)),
+           call->request_id, why);
+}
+
 static void graph_call_on_http(void *arg, const struct http_response *hresp)
 {
   struct graph_call *call = arg;
@@ -239,7 +259,9 @@ static void graph_call_on_http(void *arg, const struct http_response *hresp)
     .location = hresp->location,
   };
 
-  if (hresp->status == 0) {
+  if (hresp->too_large) {
+    graph_call_too_large(call, &resp, hresp->curl_message);
+  } else if (hresp->status == 0) {
     snprintf(resp.error_code, sizeof(resp.error_code), "network");
     snprintf(resp.error_message, sizeof(resp.error_message), "%s",
              hresp->curl_message);

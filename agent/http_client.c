@@ -336,7 +336,10 @@ static void http_transfer_finish(struct http_transfer *t, CURLcode result)
   if (result == CURLE_OK) {
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &resp.status);
     http_transfer_headers(t, &resp);
-  } else if (t->body_too_large) {
+  } else if (t->body_too_large || result == CURLE_FILESIZE_EXCEEDED) {
+    /* Past the limit while reading, or told so by Content-Length up
+     * front (CURLOPT_MAXFILESIZE): the same answer either way. */
+    resp.too_large = true;
     snprintf(resp.curl_message, sizeof(resp.curl_message),
              "response body exceeds the %zu byte limit", HTTP_CLIENT_MAX_BODY);
   } else {

@@ -225,22 +225,42 @@ static void mail_upload_on_check(struct mail_upload *u,
   mail_upload_step(u);
 }
 
+/* How many of the listed attachments are ours, in order: the same name
+ * and size as the file at that place. */
+static size_t mail_upload_count_ours(const struct mail_upload *u, json_t *value)
+{
+  size_t have = 0;
+
+  while (have < u->nfiles && have < json_array_size(value)) {
+    json_t *att = json_array_get(value, have);
+    const char *name = json_string_value(json_object_get(att, "name"));
+    json_int_t size = json_integer_value(json_object_get(att, "size"));
+
+    if (!name || strcmp(name, u->files[have].name) != 0
+        || (uint64_t) size != u->files[have].size)
+      break;
+    have++;
+  }
+  if (have < json_array_size(value))
+    log_warn("%s queue draft_attachments_differ sender=%s listed=%zu ours=%zu",
+             u->queue_id, u->mailbox, json_array_size(value), have);
+  return have;
+}
+
 /* Attachments are added in order, so their count says where to go on; a
  * POST whose answer was lost is counted here rather than sent twice. */
 static void mail_upload_on_count(struct mail_upload *u,
                                  const struct graph_response *resp)
 {
   json_t *root;
-  size_t have;
 
   if (resp->status != 200) {
     mail_upload_finish(u, resp);
     return;
   }
   root = mail_upload_json(resp);
-  have = json_array_size(json_object_get(root, "value"));
+  u->next_file = mail_upload_count_ours(u, json_object_get(root, "value"));
   json_decref(root);
-  u->next_file = have < u->nfiles ? have : u->nfiles;
   log_info("%s queue draft_resumed sender=%s attachments=%zu/%zu", u->queue_id,
            u->mailbox, u->next_file, u->nfiles);
   mail_upload_next_file(u);
@@ -477,9 +497,13 @@ static void mail_upload_step(struct mail_upload *u)
                        u->draft_id);
       break;
     case MAIL_UPLOAD_COUNT:
+      /* Only what the count needs: without $select each attachment comes
+       * with its contentBytes, megabytes past the reply limit. $top keeps
+       * one page enough, whatever else the draft holds. */
       req.method = "GET";
-      path = xasprintf("/v1.0/users/%s/messages/%s/attachments?$select=id",
-                       u->mailbox, u->draft_id);
+      path = xasprintf("/v1.0/users/%s/messages/%s/attachments"
+                       "?$select=id,name,size&$top=%zu",
+                       u->mailbox, u->draft_id, u->nfiles + 1);
       break;
     case MAIL_UPLOAD_CREATE_DRAFT:
       path = xasprintf("/v1.0/users/%s/messages", u->mailbox);

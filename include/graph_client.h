@@ -23,14 +23,20 @@ struct graph_response {
   double retry_after; /* seconds, -1 if absent */
   const char *location;
   /* From {"error":{"code","message"}}, or for transport failures
-   * "network" and curl's message, or for token failures the token
-   * endpoint's error and AADSTS description. */
+   * "network" and curl's message, or GRAPH_REPLY_TOO_LARGE when Graph
+   * answered with more than the HTTP client keeps, or for token failures
+   * the token endpoint's error and AADSTS description. */
   char error_code[64];
   char error_message[512];
   /* For token failures: the grant is gone and the user must link again
    * (error_code is then the OAuth error, e.g. "invalid_grant"). */
   bool token_permanent;
 };
+
+/* error_code of an answer over the HTTP client's size limit (status 0):
+ * Graph did answer, so the request is not lost and not ambiguous; asking
+ * for less ($select, $top) is the cure, not sending it again. */
+#define GRAPH_REPLY_TOO_LARGE "reply_too_large"
 
 typedef void (*graph_done_cb)(void *arg, const struct graph_response *resp);
 

@@ -5,6 +5,7 @@
 #ifndef NX_HTTP_CLIENT_H
 #define NX_HTTP_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -14,7 +15,11 @@ struct http_client;
 struct http_response {
   long status;    /* 0 when no HTTP answer came (see curl_error) */
   int curl_error; /* CURLcode, 0 if the transfer completed */
-  char *body;     /* NUL-terminated, owned by the response */
+  /* The answer was longer than the client keeps (16 MB): status is 0 and
+   * the body empty, although the server did answer. Not a network
+   * failure, so callers must not treat it as one. */
+  bool too_large;
+  char *body; /* NUL-terminated, owned by the response */
   size_t body_len;
   double retry_after; /* seconds from Retry-After, -1 when absent */
   char *location;     /* Location header or NULL */

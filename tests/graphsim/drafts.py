@@ -7,6 +7,7 @@ Routes (relative to /v1.0/users/{id} or /v1.0/me):
   POST   messages/{id}/attachments/createUploadSession  3 MB..150 MB -> 201
   POST   messages/{id}/send                         202; the draft moves to Sent Items
   DELETE messages/{id}                              204 (drafts only)
+  GET    messages/{id}/attachments                  with $select, $top, $skip
 Upload URL (no Authorization header; pre-authenticated by its authtoken):
   PUT    /api/v2.0/Users('{uid}')/Messages('{mid}')/AttachmentSessions('{sid}')?authtoken=...
 
@@ -41,7 +42,11 @@ RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
 def install(graphapi, control):
-    graphapi.register(__import__(__name__))
+    module = __import__(__name__)
+    graphapi.register(module)
+    # Ahead of mail.py, whose listing of attachments ignores the query.
+    graphapi.OPERATION_MODULES.remove(module)
+    graphapi.OPERATION_MODULES.insert(0, module)
     control.EXTRA_ROUTES.append(("GET", "drafts", sim_get_drafts))
     control.EXTRA_ROUTES.append(("POST", "limits", sim_set_limits))
 
@@ -78,6 +83,8 @@ def match(method, rest):
         return "sendDraft", send_draft, ("Mail.Send",)
     if method == "DELETE" and n == 2 and low[0] == "messages":
         return "deleteMessage", delete_draft, rw
+    if method == "GET" and n == 3 and low[0] == "messages" and low[2] == "attachments":
+        return "listAttachments", list_attachments, mail.READ_SCOPES
     return None
 
 
@@ -336,6 +343,48 @@ def delete_draft(state, req, user, token, rest):
         if drafts_of(state, user).pop(rest[1], None) is None:
             return mail.item_not_found(req)
     return Reply(204, b"")
+
+
+def query_list(req, name):
+    text = req.query.get(name)
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def list_attachments(state, req, user, token, rest):
+    """GET messages/{id}/attachments. List attachments "supports the OData
+    query parameters to help customize the response"
+    (learn.microsoft.com/en-us/graph/api/message-list-attachments,
+    "Optional query parameters"): with $select only the named properties
+    come back (plus id and @odata.type), so `$select=id,name,size` leaves
+    out contentBytes, which a full listing carries for every file. $top and
+    $skip page the list, with an @odata.nextLink while more remain."""
+    m = mail.find_message(state, user, rest[1])
+    if m is None:
+        return mail.item_not_found(req)
+    select = query_list(req, "$select")
+    try:
+        skip = int(req.query.get("$skip", 0))
+        top = int(req.query["$top"]) if "$top" in req.query else None
+    except ValueError:
+        return graph_error(400, "BadRequest", "Invalid $top or $skip value.", req.request_id)
+    with state.lock:
+        items = list(m["attachments"])
+    end = len(items) if top is None else skip + top
+    value = []
+    for a in items[skip:end]:
+        res = mail.attachment_resource(a, with_bytes=not select
+                                       or "contentBytes" in select)
+        if select:
+            wanted = {"@odata.type", "id"} | set(select)
+            res = {k: v for k, v in res.items() if k in wanted}
+        value.append(res)
+    body = {"value": value}
+    if end < len(items):
+        params = dict(req.query)
+        params["$skip"] = str(end)
+        body["@odata.nextLink"] = "%s%s?%s" % (req.base_url, req.path,
+                                                urllib.parse.urlencode(params))
+    return json_reply(200, body)
 
 
 def sim_drafts(state, address):

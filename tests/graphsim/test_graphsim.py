@@ -965,6 +965,31 @@ class LargeMailTests(SimTestCase):
         r = self.graph("POST", "/users/%s/messages/%s/send" % (ALICE, mid), tok, body=b"")
         self.assertGraphError(r, 404, "ErrorItemNotFound")
 
+    def test_attachment_listing_honours_select_and_top(self):
+        # A resumed upload counts a draft's attachments with $select: the
+        # listing must not carry megabytes of contentBytes it did not ask for.
+        tok = self.app_token()
+        mid = self.draft(tok)
+        for name in ("a.bin", "b.bin"):
+            data = secrets.token_bytes(3 * 1024 * 1024 + 5)
+            url = self.session(tok, mid, len(data), name).json()["uploadUrl"]
+            self.assertEqual(self.upload(url, data).status, 201)
+        path = "/users/%s/messages/%s/attachments" % (ALICE, mid)
+        full = self.graph("GET", path, tok)
+        self.assertIn("contentBytes", full.json()["value"][0])
+        r = self.graph("GET", path + "?$select=id,name,size", tok)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertLess(len(r.body), 2000)
+        self.assertEqual([sorted(a) for a in r.json()["value"]],
+                         [["@odata.type", "id", "name", "size"]] * 2)
+        self.assertEqual([a["name"] for a in r.json()["value"]], ["a.bin", "b.bin"])
+        r = self.graph("GET", path + "?$select=id&$top=1", tok)
+        self.assertEqual(len(r.json()["value"]), 1)
+        self.assertIn("$skip=1", urllib.parse.unquote(r.json()["@odata.nextLink"]))
+        r = self.graph("GET", path + "?$select=id&$top=1&$skip=1", tok)
+        self.assertEqual(len(r.json()["value"]), 1)
+        self.assertNotIn("@odata.nextLink", r.json())
+
     def test_upload_session_rules(self):
         tok = self.app_token()
         mid = self.draft(tok)

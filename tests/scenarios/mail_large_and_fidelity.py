@@ -268,6 +268,50 @@ class Fidelity(LargeTestCase):
         self.assertTrue("queue draft_already_sent" in log
                         or "queue found_in_sent_items" in log)
 
+    def test_503_on_send_resumes_a_13mb_draft_without_its_bytes(self):
+        # The retry counts the draft's attachments; a listing with their
+        # contentBytes (about 18 MB here) would pass the agent's 16 MB reply
+        # limit on every attempt, so the count selects id, name and size.
+        self.fault(fault="503", operation="sendDraft", count=1, retry_after="0.2")
+        data = os.urandom(13 * MB)
+        msg = self.message("Resumed after a 503 on send", data)
+        record = self.deliver(msg, timeout=90)
+        self.assertEqual(record["source"], "draft")
+        time.sleep(1)
+        self.assert_one_send_no_draft_left(msg, data)
+        log = self.box.agent_output()
+        self.assertIn("queue draft_resumed", log)
+        self.assertNotIn("reply_too_large", log)
+
+    def test_sigterm_mid_upload_resumes_after_restart(self):
+        # Each request takes 1.5 s, so the 10 s grace ends near the send:
+        # whatever was cut off, the restarted agent resumes the remembered
+        # draft, and the message goes once, byte-identical, with nothing
+        # left in Drafts.
+        self.box.sim_post("/_sim/latency", {"ms": 1500})
+        self.addCleanup(self.box.sim_post, "/_sim/latency", {"ms": 0})
+        data = os.urandom(15 * MB)
+        msg = self.message("Stopped mid-upload", data)
+        before = self.sent_count(ALICE)
+        self.send(ALICE, ["jordan@example.net"], msg.as_bytes())
+        deadline = time.time() + 60
+        while not self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"]:
+            self.assertLess(time.time(), deadline, "no draft was created")
+            time.sleep(0.2)
+        self.box.stop_agent(signal.SIGTERM)
+        self.box.sim_post("/_sim/latency", {"ms": 0})
+        mid = msg["Message-ID"].strip("<>")
+        [(draft_id,)] = self.db().execute(
+            "SELECT draft_id FROM messages WHERE message_id = ?", (mid,)).fetchall()
+        if self.sent_count(ALICE) == before:
+            self.assertIsNotNone(draft_id)  # remembered for the restart
+        self.box.start_agent()
+        [record] = self.box.wait_sent(ALICE, before + 1, 120)[before:]
+        self.assert_attachment(record, data)
+        time.sleep(1)
+        self.assert_one_send_no_draft_left(msg, data)
+        self.assertNotIn("reply_too_large", self.box.agent_output())
+
     def test_switch_off_mid_upload_holds_then_resumes_the_draft(self):
         # Requests take a second each, so the upload is still going when
         # the integration is switched off: nothing more goes to Graph, the

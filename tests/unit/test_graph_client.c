@@ -165,6 +165,15 @@ static void graph_endpoint(struct fixture *fx, struct stub_conn *conn,
                0);
   } else if (strcmp(rest, "/echo") == 0) {
     stub_reply(conn, 201, NULL, req->body, 0);
+  } else if (strcmp(rest, "/huge") == 0) {
+    size_t len = 17 * 1024 * 1024;
+    char *big = malloc(len + 1);
+
+    assert_non_null(big);
+    memset(big, 'x', len);
+    big[len] = '\0';
+    stub_reply(conn, 200, NULL, big, 0);
+    free(big);
   } else {
     stub_reply(conn, 404, NULL,
                "{\"error\":{\"code\":\"ErrorItemNotFound\",\"message\":"
@@ -487,6 +496,18 @@ static void test_transport_failure_is_network(void **state)
   assert_int_not_equal(r.message[0], '\0');
 }
 
+static void test_reply_over_the_limit_is_not_network(void **state)
+{
+  struct fixture *fx = *state;
+  struct result r = { 0 };
+
+  send_req(fx, "a@x.test", "GET", "/huge", NULL, 0, &r);
+  run_until(fx, 1);
+  assert_int_equal(r.status, 0);
+  assert_string_equal(r.code, GRAPH_REPLY_TOO_LARGE);
+  assert_non_null(strstr(r.message, "limit"));
+}
+
 static void test_close_cancels_queued(void **state)
 {
   struct fixture *fx = *state;
@@ -518,6 +539,8 @@ int main(void)
                                     teardown),
     cmocka_unit_test_setup_teardown(test_token_failure_reported, setup,
                                     teardown),
+    cmocka_unit_test_setup_teardown(test_reply_over_the_limit_is_not_network,
+                                    setup, teardown),
     cmocka_unit_test_setup_teardown(test_transport_failure_is_network,
                                     setup_dead_graph, teardown),
     cmocka_unit_test_setup_teardown(test_close_cancels_queued, setup, teardown),

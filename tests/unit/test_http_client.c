@@ -35,6 +35,7 @@ struct result {
   bool called;
   long status;
   int curl_error;
+  bool too_large;
   char body[256];
   size_t body_len;
   double retry_after;
@@ -138,6 +139,7 @@ static void on_done(void *arg, const struct http_response *resp)
   r->called = true;
   r->status = resp->status;
   r->curl_error = resp->curl_error;
+  r->too_large = resp->too_large;
   r->body_len = resp->body_len;
   snprintf(r->body, sizeof(r->body), "%s", resp->body);
   r->retry_after = resp->retry_after;
@@ -309,6 +311,8 @@ static void test_body_limit(void **state)
   run_until(fx, 1);
   assert_int_equal(r.status, 0);
   assert_int_not_equal(r.curl_error, 0);
+  /* An answer too long to keep is told apart from a network failure. */
+  assert_true(r.too_large);
 }
 
 #define MANY 40
