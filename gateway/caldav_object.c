@@ -299,7 +299,13 @@ static void caldav_put_written(struct caldav_req *r, const json_t *event)
 
   if (json_array_size(r->tr.exdates) > 0
       || json_array_size(r->tr.overrides) > 0) {
-    /* Keep the mapping now: the event exists whatever happens next. */
+    /* Keep the mapping now: the event exists whatever happens next. A
+     * create is marked incomplete until its occurrences are done, so that
+     * the client's retry with If-None-Match: * can finish it. */
+    if (r->put_status == 201) {
+      free(r->row.etag);
+      r->row.etag = xstrdup(CALDAV_ETAG_INCOMPLETE);
+    }
     caldav_row_put(r->deps->store, r->address, &r->row);
     caldav_load(r, r->row.event_id, caldav_put_on_series);
     return;
@@ -375,7 +381,7 @@ static void caldav_put_on_patched(void *arg, const struct graph_response *resp)
     return;
   }
   event = caldav_json(resp);
-  r->put_status = 204;
+  r->put_status = r->completing ? 201 : 204;
   caldav_put_written(r, event);
   json_decref(event);
 }
@@ -586,6 +592,24 @@ void caldav_put(struct caldav_req *r)
   caldav_put_translated(r);
 }
 
+/* A create whose series was written but whose EXDATEs or overrides were
+ * not (CALDAV_ETAG_INCOMPLETE) is finished by the client's natural retry,
+ * the same name and UID with If-None-Match: *: the master is written again
+ * and every occurrence applied, answered 201 as the first PUT would have
+ * been. Returns true when r went that way. */
+static bool caldav_put_completes(struct caldav_req *r, const char *if_none)
+{
+  if (if_none == NULL || strcmp(if_none, "*") != 0 || r->row.etag == NULL
+      || strcmp(r->row.etag, CALDAV_ETAG_INCOMPLETE) != 0
+      || strcmp(r->row.uid, r->tr.uid) != 0)
+    return false;
+  log_info("%s caldav complete address=%s event=%s",
+           http_exchange_request(r->ex)->conn_id, r->address, r->row.event_id);
+  r->completing = true;
+  caldav_put_update(r, NULL);
+  return true;
+}
+
 /* The PUT once its body is translated: create, update or refuse. */
 static void caldav_put_translated(struct caldav_req *r)
 {
@@ -602,6 +626,8 @@ static void caldav_put_translated(struct caldav_req *r)
     return;
   }
   if (rc == 0) {
+    if (caldav_put_completes(r, if_none))
+      return;
     if (if_none != NULL && caldav_etag_listed(if_none, r->row.etag)) {
       caldav_text(r, 412, "the calendar object already exists");
       return;

@@ -190,12 +190,13 @@ int caldav_row_put(struct store *store, const char *address,
 void caldav_row_set_etag(struct store *store, const char *address,
                          const char *name, const char *etag)
 {
-  const char *params[] = { address, name, etag };
+  const char *params[] = { address, name, etag, CALDAV_ETAG_INCOMPLETE };
 
   caldav_store_run(store,
                    "UPDATE caldav_objects SET etag = ?3"
-                   " WHERE address = ?1 AND name = ?2",
-                   params, 3);
+                   " WHERE address = ?1 AND name = ?2"
+                   " AND etag IS NOT ?4",
+                   params, 4);
 }
 
 void caldav_row_delete(struct store *store, const char *address,

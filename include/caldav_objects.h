@@ -29,6 +29,14 @@ struct caldav_row {
                              NULL for none and for objects made in Outlook */
 };
 
+/* The etag column of an object whose create wrote the series but not yet
+ * all its EXDATEs and overrides (a Graph failure or a crash in between): a
+ * PUT with If-None-Match: * for the same name and UID completes it rather
+ * than failing with 412. Never served: no real ETag has this form, and
+ * caldav_row_set_etag() leaves it in place; only a finished PUT replaces
+ * it. */
+#define CALDAV_ETAG_INCOMPLETE "\"nextal-incomplete\""
+
 /* Frees the strings of row and zeroes it; a zeroed row is a no-op. */
 void caldav_row_clear(struct caldav_row *row);
 
@@ -55,7 +63,8 @@ int caldav_row_zones(struct store *store, const char *address, const char *uid,
 int caldav_row_client(struct store *store, const char *address,
                       const char *event_id, char **client_attendees);
 
-/* Records the ETag last served for a name; a store error is logged. */
+/* Records the ETag last served for a name, unless the name is marked
+ * CALDAV_ETAG_INCOMPLETE; a store error is logged. */
 void caldav_row_set_etag(struct store *store, const char *address,
                          const char *name, const char *etag);
 

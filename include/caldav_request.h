@@ -96,8 +96,9 @@ struct caldav_req {
   struct ical_graph_result tr;
   bool have_tr;
   struct caldav_row row;
-  int put_status; /* 201 created, 204 updated */
-  json_t *ops;    /* occurrence DELETEs and PATCHes still to send */
+  int put_status;  /* 201 created, 204 updated */
+  bool completing; /* finishing an incomplete create (caldav_object.c) */
+  json_t *ops;     /* occurrence DELETEs and PATCHes still to send */
   size_t next_op;
   struct caldav_load ld;
   /* REPORT */

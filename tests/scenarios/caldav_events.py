@@ -318,6 +318,54 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(r.status, 200)
         self.assertIn("UID:" + uid, r.body)
 
+    def test_series_retry_completes_occurrences(self):
+        """One transient Graph failure after the series was created leaves
+        its EXDATEs and overrides unapplied; the client's retry with
+        If-None-Match: * finishes the object instead of failing with 412."""
+        for fault in ({"fault": "503", "operation": "deleteEvent"},
+                      {"fault": "503", "operation": "updateEvent"},
+                      {"fault": "429", "operation": "instances",
+                       "retry_after": "0.2"}):
+            uid = self.unique("halfseries")
+            name = uid + ".ics"
+            subject = self.unique("Half series")
+            text = "\r\n".join([
+                "BEGIN:VCALENDAR", "VERSION:2.0",
+                "PRODID:-//Nextal//scenario//EN",
+                "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z",
+                "DTSTART;TZID=Europe/Berlin:20300304T090000",
+                "DTEND;TZID=Europe/Berlin:20300304T100000",
+                "RRULE:FREQ=DAILY;COUNT=20", "SUMMARY:" + subject,
+                "EXDATE;TZID=Europe/Berlin:20300305T090000",
+                "EXDATE;TZID=Europe/Berlin:20300306T090000",
+                "END:VEVENT",
+                "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z",
+                "RECURRENCE-ID;TZID=Europe/Berlin:20300312T090000",
+                "DTSTART;TZID=Europe/Berlin:20300312T150000",
+                "DTEND;TZID=Europe/Berlin:20300312T160000",
+                "SUMMARY:" + subject + " moved",
+                "END:VEVENT", "END:VCALENDAR", ""])
+            self.box.sim_post("/_sim/faults", dict(fault, mailbox=ALICE,
+                                                   count=1))
+            r = self.put(name, text, "If-None-Match: *")
+            self.assertEqual(r.status, 503, (fault, r.body))
+            r = self.put(name, text, "If-None-Match: *")
+            self.assertEqual(r.status, 201, (fault, r.body))
+            etag = r.header("ETag")
+            r = self.curl("GET", self.obj_path(name))
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.header("ETag"), etag)
+            self.assertIn("EXDATE;TZID=Europe/Berlin:20300305T090000", r.body)
+            self.assertIn("EXDATE;TZID=Europe/Berlin:20300306T090000", r.body)
+            self.assertIn("RECURRENCE-ID;TZID=Europe/Berlin:20300312T090000",
+                          r.body)
+            [ev] = self.events_with(subject)
+            self.assertEqual(len(ev["_deleted_occurrences"]), 2)
+            self.assertEqual(len(ev["_exceptions"]), 1)
+            # Complete now: a further create is refused as usual.
+            r = self.put(name, text, "If-None-Match: *")
+            self.assertEqual(r.status, 412, (fault, r.body))
+
     def test_concurrent_creates_make_one_object(self):
         """PUTs racing each other must not all be told they created the
         object: one wins, the others see what a later PUT would see."""
