@@ -73,6 +73,7 @@ struct smtp_session {
 
   char *held; /* input received while committing */
   size_t heldlen;
+  bool stopping; /* shutdown while committing: answer, then 421 */
 };
 
 static const char *const smtp_state_names[] = {
@@ -1177,6 +1178,8 @@ static size_t smtp_session_take_line(struct smtp_session *s, const char *buf,
 static void smtp_session_hold(struct smtp_session *s, const char *buf,
                               size_t len)
 {
+  if (s->stopping)
+    return; /* no command runs after the answer: the service is stopping */
   if (s->heldlen + len > SMTP_PIPELINE_BUFFER_MAX) {
     log_warn("%s smtp pipeline limit reached limit=%d", s->id,
              SMTP_PIPELINE_BUFFER_MAX);
@@ -1284,6 +1287,13 @@ void smtp_session_data_done(struct smtp_session *s, int code,
   s->ncommands = 0;
   smtp_session_transaction_end(s);
 
+  /* The agent began stopping during the commit: the client has its real
+   * answer, and nothing it pipelined after the data runs. */
+  if (s->stopping) {
+    smtp_session_shutdown(s);
+    return;
+  }
+
   /* Input held meanwhile runs now; it may be held again by a new DATA. */
   s->held = NULL;
   s->heldlen = 0;
@@ -1304,6 +1314,18 @@ void smtp_session_shutdown(struct smtp_session *s)
 {
   if (s->state == SMTP_STATE_CLOSING)
     return;
+
+  /* A 421 now would hide the outcome of a commit already running: the
+   * row may be durable and the message sent, and a client reading 421
+   * sends it again. data_done() answers first, then shuts down. */
+  if (s->state == SMTP_STATE_COMMITTING) {
+    log_debug("%s smtp shutdown waits for the commit", s->id);
+    s->stopping = true;
+    free(s->held);
+    s->held = NULL;
+    s->heldlen = 0;
+    return;
+  }
   smtp_session_reply(s, 421, "4.3.2", "Service shutting down, closing");
   smtp_session_close(s);
 }

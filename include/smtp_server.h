@@ -34,7 +34,10 @@ void smtp_server_set_limits(struct smtp_server *server,
 int smtp_server_port(const struct smtp_server *server);
 
 /* Stops accepting, answers 421 on every open session, and calls done once
- * every handle is closed; the server is then freed. */
+ * every handle is closed; the server is then freed. A session whose
+ * message is being committed first gets the commit's own answer (250 with
+ * the queue id, or the failure), so a 421 always means nothing was
+ * queued; the wait is bounded by the commit (a few fsyncs). */
 void smtp_server_close(struct smtp_server *server, void (*done)(void *arg),
                        void *arg);
 

@@ -118,7 +118,10 @@ void smtp_session_data_done(struct smtp_session *s, int code,
 /* The idle or data timer fired: 421 4.4.2 and close. */
 void smtp_session_timeout(struct smtp_session *s);
 
-/* The agent is stopping: 421 4.3.2 and close (aborting any data). */
+/* The agent is stopping: 421 4.3.2 and close (aborting any data). A
+ * session waiting for its commit (SMTP_STATE_COMMITTING) stays open and
+ * drops held input: smtp_session_data_done() then sends the real answer,
+ * the 421 after it, and closes. */
 void smtp_session_shutdown(struct smtp_session *s);
 
 enum smtp_state smtp_session_state(const struct smtp_session *s);

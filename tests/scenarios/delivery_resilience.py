@@ -1,15 +1,20 @@
 #!/usr/bin/python3
 """Delivery that survives Graph and the agent misbehaving: a storm of 429
 and 503 answers still delivers every message exactly once, never more than
-four requests in flight per mailbox; and an agent killed with SIGKILL right
-after its 250 delivers the message, once, after a restart."""
+four requests in flight per mailbox; an agent killed with SIGKILL right
+after its 250 delivers the message, once, after a restart; and an agent
+stopped with SIGTERM amid many submissions gives each the true answer: a
+250 is sent once, anything else is never sent."""
 
+import collections
 import signal
+import smtplib
+import threading
 import time
 import uuid
 
 
-from scenario import ALICE, BOB, CAROL, AgentTestCase, main
+from scenario import ALICE, BOB, CAROL, AgentTestCase, main, sandbox
 from sandbox import wait_for
 
 
@@ -86,6 +91,93 @@ class DeliveryResilience(AgentTestCase):
         self.box.wait_sent(ALICE, before_alice + 5, timeout=20)
         self.assertLess(time.monotonic() - start, 15)
         self.box.sim_post("/_sim/faults", {"clear": True})
+
+
+class SigtermAmidSubmissions(AgentTestCase):
+    """Its own sandbox: the burst would use up the pacing budget of the
+    mailboxes the tests above share."""
+
+    sandbox_options = {"extra_config": "[delivery]\nmax_per_minute = 0\n"}
+
+    def submit(self, sender, tag):
+        """One submission without a Message-ID (so the agent's duplicate
+        check cannot hide a second copy); returns the final reply code, or
+        None when the connection failed before one."""
+        code = None
+        try:
+            c = smtplib.SMTP("127.0.0.1", self.box.smtp_port, timeout=20)
+        except (smtplib.SMTPException, OSError):
+            return None
+        try:
+            c.login(sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+            c.mail(sender)
+            c.rcpt("term@example.net")
+            code = c.data(("From: %s\r\nTo: term@example.net\r\n"
+                           "Subject: %s\r\n\r\nbody\r\n" % (sender, tag)).encode())[0]
+        except smtplib.SMTPResponseException as e:
+            code = e.smtp_code
+        except (smtplib.SMTPException, OSError):
+            pass
+        try:
+            c.close()
+        except OSError:
+            pass
+        return code
+
+    def burst_then_sigterm(self, prefix, senders, results):
+        """Submits from 16 clients at once, stops the agent with SIGTERM
+        amid them, and starts it again; results gets each subject's final
+        reply code."""
+        stop = threading.Event()
+
+        def worker(k):
+            i = 0
+            while not stop.is_set():
+                tag = "%s-%d-%d" % (prefix, k, i)
+                results[tag] = self.submit(senders[k % 3], tag)
+                i += 1
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        self.box.agent.send_signal(signal.SIGTERM)
+        stop.set()
+        self.assertEqual(self.box.agent.wait(timeout=30), 0)
+        for t in threads:
+            t.join(timeout=60)
+        self.box.agent = None
+        self.box.agent_log.close()
+        self.box.start_agent()
+
+    def test_sigterm_amid_submissions_answers_truthfully(self):
+        self.box.sim_post("/_sim/faults", {"clear": True})
+        self.box.sim_post("/_sim/latency", {"ms": 0})
+        prefix = "term-" + uuid.uuid4().hex[:6]
+        senders = [ALICE, BOB, CAROL]
+        results = {}
+        # Which sessions are committing when the signal lands is a race:
+        # a few rounds make meeting one near certain.
+        for rnd in range(3):
+            self.burst_then_sigterm("%s-%d" % (prefix, rnd), senders, results)
+
+        accepted = {t for t, code in results.items() if code == 250}
+        self.assertGreater(len(accepted), 0)
+        self.assertGreater(len(results), len(accepted),
+                           "no submission met the stop")
+
+        def sent():
+            return collections.Counter(
+                r["resource"]["subject"] for who in senders
+                for r in self.box.sent(who)
+                if r["resource"]["subject"].startswith(prefix + "-"))
+        wait_for(lambda: accepted <= set(sent()), 60, "every 250 sent")
+        time.sleep(3.0)  # a message sent without a 250 would land now
+        counts = sent()
+        self.assertEqual({t for t, n in counts.items() if n > 1}, set(),
+                         "sent twice")
+        refused = {t: results[t] for t in set(counts) - accepted}
+        self.assertEqual(refused, {}, "sent although not answered 250")
 
 
 if __name__ == "__main__":

@@ -883,6 +883,44 @@ static void test_shutdown(void **state)
   fake_free(&f);
 }
 
+/* A stop while the message commits must not hide the outcome: a 421 there
+ * makes the client send again a message that was queued. */
+static void test_shutdown_while_committing(void **state)
+{
+  struct fake f;
+
+  fake_open_rcpt(&f);
+  fake_expect(&f, "DATA\r\nhi\r\n.\r\nMAIL FROM:<ann@corp.test>\r\n",
+              "354 End data with <CR><LF>.<CR><LF>\r\n");
+  smtp_session_shutdown(f.s);
+  assert_string_equal(fake_take(&f), "");
+  assert_int_equal(f.closes, 0);
+  assert_int_equal(f.aborts, 0);
+  assert_int_equal(smtp_session_state(f.s), SMTP_STATE_COMMITTING);
+
+  /* Input after the stop is dropped, not run after the answer. */
+  fake_feed(&f, "RCPT TO:<c@ext.test>\r\n");
+  smtp_session_data_done(f.s, 250, "2.0.0", "Q7");
+  assert_string_equal(fake_take(&f),
+                      "250 2.0.0 Ok: queued as Q7\r\n"
+                      "421 4.3.2 Service shutting down, closing\r\n");
+  assert_int_equal(f.closes, 1);
+  assert_int_equal(smtp_session_state(f.s), SMTP_STATE_CLOSING);
+  fake_free(&f);
+
+  /* A failed commit is reported the same way. */
+  fake_open_rcpt(&f);
+  fake_expect(&f, "DATA\r\nhi\r\n.\r\n",
+              "354 End data with <CR><LF>.<CR><LF>\r\n");
+  smtp_session_shutdown(f.s);
+  smtp_session_data_done(f.s, 451, "4.3.0", "Queue unavailable");
+  assert_string_equal(fake_take(&f),
+                      "451 4.3.0 Queue unavailable\r\n"
+                      "421 4.3.2 Service shutting down, closing\r\n");
+  assert_int_equal(f.closes, 1);
+  fake_free(&f);
+}
+
 static void test_quit_and_after_close(void **state)
 {
   struct fake f;
@@ -931,6 +969,7 @@ int main(void)
     cmocka_unit_test(test_service_refused),
     cmocka_unit_test(test_timeout),
     cmocka_unit_test(test_shutdown),
+    cmocka_unit_test(test_shutdown_while_committing),
     cmocka_unit_test(test_quit_and_after_close),
   };
 
