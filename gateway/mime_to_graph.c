@@ -1188,24 +1188,42 @@ static int mime_graph_walk(struct mime_graph_ctx *ctx, struct mailmime *mime,
   return mime_graph_leaf_add(ctx, mime, in_related);
 }
 
+int mime_graph_address_check(const char *address, char *why, size_t len)
+{
+  const char *at = strrchr(address, '@');
+
+  if (address[0] == '"') {
+    snprintf(why, len, "Graph cannot send to a quoted local part");
+    return MIME_GRAPH_ERECIPIENT;
+  }
+  if (at != NULL && at[1] == '[') {
+    snprintf(why, len, "Graph cannot send to an address literal");
+    return MIME_GRAPH_ERECIPIENT;
+  }
+  if (!at || at == address || !at[1] || strchr(address, '@') != at
+      || strpbrk(address, " \t\r\n<>")
+      || !mime_graph_utf8_valid(address, strlen(address))) {
+    snprintf(why, len, "Graph cannot send to this address");
+    return MIME_GRAPH_ERECIPIENT;
+  }
+  return MIME_GRAPH_OK;
+}
+
 /* Every envelope recipient must be something Graph can address. */
 static int mime_graph_envelope_check(struct mime_graph_ctx *ctx)
 {
   const struct mime_graph_envelope *env = ctx->env;
+  char why[128];
 
   if (env->nrcpts == 0)
     return mime_graph_fail(ctx, MIME_GRAPH_ERECIPIENT,
                            "The message has no envelope recipient.");
   for (size_t i = 0; i < env->nrcpts; i++) {
-    const char *rcpt = env->rcpts[i];
-    const char *at = strchr(rcpt, '@');
-
-    if (!at || at == rcpt || !at[1] || strpbrk(rcpt, " \t\r\n<>")
-        || !mime_graph_utf8_valid(rcpt, strlen(rcpt)))
+    if (mime_graph_address_check(env->rcpts[i], why, sizeof(why)) < 0)
       return mime_graph_fail(ctx, MIME_GRAPH_ERECIPIENT,
                              "Envelope recipient %zu is not a usable "
-                             "address.",
-                             i + 1);
+                             "address: %s.",
+                             i + 1, why);
   }
   ctx->named = xcalloc(env->nrcpts, sizeof *ctx->named);
   ctx->in_bcc = xcalloc(env->nrcpts, sizeof *ctx->in_bcc);

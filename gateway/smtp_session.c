@@ -16,6 +16,7 @@
 #include <gnutls/gnutls.h>
 
 #include "log.h"
+#include "mime_to_graph.h"
 #include "xalloc.h"
 
 #define SMTP_REPLY_MAX 512   /* one reply line with CRLF, RFC 5321 4.5.3.1.5 */
@@ -838,6 +839,7 @@ static void smtp_cmd_mail(struct smtp_session *s, char *args)
 static int smtp_rcpt_parse(struct smtp_session *s, char *args, char **path)
 {
   char *params, *arg = smtp_arg_after(args, "TO:");
+  char why[SMTP_REASON_MAX];
 
   if (s->mail_from == NULL) {
     smtp_session_reply(s, 503, "5.5.1", "Need MAIL command");
@@ -854,6 +856,12 @@ static int smtp_rcpt_parse(struct smtp_session *s, char *args, char **path)
   if (!smtp_address_valid(*path)) {
     smtp_session_reply(s, 501, "5.1.3",
                        "Bad destination mailbox address syntax");
+    return -1;
+  }
+  /* Valid SMTP that Graph cannot send to would fail the whole message at
+   * the end of data; refused here, it costs only this recipient. */
+  if (mime_graph_address_check(*path, why, sizeof(why)) < 0) {
+    smtp_session_reply(s, 553, "5.1.3", "%s", why);
     return -1;
   }
   return smtp_params_check(s, params, smtp_rcpt_param);

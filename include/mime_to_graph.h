@@ -123,6 +123,14 @@ int mime_graph_part_extract(const char *path,
                             const struct mime_graph_part *part, int out_fd,
                             uint64_t *size);
 
+/* Checks that Graph can address one envelope recipient (no brackets):
+ * a single "@" between a non-empty local part and domain, no quoted local
+ * part, no address literal, no space or angle bracket, valid UTF-8. The
+ * translation checks every recipient this way; the SMTP session uses it
+ * to refuse such a recipient at RCPT. Returns MIME_GRAPH_OK, or
+ * MIME_GRAPH_ERECIPIENT with a sentence (no final stop) in why. */
+int mime_graph_address_check(const char *address, char *why, size_t len);
+
 void mime_graph_result_free(struct mime_graph_result *res);
 
 #endif

@@ -474,8 +474,9 @@ static void test_mail_syntax_and_params(void **state)
               "501 5.1.3 Bad destination mailbox address syntax\r\n");
   fake_expect(&f, "RCPT TO:<bob@ext.test> NOTIFY=NEVER\r\n",
               "555 5.5.4 Unsupported parameter\r\n");
+  /* Valid syntax, but not an address Graph can send to. */
   fake_expect(&f, "rcpt to:<\"b b\"@[192.0.2.1]>\r\n",
-              "250 2.1.5 Recipient ok\r\n");
+              "553 5.1.3 Graph cannot send to a quoted local part\r\n");
   fake_free(&f);
 }
 
@@ -527,6 +528,31 @@ static void test_pipelined_refused_recipient(void **state)
   assert_string_equal(fake_take(&f),
                       "250 2.0.0 Ok: queued as Q42\r\n221 2.0.0 Bye\r\n");
   assert_int_equal(f.closes, 1);
+  fake_free(&f);
+}
+
+/* Recipients valid in SMTP but not to Graph are refused at RCPT, not with
+ * the whole message after DATA; a source route is accepted and ignored
+ * (RFC 5321 3.6.1, C). */
+static void test_rcpt_graph_cannot_address(void **state)
+{
+  struct fake f;
+
+  fake_open_authed(&f);
+  fake_expect(&f,
+              "MAIL FROM:<ann@corp.test>\r\n"
+              "RCPT TO:<\"a b\"@example.net>\r\n"
+              "RCPT TO:<a@[127.0.0.1]>\r\n"
+              "RCPT TO:<@route.test:a@example.net>\r\n"
+              "RCPT TO:<@r1.test,@r2.test:b@example.net>\r\n"
+              "DATA\r\nHello\r\n.\r\n",
+              "250 2.1.0 Sender ok\r\n"
+              "553 5.1.3 Graph cannot send to a quoted local part\r\n"
+              "553 5.1.3 Graph cannot send to an address literal\r\n"
+              "250 2.1.5 Recipient ok\r\n250 2.1.5 Recipient ok\r\n"
+              "354 End data with <CR><LF>.<CR><LF>\r\n");
+  assert_string_equal(f.env_rcpts, "a@example.net b@example.net");
+  smtp_session_data_done(f.s, 250, "2.0.0", "Q1");
   fake_free(&f);
 }
 
@@ -954,6 +980,7 @@ int main(void)
     cmocka_unit_test(test_mail_syntax_and_params),
     cmocka_unit_test(test_rcpt_limit_and_duplicates),
     cmocka_unit_test(test_pipelined_refused_recipient),
+    cmocka_unit_test(test_rcpt_graph_cannot_address),
     cmocka_unit_test(test_data_without_valid_recipients),
     cmocka_unit_test(test_data_split_everywhere),
     cmocka_unit_test(test_data_byte_by_byte),
