@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "links.h"
 #include "log.h"
@@ -26,6 +27,8 @@
 #define DELIVERY_CLEANUP_MS (60 * 1000) /* expired records removed */
 #define DELIVERY_PURGE_BATCH 1000       /* records removed per loop turn */
 #define DELIVERY_DAY_MS ((int64_t) 24 * 3600 * 1000)
+#define DELIVERY_VERIFY_TOP 50 /* Sent Items copies read per look-up */
+#define DELIVERY_UNLINKED_TEXT "The user was unlinked by an administrator"
 
 struct delivery_job {
   uv_work_t work; /* translation on the thread pool */
@@ -228,6 +231,39 @@ static void delivery_cleanup(struct delivery *d, int64_t now)
 
 /* ---- outcomes ------------------------------------------------------- */
 
+/* Whether sender has no link row at all. Mail is accepted only from a
+ * linked sender and only nextal-policy unlink removes the row (a grant
+ * that is gone or a switch-off leaves it, as needs_relink), so accepted
+ * mail meeting this was unlinked while it waited or was in flight. A
+ * row that cannot be read is not taken for unlinked. */
+static int delivery_sender_unlinked(struct delivery *d, const char *sender)
+{
+  enum policy_link_state state = POLICY_LINK_OK;
+  char norm[POLICY_ADDRESS_MAX];
+
+  if (policy_address_normalize(sender, norm, sizeof(norm)) < 0)
+    return 0;
+  if (links_get(d->store, norm, &state, NULL, 0) < 0)
+    return 0;
+  return state == POLICY_LINK_NONE;
+}
+
+/* The policy refuses a row's sender: its mail waits, held, unless the
+ * sender was unlinked, which fails it as unlink does (keeping what
+ * queue_retry needs to look its last send up first). Returns the code. */
+static const char *delivery_refuse_row(struct delivery *d, int64_t rowid,
+                                       const char *sender,
+                                       const struct policy_decision *dec)
+{
+  if (dec->reason == POLICY_DENY_USER_NOT_LINKED
+      && delivery_sender_unlinked(d, sender)) {
+    queue_mark_failed(d->store, rowid, "user_unlinked", DELIVERY_UNLINKED_TEXT);
+    return "user_unlinked";
+  }
+  queue_mark_held(d->store, rowid, dec->code, dec->sentence);
+  return dec->code;
+}
+
 static int64_t delivery_backoff_ms(int attempts)
 {
   int64_t ms = DELIVERY_BACKOFF_BASE_MS;
@@ -335,6 +371,10 @@ static void delivery_on_sent(void *arg, const struct graph_response *resp)
     /* Cut off by shutdown: Graph may or may not have taken it. The row
      * stays "sending" so that the next start looks it up first. */
     log_info("%s queue interrupted sender=%s", job->queue_id, job->sender);
+  } else if (resp->status == 0 && resp->token_permanent
+             && delivery_sender_unlinked(job->d, job->sender)) {
+    /* Unlink wiped the token under this request, which sent nothing. */
+    delivery_failed(job, "user_unlinked", DELIVERY_UNLINKED_TEXT);
   } else if (resp->status == 0 && resp->token_permanent) {
     /* The grant is gone: the user must link again; keep the mail. */
     links_mark_relink(job->d->store, job->sender, resp->error_message);
@@ -445,11 +485,14 @@ static void delivery_on_uploaded(void *arg, const struct graph_response *resp,
 static int delivery_recheck(struct delivery_job *job)
 {
   struct policy_decision dec;
+  const char *code;
 
   policy_gate_check(job->d->gate, POLICY_REQUEST_DELIVERY, job->sender, &dec);
   if (dec.reason == POLICY_ALLOW)
     return 0;
-  delivery_hold(job, dec.code, dec.sentence);
+  code = delivery_refuse_row(job->d, job->rowid, job->sender, &dec);
+  log_warn("%s queue %s sender=%s code=%s", job->queue_id,
+           strcmp(code, dec.code) == 0 ? "held" : "failed", job->sender, code);
   return -EPERM;
 }
 
@@ -534,6 +577,95 @@ static void delivery_start_send(struct delivery_job *job)
 
 /* ---- recovery: was a message caught mid-send already sent? ------------ */
 
+static const char *const delivery_rcpt_fields[]
+    = { "toRecipients", "ccRecipients", "bccRecipients" };
+
+static const char *delivery_rcpt_address(json_t *recipient)
+{
+  json_t *email = json_object_get(recipient, "emailAddress");
+
+  return json_string_value(json_object_get(email, "address"));
+}
+
+static int delivery_copy_lists(json_t *msg, const char *addr)
+{
+  for (size_t f = 0; f < 3; f++) {
+    json_t *list = json_object_get(msg, delivery_rcpt_fields[f]);
+
+    for (size_t i = 0; i < json_array_size(list); i++) {
+      const char *a = delivery_rcpt_address(json_array_get(list, i));
+
+      if (a != NULL && strcasecmp(a, addr) == 0)
+        return 1;
+    }
+  }
+  return 0;
+}
+
+static int delivery_job_lists(const struct delivery_job *job, const char *addr)
+{
+  for (size_t i = 0; i < job->nrcpts; i++) {
+    if (strcasecmp(job->rcpts[i], addr) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+/* Whether a Sent Items message is this row's send: the same Message-ID
+ * may go to other envelopes (a different transaction), so its To, Cc and
+ * Bcc addresses must be the envelope's, as a set, case aside. */
+static int delivery_copy_is_ours(const struct delivery_job *job, json_t *msg)
+{
+  for (size_t i = 0; i < job->nrcpts; i++) {
+    if (!delivery_copy_lists(msg, job->rcpts[i]))
+      return 0;
+  }
+  for (size_t f = 0; f < 3; f++) {
+    json_t *list = json_object_get(msg, delivery_rcpt_fields[f]);
+
+    for (size_t i = 0; i < json_array_size(list); i++) {
+      const char *a = delivery_rcpt_address(json_array_get(list, i));
+
+      if (a == NULL || !delivery_job_lists(job, a))
+        return 0;
+    }
+  }
+  return 1;
+}
+
+static int delivery_copies_include_ours(const struct delivery_job *job,
+                                        json_t *value)
+{
+  for (size_t i = 0; i < json_array_size(value); i++) {
+    if (delivery_copy_is_ours(job, json_array_get(value, i)))
+      return 1;
+  }
+  return 0;
+}
+
+/* Graph refused the look-up itself (a 4xx other than throttling, a
+ * timeout or an expired token): asking again cannot tell whether the
+ * message went, and sending could make a second copy. The operator
+ * decides (docs/mail-durability.md). */
+static int delivery_verify_refused(long status)
+{
+  return status >= 400 && status < 500 && status != 401 && status != 408
+         && status != 429;
+}
+
+static void delivery_verify_failed(struct delivery_job *job,
+                                   const struct graph_response *resp)
+{
+  char *why = xasprintf("The Sent Items look-up was refused (Graph answered "
+                        "%ld %s: %s), so whether it was sent is unknown; "
+                        "check the mailbox's Sent Items, then retry (sends "
+                        "it) or drop it",
+                        resp->status, resp->error_code, resp->error_message);
+
+  delivery_failed(job, "verify_failed", why);
+  free(why);
+}
+
 static void delivery_on_verified(void *arg, const struct graph_response *resp)
 {
   struct delivery_job *job = arg;
@@ -544,7 +676,7 @@ static void delivery_on_verified(void *arg, const struct graph_response *resp)
   if (resp->status == 200)
     root = json_loadb(resp->body, resp->body_len, 0, NULL);
   value = json_object_get(root, "value");
-  if (json_is_array(value) && json_array_size(value) > 0) {
+  if (json_is_array(value) && delivery_copies_include_ours(job, value)) {
     log_info("%s queue found_in_sent_items sender=%s", job->queue_id,
              job->sender);
     /* Sent before the restart but after the windows were rebuilt. */
@@ -555,7 +687,11 @@ static void delivery_on_verified(void *arg, const struct graph_response *resp)
      * sendMail, so a send still in transport when we looked would go
      * twice; the recovery delay makes that unlikely, not impossible. */
     queue_mark_retry(d->store, job->rowid, store_now_ms(), NULL, NULL);
+  } else if (delivery_verify_refused(resp->status)) {
+    delivery_verify_failed(job, resp);
   } else {
+    log_info("%s queue verify_retry sender=%s status=%ld code=%s",
+             job->queue_id, job->sender, resp->status, resp->error_code);
     queue_mark_verify(d->store, job->rowid,
                       store_now_ms() + delivery_backoff_ms(job->attempts + 1),
                       resp->error_code, resp->error_message);
@@ -564,22 +700,45 @@ static void delivery_on_verified(void *arg, const struct graph_response *resp)
   delivery_job_finish(job);
 }
 
+/* The OData string literal for text: quotes, a quote inside doubled. */
+static char *delivery_odata_literal(const char *text)
+{
+  size_t n = strlen(text);
+  char *out = xmalloc(2 * n + 3);
+  char *p = out;
+
+  *p++ = '\'';
+  for (const char *c = text; *c != '\0'; c++) {
+    if (*c == '\'')
+      *p++ = '\'';
+    *p++ = *c;
+  }
+  *p++ = '\'';
+  *p = '\0';
+  return out;
+}
+
 static void delivery_verify(struct delivery *d, const struct queue_entry *e)
 {
   struct delivery_job *job = delivery_job_new(d, e);
   struct graph_request req = { 0 };
+  char *mid = xasprintf("<%s>", e->message_id);
+  char *literal = delivery_odata_literal(mid);
   char *filter;
   char *escaped;
   char *path;
 
   job->verify = 1;
-  filter = xasprintf("internetMessageId eq '<%s>'", e->message_id);
+  filter = xasprintf("internetMessageId eq %s", literal);
   escaped = curl_easy_escape(NULL, filter, 0);
   path = xasprintf("/v1.0/users/%s/mailFolders/sentitems/messages"
-                   "?$select=id&$filter=%s",
-                   e->sender, escaped ? escaped : "");
+                   "?$select=id,toRecipients,ccRecipients,bccRecipients"
+                   "&$top=%d&$filter=%s",
+                   e->sender, DELIVERY_VERIFY_TOP, escaped ? escaped : "");
   curl_free(escaped);
   free(filter);
+  free(literal);
+  free(mid);
   req.mailbox = e->sender;
   req.method = "GET";
   req.path = path;
@@ -616,18 +775,21 @@ static int delivery_visit(void *arg, const struct queue_entry *e)
     return 0;
   if (delivery_jobs_for(d, e->sender) >= d->per_mailbox)
     return 0;
+  /* Asked before the Sent Items look-up too: a refused sender's mailbox
+   * gets no request at all. */
+  policy_gate_check(d->gate, POLICY_REQUEST_DELIVERY, e->sender, &dec);
+  if (dec.reason != POLICY_ALLOW) {
+    const char *code = delivery_refuse_row(d, e->rowid, e->sender, &dec);
+
+    log_warn("%s queue %s sender=%s code=%s", e->queue_id,
+             strcmp(code, dec.code) == 0 ? "held" : "failed", e->sender, code);
+    return 0;
+  }
   if (e->verify_first) {
     if (e->message_id != NULL && e->message_id[0] != '\0')
       delivery_verify(d, e);
     else /* nothing to look for: Graph assigned the id */
       queue_mark_retry(d->store, e->rowid, store_now_ms(), NULL, NULL);
-    return 0;
-  }
-  policy_gate_check(d->gate, POLICY_REQUEST_DELIVERY, e->sender, &dec);
-  if (dec.reason != POLICY_ALLOW) {
-    queue_mark_held(d->store, e->rowid, dec.code, dec.sentence);
-    log_warn("%s queue held sender=%s code=%s", e->queue_id, e->sender,
-             dec.code);
     return 0;
   }
   job = delivery_job_new(d, e);

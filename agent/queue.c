@@ -357,7 +357,8 @@ int queue_retry(struct store *store, int64_t rowid)
 
   if (queue_prepare(store,
                     "UPDATE messages SET state = 'queued', attempts = 0, "
-                    "verify_first = 0, next_attempt_at = ?1, "
+                    "verify_first = CASE WHEN error_code = 'verify_failed' "
+                    "THEN 0 ELSE verify_first END, next_attempt_at = ?1, "
                     "updated_at = ?1, retried_at = ?1 "
                     "WHERE id = ?2 AND state IN ('failed', 'held')",
                     &st)
@@ -614,7 +615,8 @@ int queue_mark_verify(struct store *store, int64_t rowid,
 int queue_mark_failed(struct store *store, int64_t rowid, const char *code,
                       const char *text)
 {
-  return queue_set_state(store, rowid, "failed", code, text, 0, 0, 0);
+  /* A row whose outcome is unknown stays so: a retry looks it up first. */
+  return queue_set_state(store, rowid, "failed", code, text, 0, 0, -1);
 }
 
 int queue_mark_held(struct store *store, int64_t rowid, const char *code,
@@ -629,7 +631,9 @@ int queue_release_held(struct store *store, const char *sender)
 
   if (queue_prepare(store,
                     "UPDATE messages SET state = 'queued', "
-                    "next_attempt_at = ?, updated_at = ? "
+                    "next_attempt_at = CASE WHEN verify_first "
+                    "THEN max(next_attempt_at, ?1) ELSE ?1 END, "
+                    "updated_at = ?2 "
                     "WHERE state = 'held' AND (?3 IS NULL OR sender = ?3)",
                     &st)
       < 0)
@@ -667,8 +671,7 @@ static int queue_sender_rows_set(struct store *store, const char *sender,
 int queue_hold_sender(struct store *store, const char *sender, const char *code,
                       const char *text)
 {
-  return queue_sender_rows_set(store, sender, "held",
-                               "state = 'queued' AND verify_first = 0", code,
+  return queue_sender_rows_set(store, sender, "held", "state = 'queued'", code,
                                text);
 }
 

@@ -98,8 +98,11 @@ int queue_purge(struct store *store, int64_t sent_before_ms,
                 int64_t failed_before_ms, size_t max);
 
 /* The operator's retry: a failed or held row is queued again now with a
- * fresh attempt count, its age (for max_age) counted from now. Returns 0,
- * or -EAGAIN when the row is in neither state (any more). */
+ * fresh attempt count, its age (for max_age) counted from now. A row whose
+ * last send's outcome is unknown is still looked up in Sent Items first,
+ * unless that look-up is what failed (code verify_failed): then the retry
+ * is the operator's decision to send it. Returns 0, or -EAGAIN when the
+ * row is in neither state (any more). */
 int queue_retry(struct store *store, int64_t rowid);
 
 /* The operator's drop: a queued or held row fails with code "dropped" and
@@ -145,9 +148,9 @@ int queue_held_senders(struct store *store, char ***out);
 /* Senders that have queued rows, likewise. */
 int queue_queued_senders(struct store *store, char ***out);
 
-/* Holds every queued row of sender, with the policy's code and sentence,
- * except those whose last send must first be looked up in Sent Items.
- * Returns the number of rows held, or -EIO. */
+/* Holds every queued row of sender, with the policy's code and sentence;
+ * a row whose last send must first be looked up in Sent Items keeps that
+ * flag and its due time. Returns the number of rows held, or -EIO. */
 int queue_hold_sender(struct store *store, const char *sender, const char *code,
                       const char *text);
 
@@ -167,13 +170,15 @@ int queue_mark_retry(struct store *store, int64_t rowid,
 int queue_mark_verify(struct store *store, int64_t rowid,
                       int64_t next_attempt_at, const char *code,
                       const char *text);
+/* Fails the row; its verify_first flag is kept (see queue_retry). */
 int queue_mark_failed(struct store *store, int64_t rowid, const char *code,
                       const char *text);
 int queue_mark_held(struct store *store, int64_t rowid, const char *code,
                     const char *text);
 
-/* Held messages of sender (all senders if NULL) go back to queued; returns
- * how many. */
+/* Held messages of sender (all senders if NULL) go back to queued, due
+ * now (a row awaiting its Sent Items look-up: not before it was due);
+ * returns how many. */
 int queue_release_held(struct store *store, const char *sender);
 
 /* Fails every queued or held message of sender with code and text (the

@@ -232,6 +232,134 @@ class MailDurability(AgentTestCase):
         self.assertEqual(body["queue_id"], second)
         self.assertEqual(body["same_message_id"], [first])
 
+    # ---- a send whose outcome is unknown ----
+
+    def test_lookup_counts_only_a_copy_to_the_rows_own_envelope(self):
+        # The first transaction is sent; the second, same Message-ID, other
+        # envelope, is lost before Graph took it. Its Sent Items look-up
+        # finds the first copy, which is not this send.
+        tag = "samemid-" + uuid.uuid4().hex[:8]
+        msgid = tag + "@nextal.test"
+        first = self.submit(CAROL, ["one@example.net"],
+                            message(CAROL, ["one@example.net"], tag, msgid))
+        self.wait_state(first, "sent")
+        self.box.sim_post("/_sim/faults", {"fault": "drop", "mailbox": CAROL,
+                                           "operation": "sendMail", "count": 1})
+        second = self.submit(CAROL, ["Two@example.net"],
+                             message(CAROL, ["Two@example.net"], tag, msgid))
+        self.wait_state(second, "sent", timeout=60)
+        got = self.sent_with_subject(CAROL, tag)
+        self.assertEqual(sorted(r["recipients"][0]["address"].lower()
+                                for r in got),
+                         ["one@example.net", "two@example.net"])
+
+    def test_message_id_with_a_quote_is_looked_up(self):
+        self.box.sim_post("/_sim/faults", {"fault": "drop", "mailbox": BOB,
+                                           "operation": "sendMail", "count": 1,
+                                           "after": True})
+        tag = "quote-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(BOB, ["c@example.net"],
+                               message(BOB, ["c@example.net"], tag,
+                                       "o'brien." + tag + "@nextal.test"))
+        self.wait_state(queue_id, "sent", timeout=60)
+        time.sleep(2.0)  # a second copy would have gone by now
+        self.assertEqual(len(self.sent_with_subject(BOB, tag)), 1)
+        self.assertIn("found_in_sent_items", self.box.agent_output())
+
+    def test_refused_lookup_is_failed_for_the_operator(self):
+        self.box.sim_post("/_sim/faults", {"fault": "drop", "mailbox": ALICE,
+                                           "operation": "sendMail", "count": 1})
+        self.box.sim_post("/_sim/faults", {"fault": "400", "mailbox": ALICE,
+                                           "operation": "listMessages",
+                                           "count": 1, "status": 400,
+                                           "code": "ErrorInvalidUrlQueryFilter",
+                                           "message": "invalid nodes"})
+        tag = "refused-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(ALICE, ["c@example.net"],
+                               message(ALICE, ["c@example.net"], tag))
+        body = self.wait_state(queue_id, "failed", timeout=60)
+        self.assertEqual(body["error"]["code"], "verify_failed")
+        self.assertIn("ErrorInvalidUrlQueryFilter", body["error"]["reason"])
+        self.assertIn(queue_id, self.box.policy_cli("held").stdout)
+        self.assertEqual(self.sent_with_subject(ALICE, tag), [])
+        # The operator's retry sends it, without another look-up.
+        self.box.policy_cli("retry", queue_id)
+        self.wait_state(queue_id, "sent")
+        self.assertEqual(len(self.sent_with_subject(ALICE, tag)), 1)
+
+    def test_retry_after_unlink_looks_an_unknown_send_up_first(self):
+        # Graph takes the send, the reply is lost; the user is unlinked
+        # before the look-up, re-linked, and the operator retries.
+        self.box.sim_post("/_sim/faults", {"fault": "drop", "mailbox": DAVE,
+                                           "operation": "sendMail", "count": 1,
+                                           "after": True})
+        tag = "unlinkverify-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(DAVE, ["c@example.net"],
+                               message(DAVE, ["c@example.net"], tag))
+        wait_for(lambda: self.sent_with_subject(DAVE, tag), 20, "Graph's copy")
+        try:
+            self.box.policy_cli("unlink", DAVE)
+            body = self.wait_state(queue_id, "failed")
+            self.assertEqual(body["error"]["code"], "user_unlinked")
+        finally:
+            self.box.link(DAVE)
+        self.box.policy_cli("retry", queue_id)
+        self.wait_state(queue_id, "sent", timeout=30)
+        time.sleep(2.0)
+        self.assertEqual(len(self.sent_with_subject(DAVE, tag)), 1)
+
+    def test_mail_in_flight_at_unlink_is_not_sent_after_relink(self):
+        self.box.sim_post("/_sim/latency", {"ms": 2000})
+        self.box.sim_post("/_sim/faults", {"fault": "429", "mailbox": DAVE,
+                                           "operation": "sendMail",
+                                           "probability": 1.0,
+                                           "retry_after": "1"})
+        tag = "inflight-" + uuid.uuid4().hex[:8]
+        try:
+            queue_id = self.submit(DAVE, ["c@example.net"],
+                                   message(DAVE, ["c@example.net"], tag))
+            self.wait_state(queue_id, "sending", timeout=10)
+            self.box.policy_cli("unlink", DAVE)
+            body = self.wait_state(queue_id, "failed", timeout=15)
+            self.assertEqual(body["error"]["code"], "user_unlinked")
+        finally:
+            self.box.sim_post("/_sim/faults", {"clear": True})
+            self.box.sim_post("/_sim/latency", {"ms": 0})
+            self.box.link(DAVE)
+        time.sleep(7.0)  # past the held-mail recheck
+        self.assertEqual(self.by_queue_id(queue_id)[1]["state"], "failed")
+        self.assertEqual(self.sent_with_subject(DAVE, tag), [])
+
+    def test_switch_off_stops_lookups_until_on_again(self):
+        self.box.sim_post("/_sim/faults", {"fault": "drop", "mailbox": CAROL,
+                                           "operation": "sendMail", "count": 1,
+                                           "after": True})
+        tag = "verifyoff-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(CAROL, ["c@example.net"],
+                               message(CAROL, ["c@example.net"], tag))
+        wait_for(lambda: self.sent_with_subject(CAROL, tag), 20, "Graph's copy")
+        policy = self.box.path("policy.ini")
+
+        def lookups():
+            ops = self.box.sim_get("/_sim/stats")["mailboxes"][CAROL]
+            return ops.get("operations", {}).get("listMessages", 0)
+        try:
+            with open(policy, "w") as f:
+                f.write("[integration]\nenabled = false\nmode = all\n")
+            self.wait_state(queue_id, "held", timeout=20)
+            before = lookups()
+            time.sleep(7.0)  # past recovery_delay
+            self.assertEqual(lookups(), before)
+            self.assertEqual(self.by_queue_id(queue_id)[1]["state"], "held")
+        finally:
+            with open(policy, "w") as f:
+                f.write(self.box.default_policy())
+            time.sleep(0.5)
+            for user in (ALICE, BOB, CAROL, DAVE):  # a switch-off unlinks
+                self.box.link(user)
+        self.wait_state(queue_id, "sent", timeout=30)
+        self.assertEqual(len(self.sent_with_subject(CAROL, tag)), 1)
+
     # ---- the operator's retry and drop ----
 
     def test_retry_sends_failed_mail_again_and_is_audited(self):
