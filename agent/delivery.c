@@ -469,9 +469,13 @@ static void delivery_on_uploaded(void *arg, const struct graph_response *resp,
   struct delivery_job *job = arg;
   struct graph_response copy = *resp;
 
-  /* The switch went off between two steps: the mail is held (by
-   * delivery_upload_may_continue) and its draft resumed on release. */
+  /* Stopped between two steps: the switch went off (the mail is held by
+   * delivery_upload_may_continue) or the agent is stopping (nothing of
+   * the next step was sent: queued again, not looked up). Either way the
+   * remembered draft is resumed later. */
   if (strcmp(resp->error_code, MAIL_UPLOAD_STOPPED) == 0) {
+    if (job->d->stopping)
+      queue_mark_retry(job->d->store, job->rowid, store_now_ms(), NULL, NULL);
     delivery_job_finish(job);
     return;
   }
@@ -496,11 +500,16 @@ static int delivery_recheck(struct delivery_job *job)
   return -EPERM;
 }
 
-/* Between two steps of a large upload: the policy is asked again, as
- * before any send, and a refusal holds the mail. */
+/* Between two steps of a large upload: a stopping agent starts no new
+ * step, and the policy is asked again, as before any send (a refusal
+ * holds the mail). */
 static bool delivery_upload_may_continue(void *arg)
 {
-  return delivery_recheck(arg) == 0;
+  struct delivery_job *job = arg;
+
+  if (job->d->stopping)
+    return false;
+  return delivery_recheck(job) == 0;
 }
 
 static void delivery_after_translate(uv_work_t *work, int status)

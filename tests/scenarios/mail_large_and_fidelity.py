@@ -298,13 +298,20 @@ class Fidelity(LargeTestCase):
         while not self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"]:
             self.assertLess(time.time(), deadline, "no draft was created")
             time.sleep(0.2)
+        # A stopping agent lets the request in flight finish (1.5 s) but
+        # starts no further step: it exits well inside its 10 s grace,
+        # with the row queued again (nothing to look up) and its draft kept.
+        started = time.time()
         self.box.stop_agent(signal.SIGTERM)
+        self.assertLess(time.time() - started, 5.0, "upload went on after SIGTERM")
         self.box.sim_post("/_sim/latency", {"ms": 0})
         mid = msg["Message-ID"].strip("<>")
-        [(draft_id,)] = self.db().execute(
-            "SELECT draft_id FROM messages WHERE message_id = ?", (mid,)).fetchall()
+        [(draft_id, state)] = self.db().execute(
+            "SELECT draft_id, state FROM messages WHERE message_id = ?",
+            (mid,)).fetchall()
         if self.sent_count(ALICE) == before:
             self.assertIsNotNone(draft_id)  # remembered for the restart
+            self.assertEqual(state, "queued")
         self.box.start_agent()
         [record] = self.box.wait_sent(ALICE, before + 1, 120)[before:]
         self.assert_attachment(record, data)
