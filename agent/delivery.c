@@ -665,10 +665,13 @@ static int delivery_verify_refused(long status)
 static void delivery_verify_failed(struct delivery_job *job,
                                    const struct graph_response *resp)
 {
-  char *why = xasprintf("The Sent Items look-up was refused (Graph answered "
+  char *why = xasprintf("The Sent Items look-up %s (Graph answered "
                         "%ld %s: %s), so whether it was sent is unknown; "
                         "check the mailbox's Sent Items, then retry (sends "
                         "it) or drop it",
+                        delivery_verify_refused(resp->status)
+                            ? "was refused"
+                            : "kept failing past max_age",
                         resp->status, resp->error_code, resp->error_message);
 
   delivery_failed(job, "verify_failed", why);
@@ -696,7 +699,10 @@ static void delivery_on_verified(void *arg, const struct graph_response *resp)
      * sendMail, so a send still in transport when we looked would go
      * twice; the recovery delay makes that unlikely, not impossible. */
     queue_mark_retry(d->store, job->rowid, store_now_ms(), NULL, NULL);
-  } else if (delivery_verify_refused(resp->status)) {
+  } else if (delivery_verify_refused(resp->status)
+             || store_now_ms() - job->created_at > d->max_age_ms) {
+    /* Refused, or failing for longer than mail may wait: an operator
+     * decides, since sending blindly could send it twice. */
     delivery_verify_failed(job, resp);
   } else {
     log_info("%s queue verify_retry sender=%s status=%ld code=%s",

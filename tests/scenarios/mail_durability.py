@@ -437,5 +437,42 @@ class MailRecordExpiry(AgentTestCase):
             (tag + "@nextal.test",)).fetchone()[0] == 0, 20, "the record to expire")
 
 
+class MailVerifyGivesUp(AgentTestCase):
+    """A Sent Items look-up that keeps failing ends at max_age with the
+    message failed for an operator, never sent blindly."""
+    sandbox_options = {"extra_config": "[delivery]\nmax_age = 8\n"}
+
+    def test_lookup_failing_past_max_age_is_failed_for_the_operator(self):
+        self.box.sim_post("/_sim/faults", {"fault": "drop", "mailbox": BOB,
+                                           "operation": "sendMail", "count": 1})
+        self.box.sim_post("/_sim/faults", {"fault": "503", "mailbox": BOB,
+                                           "operation": "listMessages",
+                                           "probability": 1.0,
+                                           "retry_after": "1"})
+        tag = "giveup-" + uuid.uuid4().hex[:8]
+        with smtplib.SMTP("127.0.0.1", self.box.smtp_port, timeout=30) as c:
+            c.login(sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+            c.mail(BOB)
+            c.rcpt("c@example.net")
+            code, reply = c.data(message(BOB, ["c@example.net"], tag))
+        self.assertEqual(code, 250)
+        queue_id = queue_id_of(reply)
+
+        def failed():
+            row = self.db().execute(
+                "SELECT state, error_code, error_text FROM messages"
+                " WHERE queue_id = ?", (queue_id,)).fetchone()
+            return row if row and row[0] == "failed" else None
+        state, code, text = wait_for(failed, 40, "the look-up to give up")
+        self.assertEqual(code, "verify_failed")
+        self.assertIn("past max_age", text)
+        self.assertEqual([r for r in self.box.sent(BOB)
+                          if r["resource"]["subject"] == tag], [])
+        self.box.sim_post("/_sim/faults", {"clear": True})
+        self.box.policy_cli("retry", queue_id)
+        wait_for(lambda: [r for r in self.box.sent(BOB)
+                          if r["resource"]["subject"] == tag], 30, "the send")
+
+
 if __name__ == "__main__":
     main()
