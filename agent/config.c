@@ -59,6 +59,7 @@ static const struct config_key config_keys[] = {
   CFG("smtp", "max_connections", CONFIG_UINT, smtp_max_connections, 100000),
   CFG("smtp", "max_commands", CONFIG_UINT, smtp_max_commands, 100000),
   CFG("smtp", "idle_timeout", CONFIG_UINT, smtp_idle_timeout, 86400),
+  CFG("smtp", "auth_timeout", CONFIG_UINT, smtp_auth_timeout, 86400),
   CFG("smtp", "data_timeout", CONFIG_UINT, smtp_data_timeout, 86400),
   CFG("http", "listen", CONFIG_STRING, http_listen, 0),
   CFG("http", "public_url", CONFIG_STRING, http_public_url, 0),
@@ -118,6 +119,7 @@ void config_defaults(struct config *cfg)
   cfg->smtp_max_connections = 200;
   cfg->smtp_max_commands = 100;
   cfg->smtp_idle_timeout = 300; /* RFC 5321 4.5.3.2.7: at least 5 min */
+  cfg->smtp_auth_timeout = 60;  /* a connection that never logs in */
   cfg->smtp_data_timeout = 600;
   cfg->http_listen = xstrdup("127.0.0.1:8025");
   cfg->http_public_url = xstrdup("http://127.0.0.1:8025");

@@ -25,6 +25,7 @@ struct smtp_server {
   char *hostname;
   unsigned max_connections;
   unsigned idle_timeout_ms;
+  unsigned auth_timeout_ms; /* connect to AUTH; 0: no deadline */
   unsigned data_timeout_ms;
   unsigned nconns;
   unsigned long next_conn_id;
@@ -49,7 +50,8 @@ struct smtp_conn {
   char sender[POLICY_ADDRESS_MAX]; /* normalised MAIL FROM */
   int handles_open;                /* 2 until both handles have closed */
   int closing;
-  int committing; /* a commit runs on the thread pool */
+  int committing;         /* a commit runs on the thread pool */
+  uint64_t auth_deadline; /* loop time by which AUTH must succeed, or 0 */
   int reading;
 };
 
@@ -251,10 +253,23 @@ static void smtp_conn_on_timeout(uv_timer_t *timer)
   smtp_session_timeout(conn->session);
 }
 
+/* Restarts the connection's timer for ms, or for less: until AUTH
+ * succeeds a connection also has a deadline from its start, so that idle
+ * connections that never log in cannot hold every slot (each command
+ * would otherwise buy another idle_timeout). */
 static void smtp_conn_restart_timer(struct smtp_conn *conn, unsigned ms)
 {
-  if (!conn->closing)
-    uv_timer_start(&conn->timer, smtp_conn_on_timeout, ms, 0);
+  uint64_t now = uv_now(conn->server->loop);
+
+  if (conn->closing)
+    return;
+  if (conn->auth_deadline != 0 && !smtp_session_authenticated(conn->session)) {
+    uint64_t left = conn->auth_deadline > now ? conn->auth_deadline - now : 1;
+
+    if (left < ms)
+      ms = (unsigned) left;
+  }
+  uv_timer_start(&conn->timer, smtp_conn_on_timeout, ms, 0);
 }
 
 static void smtp_conn_alloc(uv_handle_t *handle, size_t suggested,
@@ -287,6 +302,14 @@ static void smtp_conn_on_read(uv_stream_t *stream, ssize_t nread,
                                     : conn->server->idle_timeout_ms);
   if (smtp_session_feed(conn->session, buf->base, (size_t) nread) < 0)
     return; /* the session asked to close */
+  /* Logged in by this read: the deadline to log in no longer applies. */
+  if (conn->auth_deadline != 0 && smtp_session_authenticated(conn->session)) {
+    conn->auth_deadline = 0;
+    smtp_conn_restart_timer(conn,
+                            smtp_session_state(conn->session) == SMTP_STATE_DATA
+                                ? conn->server->data_timeout_ms
+                                : conn->server->idle_timeout_ms);
+  }
   if (conn->tcp.write_queue_size >= SMTP_WRITE_BACKLOG_MAX) {
     uv_read_stop(stream);
     conn->reading = 0;
@@ -473,6 +496,8 @@ static void smtp_server_on_connection(uv_stream_t *listener, int status)
     smtp_conn_begin_close(conn);
     return;
   }
+  if (server->auth_timeout_ms != 0)
+    conn->auth_deadline = uv_now(server->loop) + server->auth_timeout_ms;
   smtp_conn_restart_timer(conn, server->idle_timeout_ms);
   smtp_conn_read_start(conn);
   smtp_session_start(conn->session);
@@ -515,6 +540,7 @@ void smtp_server_set_limits(struct smtp_server *server,
   server->limits.max_commands = cfg->smtp_max_commands;
   server->max_connections = cfg->smtp_max_connections;
   server->idle_timeout_ms = cfg->smtp_idle_timeout * 1000;
+  server->auth_timeout_ms = cfg->smtp_auth_timeout * 1000;
   server->data_timeout_ms = cfg->smtp_data_timeout * 1000;
   free(server->hostname);
   server->hostname = xstrdup(cfg->smtp_hostname);

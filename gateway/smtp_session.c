@@ -107,6 +107,11 @@ enum smtp_state smtp_session_state(const struct smtp_session *s)
   return s->state;
 }
 
+bool smtp_session_authenticated(const struct smtp_session *s)
+{
+  return s->auth_user != NULL;
+}
+
 /* Every state change passes here so that a trace shows the whole story. */
 static void smtp_session_enter_state(struct smtp_session *s,
                                      enum smtp_state state)

@@ -29,6 +29,7 @@ struct config {
   unsigned smtp_max_connections;
   unsigned smtp_max_commands; /* before MAIL, and between transactions */
   unsigned smtp_idle_timeout; /* seconds waiting for a command */
+  unsigned smtp_auth_timeout; /* seconds from connect to AUTH; 0: none */
   unsigned smtp_data_timeout; /* seconds waiting for message data */
   char *smtp_hostname;        /* greeting and Received header */
 

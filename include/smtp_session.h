@@ -125,6 +125,9 @@ void smtp_session_timeout(struct smtp_session *s);
 void smtp_session_shutdown(struct smtp_session *s);
 
 enum smtp_state smtp_session_state(const struct smtp_session *s);
+
+/* Whether the client has authenticated (AUTH succeeded). */
+bool smtp_session_authenticated(const struct smtp_session *s);
 const char *smtp_state_name(enum smtp_state state);
 
 #endif

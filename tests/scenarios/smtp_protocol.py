@@ -174,5 +174,32 @@ class SmtpProtocol(AgentTestCase):
         self.assertIn("2.0.0", text)
 
 
+class SmtpAuthDeadline(AgentTestCase):
+    """A connection that does not log in within auth_timeout is closed,
+    however often it sends a command; one that logs in is not."""
+    sandbox_options = {"extra_config": "[smtp]\nauth_timeout = 2\n"}
+
+    def test_connection_that_never_logs_in_is_closed(self):
+        idle = RawClient(self.box.smtp_port)
+        self.addCleanup(idle.close)
+        self.assertEqual(idle.reply()[0], 220)
+        logged_in = RawClient(self.box.smtp_port)
+        self.addCleanup(logged_in.close)
+        self.assertEqual(logged_in.reply()[0], 220)
+        self.assertEqual(logged_in.command("EHLO client.example")[0], 250)
+        self.assertEqual(logged_in.login()[0], 235)
+        started = time.time()
+        # NOOPs keep the idle timer fresh, but not the deadline to log in.
+        with self.assertRaises(ConnectionError):
+            while time.time() - started < 10:
+                code, text = idle.command("NOOP")
+                if code == 421:
+                    self.assertIn("4.4.2", text)
+                    idle.reply()  # then the connection closes
+                time.sleep(0.3)
+        self.assertLess(time.time() - started, 4)
+        self.assertEqual(logged_in.command("NOOP")[0], 250)
+
+
 if __name__ == "__main__":
     main()
