@@ -146,6 +146,25 @@ static void caldav_put_on_final(struct caldav_req *r, bool found)
 
 static void caldav_put_next_op(struct caldav_req *r);
 
+/* Whether two optional strings are the same. */
+static bool caldav_same_text(const char *a, const char *b)
+{
+  return (a == NULL && b == NULL)
+         || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* The translation options of this PUT, for comparing with Graph. */
+static struct ical_graph_options caldav_put_options(struct caldav_req *r)
+{
+  struct ical_graph_options opt = {
+    .user = r->address,
+    .default_zone
+    = caldav_zones_get(r->deps->zones, r->address, caldav_monotonic_ms()),
+  };
+
+  return opt;
+}
+
 static void caldav_put_on_op(void *arg, const struct graph_response *resp)
 {
   struct caldav_req *r = arg;
@@ -166,10 +185,17 @@ static void caldav_put_next_op(struct caldav_req *r)
   json_t *op = json_array_get(r->ops, r->next_op);
   char *path;
 
+  if (op == NULL && r->unchanged
+      && caldav_same_text(r->ld.client_attendees, r->row.client_attendees)) {
+    /* Nothing was written: the ETag read is still the object's. */
+    caldav_put_answer(r, r->ld.etag);
+    return;
+  }
   if (op == NULL) {
     caldav_load(r, r->row.event_id, caldav_put_on_final);
     return;
   }
+  r->unchanged = false;
   path = caldav_event_path(r->address,
                            json_string_value(json_object_get(op, "id")), "");
   caldav_graph(r, json_string_value(json_object_get(op, "method")), path,
@@ -178,8 +204,9 @@ static void caldav_put_next_op(struct caldav_req *r)
 }
 
 /* The instance of the loaded series that starts originally at key (a
- * {dateTime, timeZone: UTC} object), or NULL. */
-static const char *caldav_instance_at(struct caldav_req *r, const json_t *key)
+ * {dateTime, timeZone: UTC} object), or NULL: Graph lists no deleted
+ * occurrence, so an EXDATE already applied finds none. */
+static const json_t *caldav_instance_at(struct caldav_req *r, const json_t *key)
 {
   const json_t *x;
   time_t want, t;
@@ -193,7 +220,7 @@ static const char *caldav_instance_at(struct caldav_req *r, const json_t *key)
     if (caldav_parse_utc(json_string_value(json_object_get(x, "originalStart")),
                          &t)
         && t == want)
-      return json_string_value(json_object_get(x, "id"));
+      return x;
   }
   return NULL;
 }
@@ -233,6 +260,26 @@ static void caldav_put_undo(struct caldav_req *r)
   free(path);
 }
 
+/* What to PATCH so that current (Graph's event or instance) holds wanted:
+ * the properties that differ, or all of wanted when current cannot be
+ * compared. A new reference, empty when nothing differs. */
+static json_t *caldav_put_changes(struct caldav_req *r, const json_t *current,
+                                  const json_t *wanted)
+{
+  struct ical_graph_options opt = caldav_put_options(r);
+  json_t *changes = NULL;
+  char err[256];
+
+  if (ical_graph_event_changes(current, wanted, &opt, &changes, err,
+                               sizeof(err))
+      != ICAL_GRAPH_OK) {
+    log_debug("%s caldav compare_failed address=%s",
+              http_exchange_request(r->ex)->conn_id, r->address);
+    return json_incref((json_t *) wanted);
+  }
+  return changes;
+}
+
 static void caldav_put_on_series(struct caldav_req *r, bool found)
 {
   const json_t *x;
@@ -246,24 +293,31 @@ static void caldav_put_on_series(struct caldav_req *r, bool found)
   r->ops = json_array();
   json_array_foreach(r->tr.exdates, i, x)
   {
-    const char *id = caldav_instance_at(r, x);
+    const json_t *inst = caldav_instance_at(r, x);
 
-    /* An EXDATE that names no occurrence changes nothing (RFC 5545). */
-    if (id != NULL)
-      json_array_append_new(
-          r->ops, json_pack("{s:s, s:s}", "method", "DELETE", "id", id));
+    /* An EXDATE that names no occurrence changes nothing (RFC 5545), nor
+     * does one whose occurrence is deleted already. */
+    if (inst != NULL)
+      json_array_append_new(r->ops,
+                            json_pack("{s:s, s:O}", "method", "DELETE", "id",
+                                      json_object_get(inst, "id")));
   }
   json_array_foreach(r->tr.overrides, i, x)
   {
-    const char *id = caldav_instance_at(r, json_object_get(x, "originalStart"));
+    const json_t *inst
+        = caldav_instance_at(r, json_object_get(x, "originalStart"));
+    json_t *changes;
 
-    if (id == NULL) {
+    if (inst == NULL) {
       caldav_put_undo(r);
       return;
     }
-    json_array_append_new(r->ops,
-                          json_pack("{s:s, s:s, s:O}", "method", "PATCH", "id",
-                                    id, "event", json_object_get(x, "event")));
+    changes = caldav_put_changes(r, inst, json_object_get(x, "event"));
+    if (json_object_size(changes) > 0)
+      json_array_append_new(
+          r->ops, json_pack("{s:s, s:O, s:O}", "method", "PATCH", "id",
+                            json_object_get(inst, "id"), "event", changes));
+    json_decref(changes);
   }
   r->next_op = 0;
   caldav_put_next_op(r);
@@ -403,44 +457,100 @@ static void caldav_put_on_cancelled(void *arg,
   caldav_finish(r, 204, NULL, NULL, 0);
 }
 
-/* Updates the mapped event; graph_etag (Graph's @odata.etag) guards the
- * PATCH when the client sent If-Match. */
-static void caldav_put_update(struct caldav_req *r, const char *graph_etag)
+/* Updates the mapped event with body (r->tr.event or the part of it that
+ * differs from Graph's); graph_etag (Graph's @odata.etag) guards the PATCH
+ * when the client sent If-Match. */
+static void caldav_put_update(struct caldav_req *r, const json_t *body,
+                              const char *graph_etag)
 {
   char *path;
 
   if (r->tr.cancelled) {
-    json_t *body = json_pack("{s:s}", "comment", "");
+    json_t *cancel = json_pack("{s:s}", "comment", "");
 
     path = caldav_event_path(r->address, r->row.event_id, "/cancel");
-    caldav_graph(r, "POST", path, body, NULL, caldav_put_on_cancelled);
-    json_decref(body);
+    caldav_graph(r, "POST", path, cancel, NULL, caldav_put_on_cancelled);
+    json_decref(cancel);
   } else {
     path = caldav_event_path(r->address, r->row.event_id, "");
-    caldav_graph(r, "PATCH", path, r->tr.event, graph_etag,
-                 caldav_put_on_patched);
+    caldav_graph(r, "PATCH", path, body, graph_etag, caldav_put_on_patched);
   }
   free(path);
 }
 
+/* The master holds what the PUT says already: nothing is sent for it.
+ * Only occurrences still to delete or to change are written, and with
+ * none, the answer is 204 with the ETag just read. */
+static void caldav_put_unchanged(struct caldav_req *r)
+{
+  log_debug("%s caldav unchanged address=%s event=%s",
+            http_exchange_request(r->ex)->conn_id, r->address, r->row.event_id);
+  r->put_status = 204;
+  r->unchanged = true;
+  caldav_put_remember(r);
+  /* A reload for the ETag reads the client-scheduled attendees from here. */
+  caldav_row_put(r->deps->store, r->address, &r->row);
+  if (json_is_object(json_object_get(r->ld.event, "recurrence"))
+      && r->ld.instances != NULL) {
+    caldav_put_on_series(r, true);
+    return;
+  }
+  if (json_array_size(r->tr.exdates) > 0
+      || json_array_size(r->tr.overrides) > 0) {
+    /* The series was not read whole (or is none): load it again. */
+    caldav_load(r, r->row.event_id, caldav_put_on_series);
+    return;
+  }
+  r->next_op = 0;
+  json_decref(r->ops);
+  r->ops = json_array();
+  caldav_put_next_op(r);
+}
+
+/* The event as Graph holds it now is in r->ld: the client's If-Match is
+ * checked against it, and only what the PUT changes is sent, since
+ * Exchange mails every attendee on each update of the organizer's. */
 static void caldav_put_on_current(struct caldav_req *r, bool found)
 {
-  const char *graph_etag;
+  const char *if_match = http_exchange_header(r->ex, "If-Match");
+  const char *graph_etag = NULL;
+  json_t *changes;
 
+  if (!found && if_match == NULL) {
+    /* Deleted in Outlook meanwhile: without a precondition the PUT makes
+     * the event again. */
+    caldav_row_delete(r->deps->store, r->address, r->name);
+    free(r->row.event_id);
+    r->row.event_id = NULL;
+    caldav_put_create(r);
+    return;
+  }
   if (!found) {
     caldav_row_delete(r->deps->store, r->address, r->name);
     caldav_text(r, 412, "the event no longer exists in Outlook");
     return;
   }
-  if (!caldav_etag_listed(http_exchange_header(r->ex, "If-Match"),
-                          r->ld.etag)) {
+  if (if_match != NULL && !caldav_etag_listed(if_match, r->ld.etag)) {
     caldav_text(r, 412,
                 "If-Match does not name the current ETag; the "
                 "event changed (perhaps in Outlook)");
     return;
   }
-  graph_etag = json_string_value(json_object_get(r->ld.event, "@odata.etag"));
-  caldav_put_update(r, graph_etag);
+  if (if_match != NULL)
+    graph_etag = json_string_value(json_object_get(r->ld.event, "@odata.etag"));
+  if (r->tr.cancelled) {
+    caldav_put_update(r, r->tr.event, graph_etag);
+    return;
+  }
+
+  changes = caldav_put_changes(r, r->ld.event, r->tr.event);
+  if (json_object_size(changes) == 0) {
+    json_decref(changes);
+    caldav_put_unchanged(r);
+    return;
+  }
+  caldav_put_update(r, changes, graph_etag);
+  json_decref(changes);
 }
 
 /* Claims the object's name and UID for this PUT while it talks to Graph.
@@ -606,7 +716,7 @@ static bool caldav_put_completes(struct caldav_req *r, const char *if_none)
   log_info("%s caldav complete address=%s event=%s",
            http_exchange_request(r->ex)->conn_id, r->address, r->row.event_id);
   r->completing = true;
-  caldav_put_update(r, NULL);
+  caldav_put_update(r, r->tr.event, NULL);
   return true;
 }
 
@@ -637,10 +747,10 @@ static void caldav_put_translated(struct caldav_req *r)
                    "a calendar object's UID cannot change");
       return;
     }
-    if (if_match != NULL)
-      caldav_load(r, r->row.event_id, caldav_put_on_current);
+    if (if_match == NULL && r->tr.cancelled)
+      caldav_put_update(r, r->tr.event, NULL);
     else
-      caldav_put_update(r, NULL);
+      caldav_load(r, r->row.event_id, caldav_put_on_current);
     return;
   }
   if (if_match != NULL) {

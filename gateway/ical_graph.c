@@ -2100,3 +2100,114 @@ int ical_graph_freebusy_to_ical(const json_t *schedule,
   icalcomponent_free(o.vcal);
   return rc;
 }
+
+/* --- what an update changes ------------------------------------------- */
+
+/* The event as a PUT of its own GET would translate it: Graph's event to a
+ * calendar object and back, so that what Graph rewrites (HTML bodies, UTC
+ * times, recurrence defaults, attendee status) compares as what it stands
+ * for. *out is a new reference on success. */
+static int ig_normalise(const json_t *event,
+                        const struct ical_graph_options *opt, json_t **out,
+                        char *err, size_t errsize)
+{
+  struct ical_graph_ical_options io = { .uid = "nextal-compare" };
+  struct ical_graph_result res;
+  char *text = NULL;
+  int rc;
+
+  *out = NULL;
+  rc = ical_graph_to_ical(event, &io, &text, err, errsize);
+  if (rc != ICAL_GRAPH_OK)
+    return rc;
+  rc = ical_graph_from_ical(text, strlen(text), opt, &res);
+  if (rc == ICAL_GRAPH_OK)
+    *out = json_incref(res.event);
+  else
+    snprintf(err, errsize, "%s", res.error);
+  ical_graph_result_free(&res);
+  free(text);
+  return rc;
+}
+
+/* One attendee stands for another: the same address (case-insensitive),
+ * the same type, and the same name when a is given one. */
+static bool ig_same_attendee(const json_t *a, const json_t *b)
+{
+  const json_t *ea = json_object_get(a, "emailAddress");
+  const json_t *eb = json_object_get(b, "emailAddress");
+  const char *aa = ig_str(ea, "address"), *ba = ig_str(eb, "address");
+  const char *at = ig_str(a, "type"), *bt = ig_str(b, "type");
+  const char *an = ig_str(ea, "name"), *bn = ig_str(eb, "name");
+
+  if (!aa || !ba || strcasecmp(aa, ba) != 0)
+    return false;
+  if (!at || !bt || strcmp(at, bt) != 0)
+    return false;
+  return !an || (bn && strcmp(an, bn) == 0);
+}
+
+/* Whether every element of a has its match in b (attendees as above,
+ * other values by json_equal). */
+static bool ig_contained(const json_t *a, const json_t *b, bool attendees)
+{
+  const json_t *x, *y;
+  size_t i, j;
+
+  json_array_foreach(a, i, x)
+  {
+    bool found = false;
+
+    json_array_foreach(b, j, y)
+    {
+      if (attendees ? ig_same_attendee(x, y) : json_equal(x, y)) {
+        found = true;
+        break;
+      }
+    }
+    if (!found)
+      return false;
+  }
+  return true;
+}
+
+/* Attendees and categories are sets: their order means nothing to Graph.
+ * Anything else is the same JSON value. */
+static bool ig_same_value(const char *key, const json_t *want,
+                          const json_t *have)
+{
+  bool attendees = strcmp(key, "attendees") == 0;
+
+  if (attendees || strcmp(key, "categories") == 0) {
+    if (!json_is_array(want) || !json_is_array(have)
+        || json_array_size(want) != json_array_size(have))
+      return false;
+    /* Graph holds an address once; a name only wanted gives counts. */
+    return ig_contained(want, have, attendees)
+           && (attendees || ig_contained(have, want, false));
+  }
+  return have != NULL && json_equal(want, have);
+}
+
+int ical_graph_event_changes(const json_t *current, const json_t *wanted,
+                             const struct ical_graph_options *opt,
+                             json_t **changes, char *err, size_t errsize)
+{
+  json_t *have = NULL;
+  const char *key;
+  json_t *want;
+  int rc;
+
+  *changes = NULL;
+  rc = ig_normalise(current, opt, &have, err, errsize);
+  if (rc != ICAL_GRAPH_OK)
+    return rc;
+  *changes = json_object();
+  json_object_foreach((json_t *) wanted, key, want)
+  {
+    if (!ig_same_value(key, want, json_object_get(have, key)))
+      json_object_set(*changes, key, want);
+  }
+  json_decref(have);
+  return ICAL_GRAPH_OK;
+}

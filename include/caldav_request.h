@@ -98,6 +98,7 @@ struct caldav_req {
   struct caldav_row row;
   int put_status;  /* 201 created, 204 updated */
   bool completing; /* finishing an incomplete create (caldav_object.c) */
+  bool unchanged;  /* nothing written to Graph yet: r->ld is current */
   json_t *ops;     /* occurrence DELETEs and PATCHes still to send */
   size_t next_op;
   struct caldav_load ld;

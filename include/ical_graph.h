@@ -139,6 +139,23 @@ int ical_graph_to_ical(const json_t *event,
                        const struct ical_graph_ical_options *opt, char **text,
                        char *err, size_t errsize);
 
+/* What an update must send: the properties of wanted (a translated
+ * event, ical_graph_from_ical()'s res->event or an override's event) whose
+ * value differs from what current (Graph's event or instance, as read)
+ * holds. current is first translated to a calendar object and back with
+ * opt, so that what Graph rewrites compares as what it stands for: an HTML
+ * body as its text, UTC times as wall times in the event's zone,
+ * recurrence without Graph's defaults. Attendees compare as a set of
+ * address (any case), type and, where wanted names one, name; categories
+ * as a set. Properties wanted leaves out are not compared (a PATCH keeps
+ * them). Returns ICAL_GRAPH_OK with *changes a new object, empty when
+ * nothing differs (json_decref() it), or a negative ical_graph_error with
+ * a sentence in err when current cannot be read that way; the caller then
+ * sends wanted whole. */
+int ical_graph_event_changes(const json_t *current, const json_t *wanted,
+                             const struct ical_graph_options *opt,
+                             json_t **changes, char *err, size_t errsize);
+
 /* The question a free/busy answer responds to. */
 struct ical_graph_freebusy_request {
   const char *method;    /* "REPLY" for a schedule-outbox answer, NULL for the

@@ -366,6 +366,89 @@ class CalDAVEvents(AgentTestCase):
             r = self.put(name, text, "If-None-Match: *")
             self.assertEqual(r.status, 412, (fault, r.body))
 
+    def mailed(self, subject):
+        """What attendees were mailed about the events titled subject*."""
+        return [(i["kind"], i["occurrence"]) for i in self.invitations()
+                if (i["subject"] or "").startswith(subject)]
+
+    def test_identical_put_mails_nobody(self):
+        """CalDAV clients write back what they read: Graph gets only what
+        changed, and a PUT that changes nothing mails no attendee."""
+        uid = self.unique("noop")
+        name = uid + ".ics"
+        subject = self.unique("Unchanged interview")
+        r = self.put(name, vevent(uid, subject, extra="LOCATION:Room 4\n"
+                                  "DESCRIPTION:Bring your portfolio.\n"
+                                  "CATEGORIES:Interview,Design"),
+                     "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        r = self.curl("GET", self.obj_path(name))
+        text, etag = r.body, r.header("ETag")
+        [before] = self.events_with(subject)
+
+        for headers in (["If-Match: " + etag], []):
+            r = self.put(name, text, *headers)
+            self.assertEqual(r.status, 204, r.body)
+            self.assertEqual(r.header("ETag"), etag)
+        self.assertEqual(self.mailed(subject), [("request", None)])
+        [after] = self.events_with(subject)
+        self.assertEqual(after["changeKey"], before["changeKey"])
+
+        # One property changed: one update.
+        renamed = subject + " (renamed)"
+        r = self.put(name, text.replace("SUMMARY:" + subject,
+                                        "SUMMARY:" + renamed),
+                     "If-Match: " + etag)
+        self.assertEqual(r.status, 204, r.body)
+        self.assertEqual(self.mailed(subject),
+                         [("request", None), ("update", None)])
+
+    def test_identical_series_put_mails_nobody(self):
+        uid = self.unique("noop-series")
+        name = uid + ".ics"
+        subject = self.unique("Unchanged series")
+        text = "\r\n".join([
+            "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Nextal//scenario//EN",
+            "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z",
+            "DTSTART;TZID=Europe/Berlin:20300304T090000",
+            "DTEND;TZID=Europe/Berlin:20300304T100000",
+            "RRULE:FREQ=DAILY;COUNT=10", "SUMMARY:" + subject,
+            "ATTENDEE;CN=Jordan Candidate;ROLE=REQ-PARTICIPANT:"
+            "mailto:jordan@example.net",
+            "EXDATE;TZID=Europe/Berlin:20300305T090000",
+            "EXDATE;TZID=Europe/Berlin:20300306T090000",
+            "END:VEVENT"] + [x for day in ("08", "10") for x in (
+                "BEGIN:VEVENT", "UID:" + uid, "DTSTAMP:20300101T000000Z",
+                "RECURRENCE-ID;TZID=Europe/Berlin:203003%sT090000" % day,
+                "DTSTART;TZID=Europe/Berlin:203003%sT150000" % day,
+                "DTEND;TZID=Europe/Berlin:203003%sT160000" % day,
+                "SUMMARY:%s moved %s" % (subject, day),
+                "ATTENDEE;CN=Jordan Candidate;ROLE=REQ-PARTICIPANT:"
+                "mailto:jordan@example.net",
+                "END:VEVENT")] + ["END:VCALENDAR", ""])
+        r = self.put(name, text, "If-None-Match: *")
+        self.assertEqual(r.status, 201, r.body)
+        created = self.mailed(subject)
+        r = self.curl("GET", self.obj_path(name))
+        read, etag = r.body, r.header("ETag")
+
+        r = self.put(name, read, "If-Match: " + etag)
+        self.assertEqual(r.status, 204, r.body)
+        self.assertEqual(r.header("ETag"), etag)
+        self.assertEqual(self.mailed(subject), created)
+        [ev] = self.events_with(subject)
+
+        # One override changed: one update, for that occurrence only.
+        r = self.put(name, read.replace("SUMMARY:%s moved 10" % subject,
+                                        "SUMMARY:%s moved 10 again" % subject),
+                     "If-Match: " + etag)
+        self.assertEqual(r.status, 204, r.body)
+        [occ] = self.graph_get(
+            "/v1.0/users/%s/events/%s/instances?startDateTime=2030-03-10T00:00:00Z"
+            "&endDateTime=2030-03-11T00:00:00Z" % (ALICE, ev["id"]))["value"]
+        self.assertEqual(self.mailed(subject)[len(created):],
+                         [("update", occ["id"])])
+
     def test_concurrent_creates_make_one_object(self):
         """PUTs racing each other must not all be told they created the
         object: one wins, the others see what a later PUT would see."""

@@ -1308,6 +1308,81 @@ static void test_freebusy(void **state)
   json_decref(sched);
 }
 
+/* An update sends Graph only what differs from the event as Graph holds
+ * it: HTML bodies, UTC times, recurrence defaults, attendee status and
+ * order are what Graph makes of the same thing. */
+static void test_event_changes(void **state)
+{
+  static const char graph[]
+      = "{\"subject\": \"Panel\", \"body\": {\"contentType\": \"html\","
+        " \"content\": \"<html><body><p>Bring the CV.</p></body></html>\"},"
+        " \"start\": {\"dateTime\": \"2030-03-04T08:00:00.0000000\","
+        " \"timeZone\": \"UTC\"}, \"end\": {\"dateTime\":"
+        " \"2030-03-04T09:00:00.0000000\", \"timeZone\": \"UTC\"},"
+        " \"originalStartTimeZone\": \"W. Europe Standard Time\","
+        " \"originalEndTimeZone\": \"W. Europe Standard Time\","
+        " \"isAllDay\": false, \"location\": {\"displayName\": \"Room 4\","
+        " \"locationType\": \"default\"}, \"sensitivity\": \"normal\","
+        " \"showAs\": \"busy\", \"categories\": [\"B\", \"A\"],"
+        " \"isReminderOn\": false, \"reminderMinutesBeforeStart\": 15,"
+        " \"organizer\": {\"emailAddress\": {\"address\": \"" USER "\"}},"
+        " \"attendees\": [{\"type\": \"optional\", \"status\": {\"response\":"
+        " \"accepted\"}, \"emailAddress\": {\"name\": \"Bo\", \"address\":"
+        " \"Bo@Example.org\"}}, {\"type\": \"required\", \"status\":"
+        " {\"response\": \"none\"}, \"emailAddress\": {\"name\": \"Jo\","
+        " \"address\": \"jo@example.org\"}}],"
+        " \"recurrence\": {\"pattern\": {\"type\": \"daily\", \"interval\": 1,"
+        " \"month\": 0, \"dayOfMonth\": 0, \"firstDayOfWeek\": \"sunday\","
+        " \"index\": \"first\"}, \"range\": {\"type\": \"numbered\","
+        " \"startDate\": \"2030-03-04\", \"endDate\": \"0001-01-01\","
+        " \"recurrenceTimeZone\": \"W. Europe Standard Time\","
+        " \"numberOfOccurrences\": 5}}}";
+  static const char *const same
+      = "DTSTART;TZID=Europe/Berlin:20300304T090000\r\n"
+        "DTEND;TZID=Europe/Berlin:20300304T100000\r\n"
+        "RRULE:FREQ=DAILY;COUNT=5\r\nDESCRIPTION:Bring the CV.\r\n"
+        "LOCATION:Room 4\r\nCATEGORIES:A,B\r\n"
+        "ATTENDEE;CN=Jo:mailto:jo@example.org\r\n"
+        "ATTENDEE;ROLE=OPT-PARTICIPANT:mailto:bo@example.org\r\n";
+  struct ical_graph_result res;
+  json_t *current = json_loads(graph, 0, NULL);
+  json_t *changes = NULL;
+  char *lines;
+  char err[256];
+
+  (void) state;
+  assert_non_null(current);
+  json_object_set_new(current, "subject", json_string("Inline"));
+  assert_int_equal(translate_inline(same, &berlin, &res), ICAL_GRAPH_OK);
+  assert_int_equal(ical_graph_event_changes(current, res.event, &berlin,
+                                            &changes, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  assert_int_equal(json_object_size(changes), 0);
+  json_decref(changes);
+  ical_graph_result_free(&res);
+
+  /* Another hour, another attendee type, another pattern: each is sent,
+   * nothing else. */
+  lines = xasprintf("DTSTART;TZID=Europe/Berlin:20300304T093000\r\n"
+                    "DTEND;TZID=Europe/Berlin:20300304T100000\r\n"
+                    "RRULE:FREQ=DAILY;COUNT=6\r\nDESCRIPTION:Bring the CV.\r\n"
+                    "LOCATION:Room 4\r\nCATEGORIES:A,B\r\n"
+                    "ATTENDEE;CN=Jo:mailto:jo@example.org\r\n"
+                    "ATTENDEE:mailto:bo@example.org\r\n");
+  assert_int_equal(translate_inline(lines, &berlin, &res), ICAL_GRAPH_OK);
+  assert_int_equal(ical_graph_event_changes(current, res.event, &berlin,
+                                            &changes, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  assert_int_equal(json_object_size(changes), 3);
+  assert_jstr(changes, "start.dateTime", "2030-03-04T09:30:00");
+  assert_jint(changes, "recurrence.range.numberOfOccurrences", 6);
+  assert_jstr(changes, "attendees.1.type", "required");
+  json_decref(changes);
+  ical_graph_result_free(&res);
+  free(lines);
+  json_decref(current);
+}
+
 static int teardown_zones(void **state)
 {
   icaltimezone_free_builtin_timezones();
@@ -1350,6 +1425,7 @@ int main(void)
     cmocka_unit_test(test_reverse_client_attendees),
     cmocka_unit_test(test_client_attendees_round_trip),
     cmocka_unit_test(test_freebusy),
+    cmocka_unit_test(test_event_changes),
   };
 
   return cmocka_run_group_tests(tests, NULL, teardown_zones);
