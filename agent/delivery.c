@@ -209,8 +209,32 @@ static void delivery_pace_seed(struct delivery *d)
     log_debug("- queue pace_seeded sent_last_day=%d", n);
 }
 
+/* Rows left in 'sending' by no running send: their outcome could not be
+ * written (the database was locked or failing as the send ended), and
+ * without this they would wait for the next start. They are looked up in
+ * Sent Items, as after a crash. */
+static void delivery_recover_orphans(struct delivery *d, int64_t now)
+{
+  json_t *running = json_array();
+  char *text;
+  int n;
+
+  for (const struct delivery_job *j = d->jobs; j != NULL; j = j->next)
+    json_array_append_new(running, json_integer(j->rowid));
+  text = json_dumps(running, JSON_COMPACT);
+  if (text == NULL)
+    abort(); /* jansson fails only when out of memory */
+  n = queue_recover_orphans(d->store, now - DELIVERY_CLEANUP_MS, text,
+                            d->recovery_delay_ms);
+  if (n > 0)
+    log_warn("- queue recovering orphaned=%d verify_after_ms=%lld", n,
+             (long long) d->recovery_delay_ms);
+  free(text);
+  json_decref(running);
+}
+
 /* Removes records past their keep time (and any body they still have),
- * at most once every DELIVERY_CLEANUP_MS. */
+ * and recovers orphaned sends, at most once every DELIVERY_CLEANUP_MS. */
 static void delivery_cleanup(struct delivery *d, int64_t now)
 {
   int n;
@@ -218,6 +242,7 @@ static void delivery_cleanup(struct delivery *d, int64_t now)
   if (d->cleaned_at != 0 && now - d->cleaned_at < DELIVERY_CLEANUP_MS)
     return;
   d->cleaned_at = now;
+  delivery_recover_orphans(d, now);
   n = queue_purge(d->store, now - d->keep_sent_ms, now - d->keep_failed_ms,
                   DELIVERY_PURGE_BATCH);
   if (n > 0)
@@ -280,7 +305,14 @@ static void delivery_sent(struct delivery_job *job)
 {
   struct delivery *d = job->d;
 
-  queue_mark_sent(d->store, job->rowid);
+  if (queue_mark_sent(d->store, job->rowid) == -EIO) {
+    /* Sent, but not recorded: the row stays 'sending', is recovered by
+     * delivery_recover_orphans and found in Sent Items; its body stays
+     * until then. */
+    log_error("%s queue record_failed state=sent sender=%s", job->queue_id,
+              job->sender);
+    return;
+  }
   spool_remove(job->spool_path);
   log_info("%s queue sent sender=%s rcpts=%zu attempts=%d", job->queue_id,
            job->sender, job->nrcpts, job->attempts + 1);
@@ -289,7 +321,9 @@ static void delivery_sent(struct delivery_job *job)
 static void delivery_failed(struct delivery_job *job, const char *code,
                             const char *text)
 {
-  queue_mark_failed(job->d->store, job->rowid, code, text);
+  if (queue_mark_failed(job->d->store, job->rowid, code, text) == -EIO)
+    log_error("%s queue record_failed state=failed sender=%s", job->queue_id,
+              job->sender);
   log_warn("%s queue failed sender=%s code=%s reason=\"%s\"", job->queue_id,
            job->sender, code, text);
 }
@@ -333,7 +367,9 @@ static void delivery_retry(struct delivery_job *job, long status,
     free(why);
     return;
   }
-  queue_mark_retry(d->store, job->rowid, now + wait, code, text);
+  if (queue_mark_retry(d->store, job->rowid, now + wait, code, text) == -EIO)
+    log_error("%s queue record_failed state=queued sender=%s", job->queue_id,
+              job->sender);
   log_info("%s queue retry sender=%s code=%s wait_ms=%lld attempts=%d",
            job->queue_id, job->sender, code, (long long) wait,
            job->attempts + 1);

@@ -401,6 +401,25 @@ int queue_recover(struct store *store, int64_t delay_ms)
   return queue_run(store, st);
 }
 
+int queue_recover_orphans(struct store *store, int64_t before_ms,
+                          const char *running, int64_t delay_ms)
+{
+  sqlite3_stmt *st = NULL;
+
+  if (queue_prepare(store,
+                    "UPDATE messages SET state = 'queued', verify_first = 1, "
+                    "next_attempt_at = ?1 WHERE state = 'sending' "
+                    "AND updated_at < ?2 AND id NOT IN "
+                    "(SELECT value FROM json_each(?3))",
+                    &st)
+      < 0)
+    return -EIO;
+  sqlite3_bind_int64(st, 1, store_now_ms() + delay_ms);
+  sqlite3_bind_int64(st, 2, before_ms);
+  sqlite3_bind_text(st, 3, running, -1, SQLITE_STATIC);
+  return queue_run(store, st);
+}
+
 static char *queue_column_text(sqlite3_stmt *st, int col)
 {
   const unsigned char *t = sqlite3_column_text(st, col);

@@ -138,6 +138,14 @@ typedef int (*queue_visit_cb)(void *arg, const struct queue_entry *e);
 int queue_each_due_except(struct store *store, int64_t now_ms, size_t max,
                           const char *skip, queue_visit_cb visit, void *arg);
 
+/* Like queue_recover, at run time: rows left in 'sending' since before
+ * before_ms whose id is not in running (a JSON array of row ids, the sends
+ * in progress) are queued to be looked up in Sent Items after delay_ms.
+ * Such a row is one whose outcome could not be recorded (the database was
+ * locked or failing when the send ended). Returns the number, or -EIO. */
+int queue_recover_orphans(struct store *store, int64_t before_ms,
+                          const char *running, int64_t delay_ms);
+
 /* Earliest next_attempt_at among queued rows, or -1 if none. */
 int64_t queue_next_due(struct store *store);
 

@@ -11,6 +11,7 @@ import json
 import re
 import signal
 import smtplib
+import sqlite3
 import socket
 import threading
 import time
@@ -472,6 +473,48 @@ class MailVerifyGivesUp(AgentTestCase):
         self.box.policy_cli("retry", queue_id)
         wait_for(lambda: [r for r in self.box.sent(BOB)
                           if r["resource"]["subject"] == tag], 30, "the send")
+
+
+class MailOutcomeNotRecorded(AgentTestCase):
+    """A send that ends while the database is locked cannot be recorded;
+    the row is not left in 'sending' until the next start: within the
+    minute it is looked up in Sent Items and sent (once)."""
+
+    def test_send_ending_during_a_database_lock_is_recovered(self):
+        self.box.sim_post("/_sim/latency", {"ms": 3000})
+        self.addCleanup(self.box.sim_post, "/_sim/latency", {"ms": 0})
+        self.box.sim_post("/_sim/faults", {"fault": "503", "mailbox": CAROL,
+                                           "operation": "sendMail", "count": 1,
+                                           "retry_after": "1"})
+        tag = "locked-" + uuid.uuid4().hex[:8]
+        with smtplib.SMTP("127.0.0.1", self.box.smtp_port, timeout=30) as c:
+            c.login(sandbox.SERVICE_USER, sandbox.SERVICE_PASSWORD)
+            c.mail(CAROL)
+            c.rcpt("c@example.net")
+            code, reply = c.data(message(CAROL, ["c@example.net"], tag))
+        self.assertEqual(code, 250)
+        queue_id = queue_id_of(reply)
+        wait_for(lambda: self.db().execute(
+            "SELECT 1 FROM messages WHERE queue_id = ? AND state = 'sending'",
+            (queue_id,)).fetchone(), 10, "the send to start")
+        # Another process holds the database while Graph's 503 comes back,
+        # until the agent's busy timeout (5 s) gives up recording it.
+        lock = sqlite3.connect(self.box.path("agent.db"), isolation_level=None,
+                               timeout=10)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            wait_for(lambda: "record_failed" in self.box.agent_output(), 30,
+                     "the agent to fail recording the outcome")
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        wait_for(lambda: [r for r in self.box.sent(CAROL)
+                          if r["resource"]["subject"] == tag], 100,
+                 "the orphaned send to be recovered and sent")
+        time.sleep(2)
+        self.assertEqual(len([r for r in self.box.sent(CAROL)
+                              if r["resource"]["subject"] == tag]), 1)
+        self.assertIn("recovering orphaned=1", self.box.agent_output())
 
 
 if __name__ == "__main__":

@@ -172,6 +172,31 @@ static void assert_state(struct fixture *f, const char *qid, const char *state)
   queue_entry_free(&e);
 }
 
+/* Rows left in 'sending' by no running send are queued for a look-up;
+ * a running one, or one too recent, is left alone. */
+static void test_recover_orphans(void **state)
+{
+  struct fixture *f = *state;
+  char original[QUEUE_ID_SIZE];
+  char running[64];
+  int64_t r1, r2;
+
+  assert_int_equal(insert(f, "O1", NULL, 0, original), 0);
+  assert_int_equal(insert(f, "O2", NULL, 0, original), 0);
+  r1 = rowid_of(f, "O1");
+  r2 = rowid_of(f, "O2");
+  assert_int_equal(queue_mark_sending(f->store, r1), 0);
+  assert_int_equal(queue_mark_sending(f->store, r2), 0);
+  snprintf(running, sizeof(running), "[%lld]", (long long) r2);
+  /* Both were marked just now: too recent for a cut-off in the past. */
+  assert_int_equal(
+      queue_recover_orphans(f->store, store_now_ms() - 60000, running, 0), 0);
+  assert_int_equal(
+      queue_recover_orphans(f->store, store_now_ms() + 1, running, 0), 1);
+  assert_state(f, "O1", "queued");
+  assert_state(f, "O2", "sending");
+}
+
 static void test_retry_and_drop(void **state)
 {
   struct fixture *f = *state;
@@ -345,6 +370,7 @@ int main(void)
     cmocka_unit_test(test_digest),
     cmocka_unit_test_setup_teardown(test_insert_once, setup, teardown),
     cmocka_unit_test_setup_teardown(test_insert_batch, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_recover_orphans, setup, teardown),
     cmocka_unit_test_setup_teardown(test_retry_and_drop, setup, teardown),
     cmocka_unit_test_setup_teardown(test_defer, setup, teardown),
     cmocka_unit_test_setup_teardown(test_purge, setup, teardown),
