@@ -319,8 +319,14 @@ static void smtp_intake_work(uv_work_t *work)
   }
   rc = spool_commit(msg->file);
   if (rc < 0) {
-    smtp_intake_answer(msg, 451, "4.3.0",
-                       "Cannot make the message durable; try again");
+    /* Nothing half-made stays behind: the file under either name. */
+    spool_remove(msg->file->tmp_path);
+    spool_remove(msg->file->path);
+    if (rc == -ENOSPC || rc == -EDQUOT)
+      smtp_intake_answer(msg, 452, "4.3.1", "Insufficient system storage");
+    else
+      smtp_intake_answer(msg, 451, "4.3.0",
+                         "Cannot make the message durable; try again");
     return;
   }
   if (smtp_intake_validate(msg, &message_id) < 0) {

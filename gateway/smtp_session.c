@@ -68,7 +68,7 @@ struct smtp_session {
   enum smtp_scan scan;
   uint64_t data_size; /* message bytes after unstuffing */
   bool data_too_big;
-  bool data_failed;          /* data_write() refused */
+  int data_error;            /* what data_write() refused with, or 0 */
   char out[SMTP_DATA_CHUNK]; /* unstuffed bytes not yet written */
   size_t outlen;
 
@@ -923,7 +923,7 @@ static void smtp_cmd_data(struct smtp_session *s, char *args)
     s->scan = SMTP_SCAN_LINE_START;
     s->data_size = 0;
     s->data_too_big = false;
-    s->data_failed = false;
+    s->data_error = 0;
     s->outlen = 0;
     smtp_session_enter_state(s, SMTP_STATE_DATA);
     smtp_session_reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
@@ -933,9 +933,12 @@ static void smtp_cmd_data(struct smtp_session *s, char *args)
 /* Hands the unstuffed bytes gathered so far to the owner. */
 static void smtp_data_flush(struct smtp_session *s)
 {
-  if (s->outlen > 0 && !s->data_too_big && !s->data_failed
-      && s->ops->data_write(s->ctx, s->out, s->outlen) < 0)
-    s->data_failed = true;
+  if (s->outlen > 0 && !s->data_too_big && s->data_error == 0) {
+    int rc = s->ops->data_write(s->ctx, s->out, s->outlen);
+
+    if (rc < 0)
+      s->data_error = rc;
+  }
   s->outlen = 0;
 }
 
@@ -944,7 +947,7 @@ static void smtp_data_emit(struct smtp_session *s, char c)
 {
   if (++s->data_size > s->limits.max_message_size)
     s->data_too_big = true;
-  if (s->data_too_big || s->data_failed)
+  if (s->data_too_big || s->data_error != 0)
     return;
   s->out[s->outlen++] = c;
   if (s->outlen == sizeof(s->out))
@@ -1021,6 +1024,9 @@ static void smtp_data_refuse(struct smtp_session *s)
              s->id, s->data_size, s->limits.max_message_size);
     smtp_session_reply(s, 552, "5.3.4",
                        "Message size exceeds fixed maximum message size");
+  } else if (s->data_error == -ENOSPC || s->data_error == -EDQUOT) {
+    log_warn("%s smtp message refused reason=spool-full", s->id);
+    smtp_session_reply(s, 452, "4.3.1", "Insufficient system storage");
   } else {
     log_warn("%s smtp message refused reason=write-failed", s->id);
     smtp_session_reply(s, 451, "4.3.0", "Cannot accept message now");
@@ -1043,7 +1049,7 @@ static void smtp_data_end(struct smtp_session *s)
     .size = s->data_size,
   };
 
-  if (s->data_too_big || s->data_failed) {
+  if (s->data_too_big || s->data_error != 0) {
     smtp_data_refuse(s);
     return;
   }

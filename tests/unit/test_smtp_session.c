@@ -720,11 +720,19 @@ static void test_data_open_and_write_failures(void **state)
   f.open_rc = -EIO;
   fake_expect(&f, "DATA\r\n", "451 4.3.0 Cannot accept message now\r\n");
   f.open_rc = 0;
-  f.write_rc = -ENOSPC;
+  f.write_rc = -EIO;
   fake_expect(&f, "DATA\r\nabc\r\n.\r\n",
               "354 End data with <CR><LF>.<CR><LF>\r\n"
               "451 4.3.0 Cannot accept message now\r\n");
   assert_int_equal(f.aborts, 1);
+  /* A full spool is said as such (RFC 3463 4.3.1). */
+  f.write_rc = -ENOSPC;
+  fake_expect(&f, "MAIL FROM:<ann@corp.test>\r\nRCPT TO:<bob@ext.test>\r\n",
+              "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n");
+  fake_expect(&f, "DATA\r\nabc\r\n.\r\n",
+              "354 End data with <CR><LF>.<CR><LF>\r\n"
+              "452 4.3.1 Insufficient system storage\r\n");
+  assert_int_equal(f.aborts, 2);
   assert_int_equal(f.data_closes, 0);
   fake_free(&f);
 }
