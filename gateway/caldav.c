@@ -133,6 +133,14 @@ void caldav_text(struct caldav_req *r, int status, const char *text)
   caldav_finish(r, status, headers, text, strlen(text));
 }
 
+void caldav_store_failed(struct caldav_req *r, const char *text)
+{
+  static const char *const headers[]
+      = { "Content-Type: text/plain; charset=utf-8", "Retry-After: 5", NULL };
+
+  caldav_finish(r, 503, headers, text, strlen(text));
+}
+
 /* The Allow header of a resource kind: only what is implemented there. */
 static const char *caldav_allow(enum caldav_kind kind)
 {

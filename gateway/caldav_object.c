@@ -116,9 +116,8 @@ static void caldav_put_answer(struct caldav_req *r, const char *etag)
   free(r->row.etag);
   r->row.etag = etag != NULL ? xstrdup(etag) : NULL;
   if (caldav_row_put(r->deps->store, r->address, &r->row) < 0) {
-    caldav_text(r, 500,
-                "the event was written but its mapping was not "
-                "stored; retry the request");
+    caldav_store_failed(r, "the event was written but its mapping was not "
+                           "stored; retry the request");
     return;
   }
   caldav_row_unalias(r->deps->store, r->address, r->row.name, r->row.event_id);
@@ -732,7 +731,7 @@ static void caldav_put_translated(struct caldav_req *r)
     return;
   rc = caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row);
   if (rc == -EIO) {
-    caldav_text(r, 500, "the agent's database failed");
+    caldav_store_failed(r, "the agent's database failed; retry the request");
     return;
   }
   if (rc == 0) {
@@ -855,10 +854,12 @@ void caldav_object_method(struct caldav_req *r)
     return;
   }
   rc = caldav_row_find(r->deps->store, r->address, "name", r->name, &r->row);
+  if (rc == -ENOENT) {
+    caldav_text(r, 404, "no such calendar object");
+    return;
+  }
   if (rc < 0) {
-    caldav_text(r, rc == -ENOENT ? 404 : 500,
-                rc == -ENOENT ? "no such calendar object"
-                              : "the agent's database failed");
+    caldav_store_failed(r, "the agent's database failed; retry the request");
     return;
   }
   if (!is_delete)

@@ -137,6 +137,10 @@ void caldav_finish(struct caldav_req *r, int status, const char *const *headers,
 /* Answers with a text/plain sentence. */
 void caldav_text(struct caldav_req *r, int status, const char *text);
 
+/* Answers that the agent's own database failed (locked, full, failing):
+ * 503 with Retry-After, since a client's retry is likely to succeed. */
+void caldav_store_failed(struct caldav_req *r, const char *text);
+
 /* Answers 405 with the Allow header of the resource. */
 void caldav_not_allowed(struct caldav_req *r);
 
