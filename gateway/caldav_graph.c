@@ -108,6 +108,21 @@ json_t *caldav_json(const struct graph_response *resp)
   return json_loadb(resp->body, resp->body_len, 0, &err);
 }
 
+bool caldav_graph_next_page(struct caldav_req *r, const json_t *page,
+                            unsigned *pages, unsigned max, graph_done_cb done)
+{
+  const char *next
+      = json_string_value(json_object_get(page, "@odata.nextLink"));
+  const char *path = next != NULL ? strstr(next, "/v1.0/") : NULL;
+
+  /* Graph's nextLink is absolute; the client joins its own base URL to a
+   * path, so only the part from the version on is sent. */
+  if (path == NULL || ++*pages >= max)
+    return false;
+  caldav_graph(r, "GET", path, NULL, NULL, done);
+  return true;
+}
+
 /* The event and, for a series, its exceptions and deleted occurrences,
  * found by comparing the instances Graph lists with the occurrences the
  * pattern gives (Graph lists no deleted occurrences itself). */
@@ -319,7 +334,7 @@ static void caldav_load_on_instances(void *arg,
   struct caldav_req *r = arg;
   struct caldav_load *ld = &r->ld;
   json_t *page;
-  const char *next;
+  bool followed;
 
   if (resp->status != 200) {
     caldav_graph_failed(r, resp);
@@ -327,16 +342,11 @@ static void caldav_load_on_instances(void *arg,
   }
   page = caldav_json(resp);
   json_array_extend(ld->instances, json_object_get(page, "value"));
-  next = json_string_value(json_object_get(page, "@odata.nextLink"));
-  if (next != NULL && strstr(next, "/v1.0/") != NULL
-      && ++ld->pages < CALDAV_INSTANCE_PAGES_MAX) {
-    caldav_graph(r, "GET", strstr(next, "/v1.0/"), NULL, NULL,
-                 caldav_load_on_instances);
-    json_decref(page);
-    return;
-  }
+  followed = caldav_graph_next_page(
+      r, page, &ld->pages, CALDAV_INSTANCE_PAGES_MAX, caldav_load_on_instances);
   json_decref(page);
-  caldav_load_done(r);
+  if (!followed)
+    caldav_load_done(r);
 }
 
 static void caldav_load_on_event(void *arg, const struct graph_response *resp)

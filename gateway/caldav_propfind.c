@@ -381,7 +381,7 @@ static void caldav_refresh_on_page(void *arg, const struct graph_response *resp)
 {
   struct caldav_req *r = arg;
   json_t *page;
-  const char *next;
+  bool complete;
 
   if (resp->status != 200) {
     caldav_graph_failed(r, resp);
@@ -389,16 +389,14 @@ static void caldav_refresh_on_page(void *arg, const struct graph_response *resp)
   }
   page = caldav_json(resp);
   json_array_extend(r->listing, json_object_get(page, "value"));
-  next = json_string_value(json_object_get(page, "@odata.nextLink"));
-  if (next != NULL && strstr(next, "/v1.0/") != NULL
-      && ++r->pages < CALDAV_LIST_PAGES_MAX) {
-    caldav_graph(r, "GET", strstr(next, "/v1.0/"), NULL, NULL,
-                 caldav_refresh_on_page);
+  if (caldav_graph_next_page(r, page, &r->pages, CALDAV_LIST_PAGES_MAX,
+                             caldav_refresh_on_page)) {
     json_decref(page);
     return;
   }
+  complete = json_object_get(page, "@odata.nextLink") == NULL;
   json_decref(page);
-  caldav_refresh_listed(r, next == NULL);
+  caldav_refresh_listed(r, complete);
 }
 
 static void caldav_refresh_object(struct caldav_req *r, bool found)

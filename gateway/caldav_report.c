@@ -239,7 +239,6 @@ static void caldav_query_on_view(void *arg, const struct graph_response *resp)
   json_t *page;
   json_t *items;
   json_t *item;
-  const char *next;
   size_t i;
 
   if (resp->status != 200) {
@@ -289,11 +288,8 @@ static void caldav_query_on_view(void *arg, const struct graph_response *resp)
     if (!occurrence)
       r->items[r->nitems - 1].view = json_incref(item);
   }
-  next = json_string_value(json_object_get(page, "@odata.nextLink"));
-  if (next != NULL && strstr(next, "/v1.0/") != NULL
-      && ++r->pages < CALDAV_VIEW_PAGES_MAX) {
-    caldav_graph(r, "GET", strstr(next, "/v1.0/"), NULL, NULL,
-                 caldav_query_on_view);
+  if (caldav_graph_next_page(r, page, &r->pages, CALDAV_VIEW_PAGES_MAX,
+                             caldav_query_on_view)) {
     json_decref(page);
     return;
   }

@@ -200,6 +200,12 @@ void caldav_graph_failed(struct caldav_req *r,
 /* The JSON body of a Graph answer, or NULL. json_decref() it. */
 json_t *caldav_json(const struct graph_response *resp);
 
+/* Follows a listing page's @odata.nextLink with a GET answered by done,
+ * unless *pages has reached max (it counts the pages followed). Returns
+ * true when a request was sent; page stays the caller's. */
+bool caldav_graph_next_page(struct caldav_req *r, const json_t *page,
+                            unsigned *pages, unsigned max, graph_done_cb done);
+
 /* The Graph path of one of the user's events, with suffix ("" for none)
  * appended. free() it. */
 char *caldav_event_path(const char *address, const char *event_id,
