@@ -33,8 +33,7 @@ int client_auth_uses_certificate(const struct config *cfg)
   return cfg->client_certificate != NULL && cfg->client_key != NULL;
 }
 
-/* Appends "&name=value" (no "&" first) with value URL-encoded. */
-static void client_auth_add(char **form, const char *name, const char *value)
+void client_auth_form_field(char **form, const char *name, const char *value)
 {
   char *esc = curl_easy_escape(NULL, value, 0);
   char *next;
@@ -189,10 +188,11 @@ int client_auth_form_add(const struct config *cfg, int64_t now, char **form)
   char err[512];
   char *jwt;
 
-  client_auth_add(form, "client_id", cfg->client_id ? cfg->client_id : "");
+  client_auth_form_field(form, "client_id",
+                         cfg->client_id ? cfg->client_id : "");
   if (!client_auth_uses_certificate(cfg)) {
     if (cfg->client_secret != NULL)
-      client_auth_add(form, "client_secret", cfg->client_secret);
+      client_auth_form_field(form, "client_secret", cfg->client_secret);
     return 0;
   }
   if (client_auth_keys_load(cfg, &keys, err, sizeof(err)) < 0) {
@@ -206,8 +206,9 @@ int client_auth_form_add(const struct config *cfg, int64_t now, char **form)
               "certificate's own?)");
     return -EIO;
   }
-  client_auth_add(form, "client_assertion_type", CLIENT_AUTH_ASSERTION_TYPE);
-  client_auth_add(form, "client_assertion", jwt);
+  client_auth_form_field(form, "client_assertion_type",
+                         CLIENT_AUTH_ASSERTION_TYPE);
+  client_auth_form_field(form, "client_assertion", jwt);
   free(jwt);
   return 0;
 }

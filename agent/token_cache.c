@@ -350,23 +350,6 @@ out:
   json_decref(root);
 }
 
-/* Appends "&name=value" (no "&" first) with value URL-encoded. */
-static void token_form_add(char **form, const char *name, const char *value)
-{
-  char *esc = curl_easy_escape(NULL, value, 0);
-  char *next;
-
-  if (!esc) {
-    log_error("- token form_escape_failed name=%s", name);
-    abort(); /* curl only fails here when out of memory */
-  }
-  next
-      = xasprintf("%s%s%s=%s", *form ? *form : "", *form ? "&" : "", name, esc);
-  curl_free(esc);
-  free(*form);
-  *form = next;
-}
-
 /* Builds the token request body for entry into *out. Returns 0, or for a
  * delegated user token_store_read's error, or -EACCES when the client
  * cannot authenticate (certificate unreadable; logged). */
@@ -385,12 +368,13 @@ static int token_entry_form(struct token_entry *entry, char **out)
     goto out;
   }
   if (refresh) {
-    token_form_add(&form, "grant_type", "refresh_token");
-    token_form_add(&form, "refresh_token", refresh);
-    token_form_add(&form, "scope", TOKEN_CACHE_USER_SCOPES " offline_access");
+    client_auth_form_field(&form, "grant_type", "refresh_token");
+    client_auth_form_field(&form, "refresh_token", refresh);
+    client_auth_form_field(&form, "scope",
+                           TOKEN_CACHE_USER_SCOPES " offline_access");
   } else {
-    token_form_add(&form, "grant_type", "client_credentials");
-    token_form_add(&form, "scope", TOKEN_CACHE_SCOPE);
+    client_auth_form_field(&form, "grant_type", "client_credentials");
+    client_auth_form_field(&form, "scope", TOKEN_CACHE_SCOPE);
   }
   *out = form;
   form = NULL;

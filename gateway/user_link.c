@@ -437,21 +437,6 @@ static void user_link_on_token(void *arg, const struct http_response *resp)
   user_link_call_free(call);
 }
 
-/* Appends "&name=value" (no "&" first) with value URL-encoded. */
-static void user_link_form_add(char **form, const char *name, const char *value)
-{
-  char *esc = curl_easy_escape(NULL, value, 0);
-  char *next;
-
-  if (esc == NULL)
-    abort(); /* curl fails here only when out of memory */
-  next
-      = xasprintf("%s%s%s=%s", *form ? *form : "", *form ? "&" : "", name, esc);
-  curl_free(esc);
-  free(*form);
-  *form = next;
-}
-
 /* Redeems the code without blocking the loop; the answer comes later. */
 static void user_link_redeem(struct user_link_call *call, const char *code)
 {
@@ -476,11 +461,11 @@ static void user_link_redeem(struct user_link_call *call, const char *code)
     user_link_call_free(call);
     goto out;
   }
-  user_link_form_add(&form, "grant_type", "authorization_code");
-  user_link_form_add(&form, "code", code);
-  user_link_form_add(&form, "redirect_uri", redirect);
-  user_link_form_add(&form, "code_verifier", call->verifier);
-  user_link_form_add(&form, "scope", USER_LINK_SCOPE);
+  client_auth_form_field(&form, "grant_type", "authorization_code");
+  client_auth_form_field(&form, "code", code);
+  client_auth_form_field(&form, "redirect_uri", redirect);
+  client_auth_form_field(&form, "code_verifier", call->verifier);
+  client_auth_form_field(&form, "scope", USER_LINK_SCOPE);
   req.body = form;
   req.body_len = strlen(form);
   if (http_client_send(call->deps->http, &req, user_link_on_token, call) < 0) {

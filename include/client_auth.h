@@ -24,6 +24,10 @@
  * errno with the reason logged (unreadable or mismatched files). */
 int client_auth_form_add(const struct config *cfg, int64_t now, char **form);
 
+/* Appends "name=value" to a form body, value URL-encoded, joined to *form
+ * with '&' when *form is not NULL. *form is replaced by a new string. */
+void client_auth_form_field(char **form, const char *name, const char *value);
+
 /* Checks once, at start, that the configured certificate and key can sign
  * an assertion; with a client secret there is nothing to check. Returns 0
  * or a negative errno with a sentence for the operator in err. */

@@ -78,7 +78,6 @@ static char *policy_link_token(const struct config *cfg, char *msg,
                                size_t msglen)
 {
   char *form = NULL;
-  char *grant = NULL;
   char *url
       = xasprintf("%s/%s/oauth2/v2.0/token", cfg->login_base_url, cfg->tenant);
   json_t *body = NULL;
@@ -92,10 +91,10 @@ static char *policy_link_token(const struct config *cfg, char *msg,
              "(see the message above)");
     goto out;
   }
-  grant = xasprintf("%s&grant_type=client_credentials&scope=https%%3A%%2F%%2F"
-                    "graph.microsoft.com%%2F.default",
-                    form);
-  status = policy_link_fetch(url, grant, NULL, &body);
+  client_auth_form_field(&form, "grant_type", "client_credentials");
+  client_auth_form_field(&form, "scope",
+                         "https://graph.microsoft.com/.default");
+  status = policy_link_fetch(url, form, NULL, &body);
   token = json_string_value(json_object_get(body, "access_token"));
   if (status == 200 && token != NULL)
     out = xstrdup(token);
@@ -108,7 +107,6 @@ static char *policy_link_token(const struct config *cfg, char *msg,
 
 out:
   json_decref(body);
-  free(grant);
   free(form);
   free(url);
   return out;
