@@ -114,6 +114,18 @@ static bool mime_graph_utf8_valid(const char *s, size_t len)
   return ok;
 }
 
+/* A NUL-terminated copy of len bytes that may themselves hold NUL bytes,
+ * which the callers refuse: a string copy would stop at the first one and
+ * leave the length pointing past the copy. */
+static char *mime_graph_bytes_dup(const char *data, size_t len)
+{
+  char *copy = xmalloc(len + 1);
+
+  memcpy(copy, data, len);
+  copy[len] = '\0';
+  return copy;
+}
+
 /* Converts len bytes from charset to a new UTF-8 string of *outlen bytes.
  * Returns 0, or MIME_GRAPH_ECHARSET when iconv does not know charset. */
 static int mime_graph_charset_convert(const char *charset, const char *data,
@@ -126,7 +138,7 @@ static int mime_graph_charset_convert(const char *charset, const char *data,
   rc = charconv_buffer("utf-8", charset, data, len, &conv, &convlen);
   if (rc != MAIL_CHARCONV_NO_ERROR)
     return MIME_GRAPH_ECHARSET;
-  *out = xstrndup(conv, convlen);
+  *out = mime_graph_bytes_dup(conv, convlen);
   *outlen = convlen;
   charconv_buffer_free(conv);
   return 0;
@@ -141,11 +153,7 @@ static void mime_graph_unlabelled_convert(const char *data, size_t len,
   int rc;
 
   if (mime_graph_utf8_valid(data, len)) {
-    /* Copied by length: the text may hold NUL bytes, which the caller
-     * refuses; a string copy would stop at the first one. */
-    *out = xmalloc(len + 1);
-    memcpy(*out, data, len);
-    (*out)[len] = '\0';
+    *out = mime_graph_bytes_dup(data, len);
     *outlen = len;
     return;
   }
@@ -783,7 +791,9 @@ static int mime_graph_body_set(struct mime_graph_ctx *ctx,
     free(utf8);
     return mime_graph_fail(ctx, MIME_GRAPH_EPARSE,
                            "The message text contains a NUL byte, which mail "
-                           "text may not carry (RFC 5322 section 2.3).");
+                           "text may not carry (RFC 5322 section 2.3); a "
+                           "quoted-printable escape such as =00 or an "
+                           "invalid one such as =ZZ decodes to it.");
   }
   json_object_set_new(ctx->msg, "body",
                       json_pack("{s:s, s:s%}", "contentType",

@@ -474,9 +474,20 @@ static void test_malformed_input(void **state)
     static const char b64_nul[]
         = "Subject: a\r\nContent-Transfer-Encoding: base64\r\n\r\nYQBi\r\n";
 
+    /* Through iconv too: a labelled 8-bit charset once reported the
+     * converted length past a copy cut at the NUL. */
+    static const char latin1_qp_nul[]
+        = "Subject: a\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+          "Content-Transfer-Encoding: quoted-printable\r\n\r\nx=00y\r\n";
+    static const char cp1252_b64_nul[]
+        = "Subject: a\r\nContent-Type: text/html; charset=windows-1252\r\n"
+          "Content-Transfer-Encoding: base64\r\n\r\nPGI+AABiPC9iPg==\r\n";
+
     expect_error(raw_nul, sizeof raw_nul - 1, MIME_GRAPH_EPARSE);
     expect_error(utf8_nul, sizeof utf8_nul - 1, MIME_GRAPH_EPARSE);
     expect_error(b64_nul, sizeof b64_nul - 1, MIME_GRAPH_EPARSE);
+    expect_error(latin1_qp_nul, sizeof latin1_qp_nul - 1, MIME_GRAPH_EPARSE);
+    expect_error(cp1252_b64_nul, sizeof cp1252_b64_nul - 1, MIME_GRAPH_EPARSE);
   }
   p = sample_load("unknown_charset.eml", &len);
   expect_error(p, len, MIME_GRAPH_ECHARSET);
