@@ -321,31 +321,41 @@ static void cli_agent_state_json(const struct cli_agent_state *as, json_t *o)
   json_object_set_new(o, "heartbeat_file", json_string(as->path));
 }
 
-/* Whether the integration is active: the agent running, admin consent
- * recorded and a token obtainable; otherwise what is missing. With the
+/* Whether the integration is active: the agent running with a valid
+ * policy that has the switch on, admin consent recorded and a token
+ * obtainable. *why says what is missing ("yes" when nothing is). With the
  * agent down, the token and consent lines are this tool's own checks, and
  * whether the agent would deliver cannot be checked at all. */
-static const char *cli_status_active(const struct cli_agent_state *as,
-                                     enum tenant_consent_state consent,
-                                     bool token_ok)
+static bool cli_status_active(const struct cli_agent_state *as,
+                              const struct policy *policy,
+                              const struct cli_policy_state *ps,
+                              enum tenant_consent_state consent, bool token_ok,
+                              const char **why)
 {
   bool consented = consent == TENANT_CONSENT_GRANTED;
 
   if (as->state == AGENT_HEARTBEAT_NOT_RESPONDING)
-    return "no: the agent is not responding, so whether it delivers cannot\n"
+    *why = "no: the agent is not responding, so whether it delivers cannot\n"
            "               be checked; token and admin consent above are "
            "this tool's checks";
-  if (as->state != AGENT_HEARTBEAT_RUNNING)
-    return "no: the agent is not running, so whether it delivers cannot be\n"
+  else if (as->state != AGENT_HEARTBEAT_RUNNING)
+    *why = "no: the agent is not running, so whether it delivers cannot be\n"
            "               checked; token and admin consent above are this "
            "tool's checks";
-  if (consented && token_ok)
-    return "yes";
-  if (!consented && !token_ok)
-    return "no: admin consent is not recorded and no token can be obtained";
-  if (!token_ok)
-    return "no: no token can be obtained";
-  return "no: admin consent is not recorded (nextal-policy consent-link)";
+  else if (policy != NULL && !policy->enabled)
+    *why = "no: the integration is switched off (org_disabled); "
+           "nextal-policy enable";
+  else if (policy == NULL && ps->digest[0] == '\0')
+    *why = "no: the agent has no valid policy, so it refuses everything";
+  else if (!consented && !token_ok)
+    *why = "no: admin consent is not recorded and no token can be obtained";
+  else if (!token_ok)
+    *why = "no: no token can be obtained";
+  else if (!consented)
+    *why = "no: admin consent is not recorded (nextal-policy consent-link)";
+  else
+    *why = "yes";
+  return strcmp(*why, "yes") == 0;
 }
 
 static int cli_status(struct cli *cli, int argc, char **argv)
@@ -357,6 +367,7 @@ static int cli_status(struct cli *cli, int argc, char **argv)
   char err[512] = "", when[32], token_msg[512];
   int64_t linked = 0, relink = 0, held = 0, queued = 0, failed = 0;
   bool token_ok, active;
+  const char *active_why;
   int rc = cli_open(cli);
 
   if (rc != EX_OK)
@@ -376,8 +387,8 @@ static int cli_status(struct cli *cli, int argc, char **argv)
     free(as.path);
     return EX_IOERR;
   }
-  active = token_ok && consent.state == TENANT_CONSENT_GRANTED
-           && as.state == AGENT_HEARTBEAT_RUNNING;
+  active = cli_status_active(&as, policy, &ps, consent.state, token_ok,
+                             &active_why);
 
   if (cli->json) {
     json_t *o = json_pack(
@@ -431,8 +442,7 @@ static int cli_status(struct cli *cli, int argc, char **argv)
          consent.at ? when : "", consent.error[0] ? ": " : "", consent.error);
   printf("token:         %s: %s\n", token_ok ? "ok" : "NOT OBTAINED",
          token_msg);
-  printf("active:        %s\n",
-         cli_status_active(&as, consent.state, token_ok));
+  printf("active:        %s\n", active_why);
   if (ps.error[0] != '\0') {
     cli_time_format(ps.error_at, when, sizeof(when));
     printf("policy error:  the agent rejected the file at %s: %s\n"

@@ -7,6 +7,7 @@ new SMTP transactions are refused with the reason, and switching back on
 held mail exactly once. Removing one user in specific mode holds only that
 user's mail."""
 
+import json
 import smtplib
 import time
 
@@ -83,6 +84,12 @@ class PolicySwitchHoldsMail(AgentTestCase):
         self.assertEqual(refused.exception.smtp_code, 550)
         self.assertTrue(refused.exception.smtp_error.startswith(b"5.7.1 org_disabled: "),
                         refused.exception.smtp_error)
+        # The administrator's status agrees: not active while switched off.
+        status = json.loads(self.box.policy_cli("status", "--json").stdout)
+        self.assertFalse(status["enabled"])
+        self.assertFalse(status["active"])
+        self.assertIn("active:        no: the integration is switched off",
+                      self.box.policy_cli("status").stdout)
 
         # Back on, but switching off disconnected Carol: she must link
         # again, and until she does nothing of hers goes to Graph.
