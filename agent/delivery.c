@@ -388,6 +388,16 @@ static int delivery_is_transient(long status)
   return status == 0 || status == 408 || status == 429 || status >= 500;
 }
 
+/* Graph refused access (401, 403 ErrorAccessDenied): admin consent
+ * revoked, a permission removed, an application access policy. That is
+ * the tenant's state, not the message's fault, and an administrator can
+ * mend it: the message is retried with the backoff, and should it run out
+ * of attempts its body is kept for nextal-policy retry. */
+static int delivery_is_access_refused(long status)
+{
+  return status == 401 || status == 403;
+}
+
 /* A lost reply or a gateway timeout after the body went out: Graph may
  * have taken the message. A refused connection is not ambiguous, but curl
  * does not tell the two apart cheaply, so both are verified. */
@@ -422,7 +432,8 @@ static void delivery_on_sent(void *arg, const struct graph_response *resp)
                       resp->error_code, resp->error_message);
     log_warn("%s queue outcome_unknown sender=%s code=%s", job->queue_id,
              job->sender, resp->error_code);
-  } else if (delivery_is_transient(resp->status)) {
+  } else if (delivery_is_transient(resp->status)
+             || delivery_is_access_refused(resp->status)) {
     delivery_retry(job, resp->status, resp->retry_after, resp->error_code,
                    resp->error_message);
   } else {

@@ -288,6 +288,32 @@ class MailDurability(AgentTestCase):
         self.wait_state(queue_id, "sent")
         self.assertEqual(len(self.sent_with_subject(ALICE, tag)), 1)
 
+    def test_access_denied_keeps_the_mail_for_the_operator(self):
+        """Consent revoked or a permission removed (403 ErrorAccessDenied)
+        is the tenant's state, not the message's fault: the message is
+        retried and, once out of attempts (max_attempts = 2 here), failed
+        with its body kept, so that retry sends it once consent is back."""
+        denied = {"fault": "400", "mailbox": ALICE, "operation": "sendMail",
+                  "status": 403, "code": "ErrorAccessDenied",
+                  "message": "Access is denied. Check credentials and try again."}
+        self.box.sim_post("/_sim/faults", dict(denied, count=1))
+        tag = "denied-once-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(ALICE, ["c@example.net"],
+                               message(ALICE, ["c@example.net"], tag))
+        self.wait_state(queue_id, "sent")
+        self.assertEqual(len(self.sent_with_subject(ALICE, tag)), 1)
+
+        self.box.sim_post("/_sim/faults", dict(denied, count=2))
+        tag = "denied-twice-" + uuid.uuid4().hex[:8]
+        queue_id = self.submit(ALICE, ["c@example.net"],
+                               message(ALICE, ["c@example.net"], tag))
+        body = self.wait_state(queue_id, "failed", timeout=30)
+        self.assertEqual(body["error"]["code"], "ErrorAccessDenied")
+        self.assertEqual(self.sent_with_subject(ALICE, tag), [])
+        self.box.policy_cli("retry", queue_id)
+        self.wait_state(queue_id, "sent")
+        self.assertEqual(len(self.sent_with_subject(ALICE, tag)), 1)
+
     def test_retry_after_unlink_looks_an_unknown_send_up_first(self):
         # Graph takes the send, the reply is lost; the user is unlinked
         # before the look-up, re-linked, and the operator retries.
