@@ -8,6 +8,7 @@
 #include <http_parser.h>
 #include <libxml/parser.h>
 #include <libxml/parserInternals.h>
+#include <libxml/uri.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -195,6 +196,21 @@ static xmlDocPtr webdav_doc_read(const char *body, size_t len, int *rc)
   return doc;
 }
 
+/* Whether a namespace name is a URI reference (Namespaces in XML 1.0,
+ * section 2.2), as libxml2's RFC 3986 parser reads it. One that is not
+ * (a '<' in it, say) could not be declared again in the answer without
+ * libxml2 writing it out unescaped. */
+static bool webdav_ns_name_valid(const xmlNs *ns)
+{
+  xmlURIPtr uri;
+
+  if (ns == NULL)
+    return true;
+  uri = xmlParseURI((const char *) ns->href);
+  xmlFreeURI(uri);
+  return uri != NULL;
+}
+
 /* Lists the property names under prop. */
 static int webdav_request_props(struct webdav_request *req, xmlNodePtr prop)
 {
@@ -203,6 +219,8 @@ static int webdav_request_props(struct webdav_request *req, xmlNodePtr prop)
       continue;
     if (req->nprops == WEBDAV_MAX_PROPS)
       return -E2BIG;
+    if (!webdav_ns_name_valid(c->ns))
+      return -EINVAL;
     req->props = xrealloc(req->props, (req->nprops + 1) * sizeof(*req->props));
     req->props[req->nprops++] = (struct webdav_prop){
       c->ns != NULL ? (const char *) c->ns->href : "",
@@ -412,8 +430,16 @@ static xmlNodePtr webdav_response_propstat(struct webdav_response *resp,
 xmlNodePtr webdav_node_add(struct webdav_response *resp, xmlNodePtr parent,
                            const char *ns, const char *name, const char *text)
 {
-  return xmlNewTextChild(parent, webdav_ns(resp->ms, ns),
-                         (const xmlChar *) name, (const xmlChar *) text);
+  xmlNodePtr node;
+
+  if (ns[0] != '\0')
+    return xmlNewTextChild(parent, webdav_ns(resp->ms, ns),
+                           (const xmlChar *) name, (const xmlChar *) text);
+  /* xmlNewTextChild gives a node without a namespace its parent's (DAV:
+   * here); a property in no namespace must stay in none. */
+  node = xmlNewDocRawNode(resp->ms->doc, NULL, (const xmlChar *) name,
+                          (const xmlChar *) text);
+  return xmlAddChild(parent, node);
 }
 
 xmlNodePtr webdav_response_prop(struct webdav_response *resp, const char *ns,
