@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sysexits.h>
+#include <termios.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -56,18 +57,54 @@ static void agent_usage(FILE *out)
           "      category, password_hash, key_file or client certificate\n");
 }
 
+/* Reads one line of password from standard input into line; on a
+ * terminal, without echoing it. Returns its length, or -1 when there is
+ * none or it does not fit. */
+static int agent_password_read(char *line, size_t size)
+{
+  struct termios saved, quiet;
+  int tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+  char *got;
+  size_t len;
+
+  if (tty) {
+    fprintf(stderr, "Password: ");
+    quiet = saved;
+    quiet.c_lflag &= ~(tcflag_t) ECHO;
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+  }
+  got = fgets(line, (int) size, stdin);
+  if (tty) {
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+    fputc('\n', stderr);
+  }
+  if (got == NULL)
+    return -1;
+  len = strcspn(line, "\r\n");
+  /* No line end within the buffer: a longer password would be cut. */
+  if (line[len] == '\0' && !feof(stdin))
+    return -1;
+  line[len] = '\0';
+  return (int) len;
+}
+
 static int agent_hash_password(void)
 {
   char line[AGENT_PASSWORD_MAX];
   char *hash = NULL;
+  int len = agent_password_read(line, sizeof(line));
 
-  if (isatty(STDIN_FILENO))
-    fprintf(stderr, "Password: ");
-  if (fgets(line, sizeof(line), stdin) == NULL || line[0] == '\n') {
+  if (len < 0 && !feof(stdin)) {
+    fprintf(stderr,
+            "nextal-agent: the password is longer than %d bytes; "
+            "choose a shorter one\n",
+            AGENT_PASSWORD_MAX - 2);
+    return EX_DATAERR;
+  }
+  if (len <= 0) {
     fprintf(stderr, "nextal-agent: no password given on standard input\n");
     return EX_DATAERR;
   }
-  line[strcspn(line, "\r\n")] = '\0';
   if (credential_hash(line, &hash) < 0) {
     fprintf(stderr, "nextal-agent: cannot hash the password\n");
     return EX_SOFTWARE;
@@ -101,7 +138,7 @@ static int agent_parse_args(int argc, char **argv, struct agent_args *args)
   int c;
 
   args->config_path = getenv("NEXTAL_AGENT_CONFIG");
-  if (args->config_path == NULL)
+  if (args->config_path == NULL || args->config_path[0] == '\0')
     args->config_path = AGENT_DEFAULT_CONFIG;
   while ((c = getopt_long(argc, argv, "c:l:t:hV", options, NULL)) != -1) {
     switch (c) {

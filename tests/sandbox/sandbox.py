@@ -377,6 +377,7 @@ def main():
         print("  Graph   127.0.0.1:%d  (simulator; read side under /_sim/)" % box.sim_port)
         print("  users   " + ", ".join(a for a, _ in box.users))
         print("  config  %s   policy %s" % (box.path("agent.ini"), box.path("policy.ini")))
+        print("  database %s" % box.path("agent.db"))
         if args.demo:
             import demo
             demo.run(box)

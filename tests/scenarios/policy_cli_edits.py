@@ -534,6 +534,39 @@ class AgentCommandLine(unittest.TestCase):
         p = self.run_agent("--hash-password", stdin="")
         self.assertEqual(p.returncode, 65)  # EX_DATAERR, listed above
 
+    def test_hash_password_on_a_terminal_does_not_echo(self):
+        """An administrator types the service password at a prompt: it
+        must not appear on the screen, and what is printed is a salted
+        hash (two runs, two different hashes)."""
+        hashes = []
+        for _ in range(2):
+            pid, fd = pty.fork()
+            if pid == 0:
+                os.execv(AGENT, [AGENT, "--hash-password"])
+            screen = b""
+            while b"Password: " not in screen:
+                screen += os.read(fd, 1024)
+            os.write(fd, b"typed-secret\n")
+            try:
+                while True:
+                    chunk = os.read(fd, 1024)
+                    if not chunk:
+                        break
+                    screen += chunk
+            except OSError:  # the child closed the terminal
+                pass
+            _, status = os.waitpid(pid, 0)
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0, screen)
+            self.assertNotIn(b"typed-secret", screen)
+            found = re.search(rb"pbkdf2-sha256\$\S+", screen)
+            self.assertIsNotNone(found, screen)
+            hashes.append(found.group(0))
+        self.assertNotEqual(hashes[0], hashes[1])
+        # A password longer than the agent reads is refused, not cut.
+        p = self.run_agent("--hash-password", stdin="a" * 1100 + "\n")
+        self.assertEqual(p.returncode, 65)
+        self.assertIn("longer than", p.stderr)
+
     def test_http_max_connections_is_checked(self):
         with open(self.config) as f:
             base = f.read()
