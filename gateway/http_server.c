@@ -29,6 +29,8 @@
 #define HTTP_LISTEN_BACKLOG 128
 #define HTTP_LOG_PATH_MAX 256  /* escaped path bytes in the access line */
 #define HTTP_HEADER_OVERHEAD 4 /* ": " and CRLF counted per header field */
+/* Longest request target: RFC 9110 4.1 asks for at least 8000 octets. */
+#define HTTP_TARGET_MAX 8192
 
 enum http_conn_state {
   HTTP_CONN_IDLE,     /* waiting for the first byte of a request */
@@ -647,6 +649,11 @@ static int http_on_url(http_parser *p, const char *at, size_t len)
   struct http_conn *conn = p->data;
   struct http_exchange *ex = conn->ex;
 
+  if (ex->target_len + len > HTTP_TARGET_MAX) {
+    conn->reject_status = 414;
+    conn->reject_reason = "request target too long";
+    return -1;
+  }
   if (!http_conn_count_header(conn, len))
     return -1;
   http_str_append(&ex->target, &ex->target_len, at, len);
@@ -827,6 +834,9 @@ static int http_on_headers_complete(http_parser *p)
   const struct http_server_limits *lim = &conn->server->limits;
   const char *bad_fields;
 
+  /* http-parser reads any digit as a version; only HTTP/1.x is spoken. */
+  if (p->http_major != 1)
+    return http_conn_refuse(conn, 505, "HTTP version not supported");
   ex->req.method = http_method_str((enum http_method) p->method);
   ex->req.http_minor = p->http_minor;
   ex->head = p->method == HTTP_HEAD;

@@ -755,6 +755,46 @@ static void test_malformed_request(void **state)
   test_close(test_result2);
 }
 
+/* A version other than 1.x, and a target past 8 kB within the header
+ * limit. */
+static void test_client_version_and_target(struct fixture *fx)
+{
+  struct test_conn *c = test_connect(fx->port);
+  struct test_conn *d = test_connect(fx->port);
+  char *path = xmalloc(9001);
+  char *req;
+
+  test_send(c, "GET / HTTP/9.9\r\nHost: t\r\n\r\n");
+  test_read(c, 1);
+  memset(path, 'a', 9000);
+  path[9000] = '\0';
+  req = xasprintf("GET /%s HTTP/1.1\r\nHost: t\r\n\r\n", path);
+  test_send(d, req);
+  test_read(d, 1);
+  free(req);
+  free(path);
+  test_hangup(c);
+  test_hangup(d);
+  test_result = c;
+  test_result2 = d;
+}
+
+static void test_version_and_target_refused(void **state)
+{
+  struct fixture fx;
+  struct http_server_limits l = test_limits();
+
+  (void) state;
+  test_run(&l, TEST_ECHO, test_client_version_and_target, &fx);
+  assert_int_equal(test_result->r[0].status, 505);
+  assert_string_equal(test_result->r[0].body, "HTTP version not supported\n");
+  assert_int_equal(test_result2->r[0].status, 414);
+  assert_string_equal(test_result2->r[0].body, "request target too long\n");
+  assert_int_equal(atomic_load(&fx.handled), 0);
+  test_close(test_result);
+  test_close(test_result2);
+}
+
 static struct test_conn *test_result3;
 
 /* Requests http-parser accepts and RFC 7230 does not: a second Host, and a
@@ -1016,6 +1056,7 @@ int main(void)
     cmocka_unit_test(test_request_timeout),
     cmocka_unit_test(test_idle_timeout_closes_quietly),
     cmocka_unit_test(test_malformed_request),
+    cmocka_unit_test(test_version_and_target_refused),
     cmocka_unit_test(test_bad_header_fields),
     cmocka_unit_test(test_max_connections),
     cmocka_unit_test(test_disconnect_before_answer),
