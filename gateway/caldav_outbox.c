@@ -190,6 +190,8 @@ void caldav_outbox_post(struct caldav_req *r)
       && (icaltime_is_null_time(ts) || icaltime_is_null_time(te)
           || r->fb_end <= r->fb_start))
     why = "the request needs DTSTART and a later DTEND";
+  if (why == NULL && r->fb_end - r->fb_start > CALDAV_FREEBUSY_SPAN_MAX_S)
+    why = CALDAV_FREEBUSY_SPAN_TEXT;
   if (icalcomponent_get_uid(vfb) != NULL)
     r->fb_uid = xstrdup(icalcomponent_get_uid(vfb));
   icalcomponent_free(cal);

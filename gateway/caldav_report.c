@@ -459,6 +459,11 @@ static void caldav_report_freebusy(struct caldav_req *r)
                  "UTC");
     return;
   }
+  if (r->fb_end - r->fb_start > CALDAV_FREEBUSY_SPAN_MAX_S) {
+    caldav_error(r, 403, WEBDAV_NS_CALDAV, "valid-filter",
+                 CALDAV_FREEBUSY_SPAN_TEXT);
+    return;
+  }
   who = json_pack("[s]", r->address);
   caldav_get_schedule(r, who, r->fb_start, r->fb_end,
                       caldav_freebusy_on_schedule);

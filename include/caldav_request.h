@@ -261,6 +261,14 @@ void caldav_propfind(struct caldav_req *r);      /* caldav_propfind.c */
 void caldav_report(struct caldav_req *r);        /* caldav_report.c */
 void caldav_outbox_post(struct caldav_req *r);   /* caldav_outbox.c */
 
+/* getSchedule takes windows shorter than 62 days (graph-api.md 3.8,
+ * learn.microsoft.com/graph/api/calendar-getschedule); a longer one is
+ * refused before Graph is asked, with this sentence. */
+#define CALDAV_FREEBUSY_SPAN_MAX_S (62 * 86400 - 1)
+#define CALDAV_FREEBUSY_SPAN_TEXT                                              \
+  "a free/busy window must be shorter than 62 days (Microsoft Graph's "        \
+  "getSchedule limit)"
+
 /* Asks Graph's getSchedule for attendees (a JSON array of addresses)
  * over [start, end) in one call; done gets Graph's answer. */
 void caldav_get_schedule(struct caldav_req *r, const json_t *attendees,

@@ -495,6 +495,33 @@ static void test_impossible_dates_refused(void **state)
   assert_non_null(strstr(answer(fb), "DTSTART 20301304T000000"));
 }
 
+/* Graph's getSchedule takes less than 62 days: a longer window is refused
+ * with that reason before Graph is asked, not as a refused event. */
+static void test_free_busy_window_bounded(void **state)
+{
+  struct fixture *f = *state;
+  struct exchange *post, *report;
+
+  post = add(f, "POST", "/dav/calendars/" ALICE "/outbox/",
+             "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n"
+             "METHOD:REQUEST\r\nBEGIN:VFREEBUSY\r\nUID:w1\r\n"
+             "DTSTAMP:20300101T000000Z\r\nDTSTART:20300101T000000Z\r\n"
+             "DTEND:20400101T000000Z\r\nORGANIZER:mailto:" ALICE "\r\n"
+             "ATTENDEE:mailto:carol@contoso.example\r\n"
+             "END:VFREEBUSY\r\nEND:VCALENDAR\r\n");
+  report = add(f, "REPORT", "/dav/calendars/" ALICE "/default/",
+               "<C:free-busy-query xmlns:C=\"urn:ietf:params:xml:ns:caldav\">"
+               "<C:time-range start=\"20300101T000000Z\" "
+               "end=\"20300304T000000Z\"/></C:free-busy-query>");
+  run(f);
+  assert_int_equal(post->status, 403);
+  assert_non_null(strstr(answer(post), "<C:valid-scheduling-message/>"));
+  assert_non_null(strstr(answer(post), "shorter than 62 days"));
+  assert_int_equal(report->status, 403);
+  assert_non_null(strstr(answer(report), "<C:valid-filter/>"));
+  assert_non_null(strstr(answer(report), "shorter than 62 days"));
+}
+
 /* A body of n copies of unit between head and tail. free() it. */
 static char *repeat(const char *head, const char *unit, size_t n,
                     const char *tail)
@@ -736,6 +763,8 @@ int main(void)
                                     teardown),
     cmocka_unit_test_setup_teardown(test_mapping_remembers_client_attendees,
                                     setup, teardown),
+    cmocka_unit_test_setup_teardown(test_free_busy_window_bounded, setup,
+                                    teardown),
     cmocka_unit_test_setup_teardown(test_impossible_dates_refused, setup,
                                     teardown),
     cmocka_unit_test_setup_teardown(test_xml_bodies_bounded, setup, teardown),
