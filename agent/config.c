@@ -53,17 +53,23 @@ static const struct config_key config_keys[] = {
   CFG("agent", "key_file", CONFIG_PATH, key_file, 0),
   CFG("smtp", "listen", CONFIG_STRING, smtp_listen, 0),
   CFG("smtp", "hostname", CONFIG_STRING, smtp_hostname, 0),
-  CFG("smtp", "max_message_size", CONFIG_U64, smtp_max_message_size,
-      (uint64_t) 150 << 20),
-  CFG("smtp", "max_recipients", CONFIG_UINT, smtp_max_recipients, 500),
-  CFG("smtp", "max_connections", CONFIG_UINT, smtp_max_connections, 100000),
-  CFG("smtp", "max_commands", CONFIG_UINT, smtp_max_commands, 100000),
-  CFG("smtp", "idle_timeout", CONFIG_UINT, smtp_idle_timeout, 86400),
+  /* The [smtp] limits are at least 1: with 0 every message, recipient,
+   * connection or command would be refused, and a 0 s timer fires at
+   * once. auth_timeout 0 means no deadline (docs/configuration.md). */
+  CFG_RANGE("smtp", "max_message_size", CONFIG_U64, smtp_max_message_size, 1,
+            (uint64_t) 150 << 20),
+  CFG_RANGE("smtp", "max_recipients", CONFIG_UINT, smtp_max_recipients, 1, 500),
+  CFG_RANGE("smtp", "max_connections", CONFIG_UINT, smtp_max_connections, 1,
+            100000),
+  CFG_RANGE("smtp", "max_commands", CONFIG_UINT, smtp_max_commands, 1, 100000),
+  CFG_RANGE("smtp", "idle_timeout", CONFIG_UINT, smtp_idle_timeout, 1, 86400),
   CFG("smtp", "auth_timeout", CONFIG_UINT, smtp_auth_timeout, 86400),
-  CFG("smtp", "data_timeout", CONFIG_UINT, smtp_data_timeout, 86400),
+  CFG_RANGE("smtp", "data_timeout", CONFIG_UINT, smtp_data_timeout, 1, 86400),
   CFG("http", "listen", CONFIG_STRING, http_listen, 0),
   CFG("http", "public_url", CONFIG_STRING, http_public_url, 0),
-  CFG("http", "max_body", CONFIG_U64, http_max_body, (uint64_t) 150 << 20),
+  /* At least 1: with 0 every request with a body would get 413. */
+  CFG_RANGE("http", "max_body", CONFIG_U64, http_max_body, 1,
+            (uint64_t) 150 << 20),
   /* At least 1: with 0 every connection would be refused. */
   CFG_RANGE("http", "max_connections", CONFIG_UINT, http_max_connections, 1,
             100000),
@@ -79,9 +85,13 @@ static const struct config_key config_keys[] = {
   CFG("microsoft", "graph_base_url", CONFIG_STRING, graph_base_url, 0),
   CFG("microsoft", "link_mode", CONFIG_MODE, link_mode, 0),
   CFG("microsoft", "link_secret", CONFIG_STRING, link_secret, 0),
-  CFG("delivery", "max_in_flight_per_mailbox", CONFIG_UINT,
-      delivery_max_in_flight, 4),
-  CFG("delivery", "max_attempts", CONFIG_UINT, delivery_max_attempts, 1000),
+  /* At least 1: with 0 in flight nothing is ever sent, and 0 attempts
+   * would read as "none" but still makes the first one. The other
+   * [delivery] numbers take 0 on purpose (off, or at once). */
+  CFG_RANGE("delivery", "max_in_flight_per_mailbox", CONFIG_UINT,
+            delivery_max_in_flight, 1, 4),
+  CFG_RANGE("delivery", "max_attempts", CONFIG_UINT, delivery_max_attempts, 1,
+            1000),
   CFG("delivery", "max_age", CONFIG_UINT, delivery_max_age, 30 * 86400),
   CFG("delivery", "recovery_delay", CONFIG_UINT, delivery_recovery_delay, 3600),
   CFG("delivery", "dedup_window", CONFIG_UINT, delivery_dedup_window,
@@ -241,6 +251,18 @@ static int config_apply(struct config_parse *ps, const struct config_key *k,
   return -EINVAL;
 }
 
+/* A misspelt section is named as such, not as its first key. An empty
+ * one never reaches the callback (inih calls it per key) and does no
+ * harm. */
+static int config_section_known(const char *section)
+{
+  for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+    if (strcmp(section, config_keys[i].section) == 0)
+      return 1;
+  }
+  return 0;
+}
+
 /* inih callback: returns nonzero to go on, 0 to report this line. */
 static int config_handler(void *user, const char *section, const char *name,
                           const char *value)
@@ -262,7 +284,9 @@ static int config_handler(void *user, const char *section, const char *name,
       return ok;
     }
   }
-  if (ps->error[0] == '\0')
+  if (ps->error[0] == '\0' && !config_section_known(section))
+    snprintf(ps->error, sizeof(ps->error), "unknown section [%s]", section);
+  else if (ps->error[0] == '\0')
     snprintf(ps->error, sizeof(ps->error), "unknown key \"%s\" in [%s]", name,
              section);
   return 0;
