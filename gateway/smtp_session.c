@@ -192,7 +192,7 @@ static void smtp_session_close(struct smtp_session *s)
   s->held = NULL;
   s->heldlen = 0;
   smtp_session_enter_state(s, SMTP_STATE_CLOSING);
-  log_debug("%s smtp disconnect", s->id);
+  /* The owner logs the disconnect, once, whoever ends the connection. */
   s->ops->close(s->ctx);
 }
 
@@ -772,21 +772,6 @@ static int smtp_rcpt_param(struct smtp_session *s, char *param)
   return -1;
 }
 
-/* Refuses MAIL where it is out of place. Returns 0, or -1 after
- * answering. */
-static int smtp_mail_allowed(struct smtp_session *s)
-{
-  if (s->auth_user == NULL) {
-    smtp_session_reply(s, 530, "5.7.0", "Authentication required");
-    return -1;
-  }
-  if (s->mail_from != NULL) {
-    smtp_session_reply(s, 503, "5.5.1", "Nested MAIL command");
-    return -1;
-  }
-  return 0;
-}
-
 /* Asks the owner whether the linked user may send. Returns 0, or -1 after
  * answering 550. */
 static int smtp_mail_check_sender(struct smtp_session *s, const char *path)
@@ -805,38 +790,71 @@ static int smtp_mail_check_sender(struct smtp_session *s, const char *path)
   return -1;
 }
 
+/* Answers a refused MAIL and logs it once, with the client's words
+ * (escaped) as they came, since the path may not have parsed. */
+static void smtp_mail_refuse(struct smtp_session *s, const char *words,
+                             const char *why, int code, const char *enhanced,
+                             const char *text)
+{
+  char esc[SMTP_LOG_TEXT_MAX];
+
+  log_warn("%s smtp mail refused reason=%s args=\"%s\"", s->id, why,
+           smtp_log_text(esc, words));
+  smtp_session_reply(s, code, enhanced, "%s", text);
+}
+
 static void smtp_cmd_mail(struct smtp_session *s, char *args)
 {
   char *path, *params, *arg = smtp_arg_after(args, "FROM:");
   char esc[SMTP_LOG_TEXT_MAX];
+  char *words = xstrdup(args); /* parsing writes into args */
 
-  if (smtp_mail_allowed(s) < 0)
-    return;
+  if (s->auth_user == NULL) {
+    smtp_mail_refuse(s, words, "auth-required", 530, "5.7.0",
+                     "Authentication required");
+    goto out;
+  }
+  if (s->mail_from != NULL) {
+    smtp_mail_refuse(s, words, "nested", 503, "5.5.1", "Nested MAIL command");
+    goto out;
+  }
   if (arg == NULL || smtp_path_parse(arg, &path, &params) < 0) {
-    smtp_session_reply(s, 501, "5.5.4", "Syntax: MAIL FROM:<address>");
-    return;
+    smtp_mail_refuse(s, words, "syntax", 501, "5.5.4",
+                     "Syntax: MAIL FROM:<address>");
+    goto out;
   }
   if (path[0] == '\0') {
-    smtp_session_reply(s, 550, "5.7.1", "A linked user must be the sender");
-    return;
+    smtp_mail_refuse(s, words, "null-sender", 550, "5.7.1",
+                     "A linked user must be the sender");
+    goto out;
   }
   if (smtp_address_is_utf8(path)) {
-    smtp_session_reply(s, 553, "5.6.7", SMTP_UTF8_ADDRESS_REFUSED);
-    return;
+    smtp_mail_refuse(s, words, "utf8-address", 553, "5.6.7",
+                     SMTP_UTF8_ADDRESS_REFUSED);
+    goto out;
   }
   if (!smtp_address_valid(path)) {
-    smtp_session_reply(s, 501, "5.1.7", "Bad sender address syntax");
-    return;
+    smtp_mail_refuse(s, words, "address-syntax", 501, "5.1.7",
+                     "Bad sender address syntax");
+    goto out;
   }
-  if (smtp_params_check(s, params, smtp_mail_param) < 0
-      || smtp_mail_check_sender(s, path) < 0)
-    return;
+  if (smtp_params_check(s, params, smtp_mail_param) < 0) {
+    log_warn("%s smtp mail refused reason=parameter args=\"%s\"", s->id,
+             smtp_log_text(esc, words));
+    goto out;
+  }
+  /* Logs its own refusal, with the policy's reason. */
+  if (smtp_mail_check_sender(s, path) < 0)
+    goto out;
 
   s->mail_from = xstrdup(path);
   smtp_session_enter_state(s, SMTP_STATE_MAIL);
   log_info("%s smtp mail accepted from=\"%s\"", s->id,
            smtp_log_text(esc, path));
   smtp_session_reply(s, 250, "2.1.0", "Sender ok");
+
+out:
+  free(words);
 }
 
 /* Validates one RCPT TO. Returns 0 with *path set, or -1 after
@@ -1324,7 +1342,7 @@ void smtp_session_timeout(struct smtp_session *s)
 {
   if (s->state == SMTP_STATE_CLOSING)
     return;
-  log_warn("%s smtp timeout state=%s", s->id, smtp_state_name(s->state));
+  /* The owner's timer logged the timeout, with the peer. */
   smtp_session_reply(s, 421, "4.4.2", "Timeout, closing connection");
   smtp_session_close(s);
 }
