@@ -171,7 +171,11 @@ class MailDelivery(AgentTestCase):
         self.send(ALICE, ["d@example.net"], data.encode())
         [record] = self.wait_one_more(ALICE, before)
         content = record["resource"]["body"]["content"].replace("\r\n", "\n")
-        self.assertIn(".first line starts with a dot\n..two dots\n.\tdot tab\nend", content)
+        # The whole body, line by line: an extra dot left on the first line
+        # (or any other) must fail, which a substring check would not.
+        self.assertEqual(content.rstrip("\n").split("\n"),
+                         [".first line starts with a dot", "..two dots",
+                          ".\tdot tab", "end"])
 
     def test_x_header_kept_other_custom_header_dropped(self):
         before = self.sent_count(ALICE)
