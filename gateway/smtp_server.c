@@ -490,9 +490,12 @@ static void smtp_server_on_connection(uv_stream_t *listener, int status)
                                    &server->limits, &smtp_conn_ops, conn);
   log_info("%s smtp connect peer=%s", conn->id, conn->peer);
   if (server->nconns > server->max_connections) {
+    static const char busy[] = "421 4.7.0 Too many connections, try later\r\n";
+
     log_warn("%s smtp connection_limit peer=%s max=%u", conn->id, conn->peer,
              server->max_connections);
-    smtp_conn_reply(conn, "421 4.7.0 Too many connections, try later\r\n", 44);
+    /* sizeof - 1: the reply goes without the string's NUL. */
+    smtp_conn_reply(conn, busy, sizeof(busy) - 1);
     smtp_conn_begin_close(conn);
     return;
   }
