@@ -18,6 +18,7 @@ endfunction()
 
 nx_scenario(smtp_mail_delivery)
 nx_scenario(smtp_protocol)
+nx_scenario(smtp_limits)
 nx_scenario(smtp_clients)
 nx_scenario(delivery_resilience)
 nx_scenario(policy_cli_edits)
