@@ -283,11 +283,14 @@ static void agent_reload(struct agent *agent)
 {
   struct config fresh;
   char err[1024];
+  char esc[2048];
 
   if (config_load(&fresh, agent->config_path, err, sizeof(err)) < 0) {
+    /* The reason quotes the file's own text: escaped, it stays one
+     * error="..." field on one line. */
     log_error("- agent reload_failed error=\"%s\" (keeping the running "
               "configuration)",
-              err);
+              log_escape(esc, sizeof(esc), err, strlen(err)));
     config_free(&fresh);
   } else {
     /* Limits apply to new connections; addresses, paths and credentials
