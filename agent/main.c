@@ -67,15 +67,17 @@ static int agent_password_read(char *line, size_t size)
   char *got;
   size_t len;
 
+  /* Echo goes off before the prompt shows, and nothing typed is
+   * discarded (TCSADRAIN, not TCSAFLUSH): a fast typist loses nothing. */
   if (tty) {
-    fprintf(stderr, "Password: ");
     quiet = saved;
     quiet.c_lflag &= ~(tcflag_t) ECHO;
-    tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    tcsetattr(STDIN_FILENO, TCSADRAIN, &quiet);
+    fprintf(stderr, "Password: ");
   }
   got = fgets(line, (int) size, stdin);
   if (tty) {
-    tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+    tcsetattr(STDIN_FILENO, TCSADRAIN, &saved);
     fputc('\n', stderr);
   }
   if (got == NULL)

@@ -17,6 +17,7 @@ import os
 import pty
 import pwd
 import re
+import select
 import signal
 import sqlite3
 import subprocess
@@ -544,18 +545,25 @@ class AgentCommandLine(unittest.TestCase):
             if pid == 0:
                 os.execv(AGENT, [AGENT, "--hash-password"])
             screen = b""
-            while b"Password: " not in screen:
-                screen += os.read(fd, 1024)
+            deadline = time.monotonic() + 20
+            while b"Password: " not in screen and time.monotonic() < deadline:
+                if select.select([fd], [], [], 1)[0]:
+                    screen += os.read(fd, 1024)
             os.write(fd, b"typed-secret\n")
             try:
-                while True:
+                while time.monotonic() < deadline:
+                    if not select.select([fd], [], [], 1)[0]:
+                        continue
                     chunk = os.read(fd, 1024)
                     if not chunk:
                         break
                     screen += chunk
             except OSError:  # the child closed the terminal
                 pass
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
+            os.close(fd)
             self.assertEqual(os.waitstatus_to_exitcode(status), 0, screen)
             self.assertNotIn(b"typed-secret", screen)
             found = re.search(rb"pbkdf2-sha256\$\S+", screen)
