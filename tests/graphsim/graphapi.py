@@ -8,6 +8,7 @@ Order per request: bearer token (401) -> resolve the mailbox (/me or
 
 import time
 
+import control
 import faults
 import mail
 from simcore import graph_error, json_reply
@@ -95,7 +96,36 @@ def handle(state, req):
     return run_operation(state, req, token, user, ident, mailbox, op, rest)
 
 
+def sim_get_requests(state, req, segs, body):
+    """GET /_sim/requests[?mailbox=a&operation=name]: Graph requests, oldest
+    first: {at (arrival, epoch seconds), done (answer written), mailbox,
+    operation, status (0: connection dropped, None: still in flight),
+    fault}. Tests read the spacing of retries from it."""
+    mailbox = (req.query.get("mailbox") or "").lower() or None
+    operation = req.query.get("operation")
+    with state.lock:
+        entries = [dict(e) for e in state.graph_requests
+                   if (mailbox is None or e["mailbox"] == mailbox)
+                   and (operation is None or e["operation"] == operation)]
+    return json_reply(200, {"requests": entries})
+
+
+control.EXTRA_ROUTES.append(("GET", "requests", sim_get_requests))
+
+
 def run_operation(state, req, token, user, ident, mailbox, op, rest):
+    entry = {"at": time.time(), "done": None, "mailbox": mailbox,
+             "operation": op[0], "status": None, "fault": None}
+    with state.lock:
+        state.graph_requests.append(entry)
+    reply = run_gated(state, req, token, user, ident, mailbox, op, rest, entry)
+    with state.lock:
+        entry["status"] = reply.status
+        entry["done"] = time.time()
+    return reply
+
+
+def run_gated(state, req, token, user, ident, mailbox, op, rest, entry):
     name, func, scopes = op
     with state.lock:
         state.stats.bucket(mailbox)["requests"] += 1
@@ -108,11 +138,13 @@ def run_operation(state, req, token, user, ident, mailbox, op, rest):
         rule = faults.pick_fault(state, mailbox, name, token["client_id"], after=False)
         if rule:
             faults.record_injected(state, mailbox, rule)
+            entry["fault"] = rule.fault
             return faults.fault_reply(rule, req.request_id)
         reply = authorise_and_run(state, req, token, user, ident, name, func, scopes, rest)
         rule = faults.pick_fault(state, mailbox, name, token["client_id"], after=True)
         if rule:
             faults.record_injected(state, mailbox, rule)
+            entry["fault"] = rule.fault + " after"
             return faults.fault_reply(rule, req.request_id)
         return reply
 

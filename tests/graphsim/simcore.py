@@ -9,12 +9,15 @@ Source keys in brackets refer to /work/shared/reference/graph-api.md §0.
 """
 
 import base64
+import collections
 import datetime as _dt
 import json
 import secrets
 import threading
 import time
 import uuid
+
+REQUEST_LOG_MAX = 2000  # Graph requests kept for GET /_sim/requests
 
 
 # ---------------------------------------------------------------------------
@@ -226,6 +229,8 @@ class State:
             self.drafts = {}        # address -> {draft id: stored draft}
             self.upload_sessions = {}  # session id -> upload in progress
             self.max_message_size = None  # POST /_sim/limits override
+            # the last REQUEST_LOG_MAX Graph requests, for GET /_sim/requests
+            self.graph_requests = collections.deque(maxlen=REQUEST_LOG_MAX)
 
     # -- users -------------------------------------------------------------
     def find_user(self, ident):

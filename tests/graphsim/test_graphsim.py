@@ -626,6 +626,21 @@ class ThrottleFaultTests(SimTestCase):
         self.assertEqual(st["sendmail_accepted"], 1)
         self.assertEqual(st["operations"], {"sendMail": 3, "listMessages": 1})
 
+    def test_request_log(self):
+        self.ctl("POST", "faults", {"mailbox": ALICE, "operation": "sendMail", "count": 1,
+                                    "fault": "429", "retry_after": "1"})
+        self.graph("POST", "/users/%s/sendMail" % ALICE, self.tok, json_body=mail_json())
+        self.graph("POST", "/users/%s/sendMail" % ALICE, self.tok, json_body=mail_json())
+        self.graph("GET", "/users/%s/messages" % ALICE, self.tok)
+        self.graph("POST", "/users/%s/sendMail" % BOB, self.tok, json_body=mail_json())
+        got = self.ctl("GET", "requests?mailbox=%s&operation=sendMail" % ALICE)["requests"]
+        self.assertEqual([(e["status"], e["fault"]) for e in got], [(429, "429"), (202, None)])
+        self.assertLessEqual(got[0]["at"], got[0]["done"])
+        self.assertLessEqual(got[0]["done"], got[1]["at"])
+        self.assertEqual(len(self.ctl("GET", "requests")["requests"]), 4)
+        self.ctl("POST", "reset")
+        self.assertEqual(self.ctl("GET", "requests")["requests"], [])
+
     def test_rate_faults_and_429_shape(self):
         self.ctl("POST", "faults", {"fault": "429", "probability": 1.0, "retry_after": "2.128"})
         r = self.graph("GET", "/users/%s/messages" % ALICE, self.tok)
