@@ -1,20 +1,25 @@
 #!/usr/bin/python3
 """Delivery that survives Graph and the agent misbehaving: a storm of 429
 and 503 answers still delivers every message exactly once, never more than
-four requests in flight per mailbox; an agent killed with SIGKILL right
+four requests in flight per mailbox; a 429 or 503 with Retry-After is
+waited out before the one retry; an agent killed with SIGKILL right
 after its 250 delivers the message, once, after a restart; and an agent
 stopped with SIGTERM amid many submissions gives each the true answer: a
 250 is sent once, anything else is never sent."""
 
+import base64
 import collections
+import json
 import signal
 import smtplib
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 
 
-from scenario import ALICE, BOB, CAROL, AgentTestCase, main, sandbox
+from scenario import ALICE, BOB, CAROL, DAVE, AgentTestCase, main, sandbox
 from sandbox import wait_for
 
 
@@ -52,6 +57,71 @@ class DeliveryResilience(AgentTestCase):
         self.assertEqual(stats["throttled_concurrency"], 0,
                          "the agent itself went over 4 requests in flight")
         self.box.sim_post("/_sim/faults", {"clear": True})
+
+    def status(self, msgid):
+        token = base64.b64encode(("%s:%s" % (sandbox.SERVICE_USER,
+                                             sandbox.SERVICE_PASSWORD)).encode())
+        req = urllib.request.Request(
+            "http://127.0.0.1:%d/v1/messages?message_id=%s"
+            % (self.box.http_port, urllib.parse.quote(msgid)),
+            headers={"Authorization": "Basic " + token.decode()})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)
+
+    def sendmail_log(self, mailbox, since):
+        """The simulator's record of sendMail requests for mailbox since
+        the epoch time since: arrival, answer time and status of each."""
+        got = self.box.sim_get("/_sim/requests?mailbox=%s&operation=sendMail"
+                               % mailbox)["requests"]
+        return [r for r in got if r["at"] >= since]
+
+    def check_retry_after_waited(self, fault, retry_after):
+        """One message from Dave; Graph answers its first sendMail with
+        fault and Retry-After: retry_after. The agent must send nothing
+        more for it until the time is up, then send it once."""
+        self.box.sim_post("/_sim/faults", {"clear": True})
+        self.box.sim_post("/_sim/faults", {"fault": fault, "mailbox": DAVE,
+                                           "operation": "sendMail", "count": 1,
+                                           "retry_after": retry_after})
+        tag = "wait-%s-%s" % (fault, uuid.uuid4().hex[:8])
+        since = time.time()
+        before = self.sent_count(DAVE)
+        self.send(DAVE, ["wait@example.net"], message(DAVE, "wait@example.net", tag))
+        wait_for(lambda: [r for r in self.sendmail_log(DAVE, since)
+                          if r["status"] is not None], 20, "the first sendMail")
+        first = self.sendmail_log(DAVE, since)[0]
+        self.assertEqual(first["status"], int(fault), first)
+        # While it waits, the status API shows one attempt made and the
+        # next one where Retry-After puts it.
+        wait_for(lambda: self.status(tag + "@nextal.test")["attempts"] == 1, 10,
+                 "the failed attempt to be recorded")
+        waiting = self.status(tag + "@nextal.test")
+        self.assertEqual(waiting["state"], "queued", waiting)
+        self.assertIsNotNone(waiting["next_attempt_at"])
+        self.wait_one_more(DAVE, before, timeout=30)
+        time.sleep(1.5)  # a second retry or duplicate would land now
+        log = self.sendmail_log(DAVE, since)
+        self.assertEqual([r["status"] for r in log], [int(fault), 202],
+                         "not exactly one retry: %s" % log)
+        gap = log[1]["at"] - log[0]["done"]
+        # The agent reads the answer after the simulator wrote it, so the
+        # gap may only be shorter by the clocks' rounding.
+        self.assertGreaterEqual(gap, float(retry_after) - 0.02,
+                                "retried before Retry-After was up")
+        self.assertLess(gap, float(retry_after) + 3.0,
+                        "waited far longer than Retry-After asked")
+        got = [r for r in self.box.sent(DAVE) if r["resource"]["subject"] == tag]
+        self.assertEqual(len(got), 1)
+        done = self.status(tag + "@nextal.test")
+        self.assertEqual((done["state"], done["attempts"]), ("sent", 2), done)
+
+    def test_429_retry_after_is_waited_out(self):
+        # Longer than the agent's own first backoff (1 s to 1.25 s), so a
+        # retry that ignored the header would come visibly early.
+        self.check_retry_after_waited("429", "3.5")
+
+    def test_503_retry_after_is_waited_out(self):
+        self.check_retry_after_waited("503", "2.5")
 
     def test_sigkill_after_250_then_restart_delivers_once(self):
         self.box.sim_post("/_sim/faults", {"clear": True})
