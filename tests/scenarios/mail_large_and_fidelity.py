@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Large mail and fidelity, end to end through the simulator: a 30 MB
 attachment goes out as a draft with upload sessions, byte-identical,
-while the agent's memory stays far below the message size; the forms
+while the agent's memory stays far below the message size, and so does a
+40 MB one where the tenant's limit allows it (Graph takes up to 150 MB
+through upload sessions); the forms
 around Graph's 4 MB request limit; replies keep their threading and
 invitations arrive as invitations (MIME form); attachment names, 8-bit
 text and long lines survive; SMTPUTF8 is refused plainly; a From that is
@@ -28,8 +30,8 @@ RSS_GROWTH_MAX_KB = 8 * 1024
 
 class BigSandbox(sandbox.Sandbox):
     """SMTP accepts messages of 64 MB: a 30 MB attachment is 41 MB once
-    base64-encoded, and what the mailbox accepts (35 MB of content by
-    default in the simulator) is Graph's to say."""
+    base64-encoded, a 40 MB one 55 MB, and what the mailbox accepts (35 MB
+    of content by default in the simulator) is Graph's to say."""
 
     def agent_config_text(self):
         return super().agent_config_text() + "\n[smtp]\nmax_message_size = 67108864\n"
@@ -125,6 +127,30 @@ class LargeAttachment(LargeTestCase):
         spooled = [n for n in os.listdir(self.box.path("spool"))
                    if n.endswith(".eml")]
         self.assertEqual(spooled, [])
+
+    def test_40mb_attachment_where_the_tenant_allows_it(self):
+        # An administrator may raise a mailbox's limit up to 150 MB; the
+        # agent has no 35 MB limit of its own beyond what SMTP was told.
+        self.box.sim_post("/_sim/limits", {"max_message_size": 150 * MB})
+        self.addCleanup(self.box.sim_post, "/_sim/limits",
+                        {"max_message_size": 35 * MB})
+        self.deliver(self.message("warm-up 40"))
+        idle = self.vm_hwm_kb()
+
+        data = os.urandom(40 * MB)
+        record = self.deliver(self.message("Archive", data, "archive.bin"))
+        peak = self.vm_hwm_kb()
+
+        self.assertEqual(record["source"], "draft")
+        att = self.assert_attachment(record, data, "archive.bin")
+        self.assertGreaterEqual(att["chunks"], 10)
+        self.assertEqual(record["resource"]["subject"], "Archive")
+        # idle is the high-water mark of the runs before (the 30 MB one
+        # included): holding this message would still pass it by far.
+        self.assertLess(peak - idle, RSS_GROWTH_MAX_KB,
+                        "agent peak RSS grew by %d kB for a %d kB message"
+                        % (peak - idle, len(data) * 4 // 3 // 1024))
+        self.assertEqual(self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"], [])
 
     def test_over_the_mailbox_limit_fails_with_graphs_reason(self):
         # The simulator's mailbox takes 35 MB of content; 36 MB fits the
