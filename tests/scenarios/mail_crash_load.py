@@ -1,14 +1,18 @@
 #!/usr/bin/python3
 """Exactly once under fire: a few hundred messages from four mailboxes while
 the simulator answers 429 and 503 at random and sometimes takes a send but
-drops the reply, and the agent is killed with SIGKILL at random moments
-three times and restarted. Nextal's side behaves as it should: a message
-whose 250 it did not see is submitted again. In the end every message is
-in the simulator's Sent Items exactly once and the status API says sent."""
+drops the reply, and the agent is killed with SIGKILL three times and
+restarted: once while sendMail requests are in flight (Graph then takes
+them without the agent seeing it, and the agent must find them in Sent
+Items after the restart instead of sending them again), twice at random
+moments. Nextal's side behaves as it should: a message whose 250 it did
+not see is submitted again. In the end every message is in the
+simulator's Sent Items exactly once and the status API says sent."""
 
 import base64
 import json
 import random
+import re
 import signal
 import smtplib
 import sys
@@ -26,6 +30,16 @@ KILLS = 3
 SENDERS = (ALICE, BOB, CAROL, DAVE)
 
 
+FAULTS = ({"fault": "429", "probability": 0.15, "retry_after": "0.2"},
+          {"fault": "503", "probability": 0.1, "retry_after": "0.1"},
+          {"fault": "drop", "probability": 0.04, "after": True},
+          {"fault": "drop", "probability": 0.02})
+LATENCY_MS = 20
+# Graph's latency while the kill mid-send is aimed: requests stay
+# outstanding long enough that the kill surely lands before they end.
+AIM_LATENCY_MS = 400
+
+
 def message(sender, tag):
     return ("From: %s\r\nTo: cand@example.net\r\nSubject: %s\r\n"
             "Message-ID: <%s@nextal.test>\r\n\r\nbody of %s\r\n"
@@ -34,7 +48,7 @@ def message(sender, tag):
 
 class MailCrashLoad(AgentTestCase):
     sandbox_options = {
-        "latency_ms": 20,
+        "latency_ms": LATENCY_MS,
         # Pacing is shown elsewhere; here it would only make the test long.
         "extra_config": "[delivery]\nmax_per_minute = 0\n",
     }
@@ -71,20 +85,55 @@ class MailCrashLoad(AgentTestCase):
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
 
-    def kill_and_restart(self):
+    def add_faults(self):
+        for rule in FAULTS:
+            self.box.sim_post("/_sim/faults", dict(rule, operation="sendMail"))
+
+    def kill(self):
         self.box.agent.send_signal(signal.SIGKILL)
         self.box.agent.wait(timeout=10)
         self.box.agent = None
         self.box.agent_log.close()
+
+    def kill_and_restart(self):
+        self.kill()
         self.box.start_agent()
+
+    def sendmail_in_flight(self, since):
+        return [r for r in self.box.sim_get("/_sim/requests?operation=sendMail")
+                ["requests"] if r["at"] >= since and r["status"] is None]
+
+    def kill_mid_send_and_restart(self):
+        """Kills the agent while sendMail requests are in flight, with the
+        faults off for a moment so that Graph takes each of them (as it
+        does when a process dies after its request went out). Returns the
+        queue ids of the rows the dead agent left in 'sending' and how many
+        of its sendMail requests Graph then took."""
+        box = self.box
+        box.sim_post("/_sim/faults", {"clear": True})
+        box.sim_post("/_sim/latency", {"ms": AIM_LATENCY_MS})
+        since = time.time()
+        wait_for(lambda: self.sendmail_in_flight(since), 30,
+                 "a sendMail in flight")
+        self.kill()
+        killed_at = time.time()
+        conn = self.db()
+        sending = {q for (q,) in conn.execute(
+            "SELECT queue_id FROM messages WHERE state = 'sending'")}
+        # The requests of the dead agent run to their end without it.
+        wait_for(lambda: not self.sendmail_in_flight(since - 1), 30,
+                 "the dead agent's requests to end")
+        taken = [r for r in box.sim_get("/_sim/requests?operation=sendMail")
+                 ["requests"] if since <= r["at"] < killed_at
+                 and r["done"] > killed_at and r["status"] == 202]
+        box.sim_post("/_sim/latency", {"ms": LATENCY_MS})
+        self.add_faults()
+        box.start_agent()
+        return sending, len(taken)
 
     def test_sigkill_during_load_sends_each_accepted_message_once(self):
         box = self.box
-        for rule in ({"fault": "429", "probability": 0.15, "retry_after": "0.2"},
-                     {"fault": "503", "probability": 0.1, "retry_after": "0.1"},
-                     {"fault": "drop", "probability": 0.04, "after": True},
-                     {"fault": "drop", "probability": 0.02}):
-            box.sim_post("/_sim/faults", dict(rule, operation="sendMail"))
+        self.add_faults()
         run = uuid.uuid4().hex[:6]
         tags = {s: ["load-%s-%s-%03d" % (run, s.split("@")[0], i)
                     for i in range(MESSAGES // len(SENDERS))] for s in SENDERS}
@@ -96,18 +145,24 @@ class MailCrashLoad(AgentTestCase):
             t.start()
         seed = random.randrange(1 << 30)
         print("mail_crash_load: kill seed %d" % seed, file=sys.stderr)
+        interrupted, taken = set(), 0
         try:
             rng = random.Random(seed)
-            for _ in range(KILLS):
+            for k in range(KILLS):
                 # Kill somewhere in the run, once the agent has taken more
                 # mail since its last start (or all of it, so that a late
-                # kill falls in the delivery of the backlog).
+                # kill falls in the delivery of the backlog). The first
+                # kill waits for sends in flight: with the load just
+                # begun, there are some.
                 floor = len(accepted)
                 time.sleep(rng.uniform(0.3, 4.0))
                 wait_for(lambda: len(accepted) > floor
                          or len(accepted) == MESSAGES, 60,
                          "the agent to accept mail after its restart")
-                self.kill_and_restart()
+                if k == 0:
+                    interrupted, taken = self.kill_mid_send_and_restart()
+                else:
+                    self.kill_and_restart()
             for t in threads:
                 t.join(timeout=120)
         finally:
@@ -133,6 +188,17 @@ class MailCrashLoad(AgentTestCase):
                                    for m in stats.values()), 0, fault)
         for tag, queue_id in accepted.items():
             self.assertEqual(self.status(queue_id)["state"], "sent", tag)
+        # The kill landed mid-send: Graph took sends the agent never saw
+        # answered, and the restarted agent found each of them in Sent
+        # Items (a second send of one would be a duplicate above).
+        print("mail_crash_load: kill mid-send left %d sending, Graph took %d"
+              % (len(interrupted), taken), file=sys.stderr)
+        self.assertGreater(taken, 0, "no sendMail was in flight at the kill")
+        found = set(re.findall(r" (\S+) queue found_in_sent_items ",
+                               box.agent_output()))
+        self.assertGreaterEqual(len(interrupted & found), taken,
+                                "interrupted sends not found in Sent Items: "
+                                "%s" % sorted(interrupted - found))
 
 
 if __name__ == "__main__":
