@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Delivery that survives Graph and the agent misbehaving: a storm of 429
 and 503 answers still delivers every message exactly once, never more than
-four requests in flight per mailbox; a 429 or 503 with Retry-After is
+four requests in flight per mailbox, and with mail waiting and Graph slow,
+all four of them are used; a 429 or 503 with Retry-After is
 waited out before the one retry; an agent killed with SIGKILL right
 after its 250 delivers the message, once, after a restart; and an agent
 stopped with SIGTERM amid many submissions gives each the true answer: a
@@ -122,6 +123,29 @@ class DeliveryResilience(AgentTestCase):
 
     def test_503_retry_after_is_waited_out(self):
         self.check_retry_after_waited("503", "2.5")
+
+    def test_queued_mail_uses_four_requests_in_flight(self):
+        # With Graph slow and eight messages waiting, the agent uses all
+        # four slots Outlook allows per mailbox, and never a fifth.
+        self.box.sim_post("/_sim/faults", {"clear": True})
+        self.box.sim_post("/_sim/latency", {"ms": 1500})
+        self.addCleanup(self.box.sim_post, "/_sim/latency", {"ms": 50})
+        since = time.time()
+        before = self.sent_count(DAVE)
+        tags = ["four-%d-%s" % (i, uuid.uuid4().hex[:6]) for i in range(8)]
+        for tag in tags:
+            self.send(DAVE, ["four@example.net"], message(DAVE, "four@example.net", tag))
+        records = self.box.wait_sent(DAVE, before + len(tags), timeout=60)
+        self.assertEqual(subjects(records[before:]), sorted(tags))
+        log = self.sendmail_log(DAVE, since)
+        self.assertEqual([r["status"] for r in log], [202] * len(tags))
+        # The most requests in flight at once: at each arrival, count the
+        # requests that had arrived and were not answered yet.
+        most = max(sum(1 for o in log if o["at"] <= r["at"] < o["done"])
+                   for r in log)
+        self.assertEqual(most, 4, log)
+        stats = self.box.sim_get("/_sim/stats")["mailboxes"][DAVE]
+        self.assertEqual(stats["throttled_concurrency"], 0)
 
     def test_sigkill_after_250_then_restart_delivers_once(self):
         self.box.sim_post("/_sim/faults", {"clear": True})
