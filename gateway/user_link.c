@@ -237,12 +237,24 @@ static void user_link_on_lookup(void *arg, const struct graph_response *resp)
 
   if (resp->status == 200)
     user = json_loadb(resp->body, resp->body_len, 0, NULL);
-  if (user != NULL
-      && links_set_linked(
-             call->deps->store, call->address,
-             json_string_value(json_object_get(user, "id")),
-             json_string_value(json_object_get(user, "displayName")))
-             == 0) {
+  if (user != NULL && !json_is_string(json_object_get(user, "mail"))) {
+    /* A directory user without an Exchange mailbox: Graph answers 200
+     * with mail null. 404, as for an unknown address: what the link is
+     * for, a mailbox, does not exist (Graph itself answers mail calls
+     * for such a user with 404 MailboxNotEnabledForRESTAPI). */
+    log_info("- link no_mailbox user=%s mode=application", call->address);
+    text = xasprintf("%s is a user in your organisation but has no Exchange "
+                     "Online mailbox, so Nextal cannot send mail or manage "
+                     "a calendar for it. Nothing was linked; your "
+                     "administrator must give the user a mailbox first.",
+                     call->address);
+    http_page_respond(call->ex, 404, "No mailbox", text);
+  } else if (user != NULL
+             && links_set_linked(
+                    call->deps->store, call->address,
+                    json_string_value(json_object_get(user, "id")),
+                    json_string_value(json_object_get(user, "displayName")))
+                    == 0) {
     user_link_audit(call->deps, "link", call->address,
                     "linked in application mode (start link)");
     log_info("- link linked user=%s mode=application", call->address);

@@ -160,6 +160,15 @@ static int policy_link_lookup(const struct config *cfg, const char *token,
 
   curl_free(who);
   free(url);
+  if (status == 200 && !json_is_string(json_object_get(*user, "mail"))) {
+    /* Graph answers 200 with mail null for a user without an Exchange
+     * mailbox: nothing Nextal could send from. */
+    snprintf(msg, msglen,
+             "%s is a user without an Exchange Online mailbox (mail is "
+             "empty in Microsoft 365); give the user a mailbox first",
+             address);
+    return -ENOENT;
+  }
   if (status == 200)
     return 0;
   if (status == 404) {

@@ -155,6 +155,9 @@ class User:
 
     def resource(self):
         # user resource subset [G-OTHER]/https://learn.microsoft.com/en-us/graph/api/resources/user
+        # A directory user without an Exchange Online mailbox (no licence)
+        # is still found (200) with mail null [obs]; only mailbox calls
+        # answer 404 MailboxNotEnabledForRESTAPI (graph-api.md §5).
         return {
             "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
             "businessPhones": [], "displayName": self.display_name,

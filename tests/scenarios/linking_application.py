@@ -2,7 +2,8 @@
 """Application mode (client credentials): linking checks that the mailbox
 exists in the tenant. A mailbox Microsoft 365 does not have is refused by
 `nextal-policy link` (EX_NOUSER, with a sentence) and by the start link's
-page; an existing one links through the start link with no sign-in and
+page, and so is a directory user without an Exchange mailbox (Graph
+finds the user, with mail null); an existing one links through the start link with no sign-in and
 no per-user token. `nextal-policy status` reports consent and token.
 A refused admin consent is explained in plain words, with Microsoft's
 answer below for IT, and recorded; a refusal after a grant keeps it."""
@@ -12,7 +13,7 @@ import os
 import urllib.parse
 
 from link_flow import LinkingTestCase, message
-from scenario import DAVE, main
+from scenario import BOB, CAROL, DAVE, main
 
 NOBODY = "nobody@contoso.example"
 EX_NOUSER = 67
@@ -33,6 +34,34 @@ class LinkingApplication(LinkingTestCase):
         self.assertEqual(status, 404)
         self.assertIn("Microsoft 365 has no mailbox %s" % NOBODY, page)
         self.assertEqual(self.link_state(NOBODY)["state"], "not_linked")
+
+    def without_mailbox(self, address):
+        """The user stays in the directory but loses the mailbox (Graph
+        then answers the lookup with 200 and mail null)."""
+        self.box.sim_post("/_sim/users/" + address, {"mailbox": False})
+        self.addCleanup(self.box.sim_post, "/_sim/users/" + address,
+                        {"mailbox": True})
+
+    def test_cli_link_of_a_user_without_a_mailbox(self):
+        self.without_mailbox(BOB)
+        out = self.box.policy_cli("link", BOB, check=False)
+        self.assertEqual(out.returncode, EX_NOUSER, out.stderr)
+        self.assertIn("%s is a user without an Exchange Online mailbox" % BOB,
+                      out.stderr)
+        self.assertEqual(self.link_state(BOB)["state"], "not_linked")
+        self.assertNotIn("%s: linked" % BOB,
+                         self.box.policy_cli("audit").stdout)
+
+    def test_start_link_of_a_user_without_a_mailbox(self):
+        self.without_mailbox(CAROL)
+        status, final, page = self.browse(self.start_url(CAROL))
+        self.assertEqual(status, 404, page)
+        self.assertIn("/link/start", final)
+        self.assertIn("<h1>No mailbox</h1>", page)
+        self.assertIn("%s is a user in your organisation but has no Exchange "
+                      "Online mailbox" % CAROL, page)
+        self.assertNotIn("Mailbox linked", page)
+        self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
 
     def test_start_link_links_an_existing_mailbox(self):
         status, final, page = self.browse(self.start_url(DAVE))
