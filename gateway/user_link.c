@@ -31,9 +31,16 @@
 #define USER_LINK_TIMEOUT_MS 30000L
 #define USER_LINK_ACTOR "nextal" /* audit actor for the service's requests */
 
-/* Mail and calendar as the user, a refresh token, and an id_token that
- * names who signed in (graph-api.md 1.4). */
-#define USER_LINK_SCOPE "openid offline_access " TOKEN_CACHE_USER_SCOPES
+/* Mail and calendar as the user, a refresh token, an id_token that names
+ * who signed in (graph-api.md 1.4), and User.Read for GET /me, which is
+ * how the agent learns the account's mail address and UPN (the id_token's
+ * preferred_username is only sent with the profile scope and is often
+ * the UPN, not the mail address: learn.microsoft.com/en-us/entra/
+ * identity-platform/id-token-claims-reference). profile also brings the
+ * display name the link records. */
+#define USER_LINK_SCOPE                                                        \
+  "openid profile offline_access "                                             \
+  "https://graph.microsoft.com/User.Read " TOKEN_CACHE_USER_SCOPES
 
 /* One sign-in waiting for the token endpoint, or one application-mode
  * lookup waiting for Graph. */
@@ -42,6 +49,7 @@ struct user_link_call {
   struct http_exchange *ex;
   char *address; /* the user the start link was for */
   char *verifier;
+  json_t *answer; /* the token endpoint's answer, while /me is asked */
 };
 
 /* ---- answers ------------------------------------------------------------ */
@@ -79,6 +87,7 @@ static const char *user_link_param(struct http_exchange *ex, const char *name)
 
 static void user_link_call_free(struct user_link_call *call)
 {
+  json_decref(call->answer);
   free(call->address);
   if (call->verifier != NULL) {
     explicit_bzero(call->verifier, strlen(call->verifier));
@@ -368,19 +377,59 @@ out:
   return rc;
 }
 
-/* The code was redeemed: checks who signed in, then links. */
-static void user_link_accept(struct user_link_call *call, json_t *root)
+/* Whether the account /me describes is the one the link is for: its id
+ * is the id_token's oid, and the address is its mail or its UPN (either
+ * may differ from the other; both are case-insensitive). */
+static bool user_link_account_matches(const char *address, json_t *claims,
+                                      json_t *me)
+{
+  const char *oid = json_string_value(json_object_get(claims, "oid"));
+  const char *id = json_string_value(json_object_get(me, "id"));
+  const char *mail = json_string_value(json_object_get(me, "mail"));
+  const char *upn = json_string_value(json_object_get(me, "userPrincipalName"));
+
+  if (oid == NULL || id == NULL || strcasecmp(oid, id) != 0)
+    return false;
+  return (mail != NULL && strcasecmp(mail, address) == 0)
+         || (upn != NULL && strcasecmp(upn, address) == 0);
+}
+
+/* Refuses a sign-in by another account: nothing is stored. */
+static void user_link_refuse_account(struct user_link_call *call, json_t *me)
+{
+  const char *who = json_string_value(json_object_get(me, "mail"));
+  char *text;
+  char esc[160];
+
+  if (who == NULL)
+    who = json_string_value(json_object_get(me, "userPrincipalName"));
+  if (who == NULL)
+    who = "another account";
+  /* Linking someone else's mailbox must be impossible. */
+  log_warn("- link wrong_account expected=%s signed_in=%s", call->address,
+           log_escape(esc, sizeof(esc), who, strlen(who)));
+  text = xasprintf("refused: the sign-in was by %s", who);
+  user_link_audit(call->deps, "link_refused", call->address, text);
+  free(text);
+  text = xasprintf("You signed in as %s, but this link is for %s. Nothing "
+                   "was linked; sign out of Microsoft and open the link "
+                   "again as %s.",
+                   who, call->address, call->address);
+  http_page_respond(call->ex, 403, "Wrong account", text);
+  free(text);
+}
+
+/* The code was redeemed and Graph said who signed in (me): checks the
+ * policy and the account, then links. */
+static void user_link_accept(struct user_link_call *call, json_t *me)
 {
   struct user_link_deps *deps = call->deps;
   const char *refresh
-      = json_string_value(json_object_get(root, "refresh_token"));
+      = json_string_value(json_object_get(call->answer, "refresh_token"));
   json_t *claims = user_link_id_claims(
-      json_string_value(json_object_get(root, "id_token")));
-  const char *who
-      = json_string_value(json_object_get(claims, "preferred_username"));
+      json_string_value(json_object_get(call->answer, "id_token")));
   struct policy_decision d;
   char *text = NULL;
-  char esc[160];
 
   /* The policy may have changed while the user was signing in. */
   policy_gate_check(deps->gate, POLICY_REQUEST_LINK, call->address, &d);
@@ -389,22 +438,12 @@ static void user_link_accept(struct user_link_call *call, json_t *root)
                      "mailbox (%s): %s",
                      call->address, d.code, d.sentence);
     http_page_respond(call->ex, 403, "Link refused", text);
-  } else if (who == NULL || refresh == NULL) {
+  } else if (claims == NULL || refresh == NULL) {
     http_page_respond(call->ex, 502, "Not linked",
                       "Microsoft's answer named no signed-in account or "
                       "carried no refresh token; nothing was linked.");
-  } else if (strcasecmp(who, call->address) != 0) {
-    /* Linking someone else's mailbox must be impossible. */
-    log_warn("- link wrong_account expected=%s signed_in=%s", call->address,
-             log_escape(esc, sizeof(esc), who, strlen(who)));
-    text = xasprintf("refused: the sign-in was by %s", who);
-    user_link_audit(deps, "link_refused", call->address, text);
-    free(text);
-    text = xasprintf("You signed in as %s, but this link is for %s. Nothing "
-                     "was linked; sign out of Microsoft and open the link "
-                     "again as %s.",
-                     who, call->address, call->address);
-    http_page_respond(call->ex, 403, "Wrong account", text);
+  } else if (!user_link_account_matches(call->address, claims, me)) {
+    user_link_refuse_account(call, me);
   } else if (user_link_store(deps, call->address, refresh, claims) < 0) {
     http_page_respond(call->ex, 500, "Not linked",
                       "The agent could not store the link; try again later.");
@@ -422,6 +461,70 @@ static void user_link_accept(struct user_link_call *call, json_t *root)
   json_decref(claims);
 }
 
+static void user_link_on_me(void *arg, const struct http_response *resp)
+{
+  struct user_link_call *call = arg;
+  json_t *me = resp->status == 200
+                   ? json_loadb(resp->body, resp->body_len, 0, NULL)
+                   : NULL;
+  char *text;
+
+  if (json_is_object(me)) {
+    user_link_accept(call, me);
+  } else {
+    log_warn("- link whoami_failed user=%s status=%ld", call->address,
+             resp->status);
+    text = xasprintf("Microsoft did not say which account signed in (Graph "
+                     "answered %ld); nothing was linked. Open the link from "
+                     "Nextal again.",
+                     resp->status);
+    http_page_respond(call->ex, 502, "Not linked", text);
+    free(text);
+  }
+  json_decref(me);
+  user_link_call_free(call);
+}
+
+/* Asks Graph, with the new delegated access token, who signed in (GET
+ * /me, graph-api.md 1.4): the id_token alone cannot say whether the
+ * account owns the address. Takes call; answers the exchange later. */
+static void user_link_ask_me(struct user_link_call *call, json_t *answer)
+{
+  const char *token
+      = json_string_value(json_object_get(answer, "access_token"));
+  char *auth = NULL;
+  char *url = NULL;
+  const char *headers[] = { NULL, "Accept: application/json", NULL };
+
+  call->answer = json_incref(answer);
+  if (token == NULL) {
+    http_page_respond(call->ex, 502, "Not linked",
+                      "Microsoft's answer carried no access token; nothing "
+                      "was linked.");
+    user_link_call_free(call);
+    return;
+  }
+  auth = xasprintf("Authorization: Bearer %s", token);
+  url = xasprintf("%s/v1.0/me?$select=id,mail,userPrincipalName",
+                  call->deps->cfg->graph_base_url);
+  headers[0] = auth;
+  if (http_client_send(
+          call->deps->http,
+          &(struct http_request){ .method = "GET",
+                                  .url = url,
+                                  .headers = headers,
+                                  .timeout_ms = USER_LINK_TIMEOUT_MS },
+          user_link_on_me, call)
+      < 0) {
+    http_page_respond(call->ex, 503, "Not linked",
+                      "The agent is shutting down; try again in a minute.");
+    user_link_call_free(call);
+  }
+  explicit_bzero(auth, strlen(auth));
+  free(auth);
+  free(url);
+}
+
 static void user_link_on_token(void *arg, const struct http_response *resp)
 {
   struct user_link_call *call = arg;
@@ -432,19 +535,20 @@ static void user_link_on_token(void *arg, const struct http_response *resp)
   char *text;
 
   if (resp->status == 200 && root != NULL) {
-    user_link_accept(call, root);
-  } else {
-    log_warn("- link code_exchange_failed user=%s status=%ld error=%s",
-             call->address, resp->status, error ? error : "-");
-    text = xasprintf("Microsoft did not complete the sign-in (%s): %s "
-                     "Nothing was linked; open the link from Nextal again.",
-                     error          ? error
-                     : resp->status ? "no answer"
-                                    : "network",
-                     desc ? desc : resp->curl_message);
-    http_page_respond(call->ex, 502, "Not linked", text);
-    free(text);
+    user_link_ask_me(call, root);
+    json_decref(root);
+    return;
   }
+  log_warn("- link code_exchange_failed user=%s status=%ld error=%s",
+           call->address, resp->status, error ? error : "-");
+  text = xasprintf("Microsoft did not complete the sign-in (%s): %s "
+                   "Nothing was linked; open the link from Nextal again.",
+                   error          ? error
+                   : resp->status ? "no answer"
+                                  : "network",
+                   desc ? desc : resp->curl_message);
+  http_page_respond(call->ex, 502, "Not linked", text);
+  free(text);
   json_decref(root);
   user_link_call_free(call);
 }

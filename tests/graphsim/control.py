@@ -6,10 +6,11 @@
   GET  /_sim/faults   POST /_sim/faults      list / add rule / {"clear":true}
   POST /_sim/latency  {"ms": N}
   POST /_sim/throttle {"limit": 4, "retry_after": "0.5"}
-  POST /_sim/signin   {"as": addr|null, "once": bool, "decline": N|bool}
+  POST /_sim/signin   {"as": addr|null, "once": bool, "decline": N|bool,
+                       "omit_claims": [claim, ...]}  (id_token claims to drop)
   POST /_sim/consent  {"client_id"?, "granted": bool, "next_failure": ...}
   GET  /_sim/tokens[?user=addr]              token requests, oldest first
-  POST /_sim/users/{address} {"disabled","mailbox","revoke_tokens",
+  POST /_sim/users/{address} {"disabled","mailbox","upn","revoke_tokens",
                               "expire_refresh_tokens"}
   POST /_sim/tokens   {"expire_access_tokens": true, "user"?: addr}
   GET  /_sim/mailboxes/{address}/sent        accepted messages (full records)
@@ -87,6 +88,7 @@ def reset(state):
     with state.lock:
         state.signin_override = None
         state.signin_decline = 0
+        state.id_token_omit = set()
         state.consent_failure = None
         identity.token_log(state).clear()
     return json_reply(200, {"reset": True})
@@ -137,7 +139,10 @@ def set_signin(state, body):
         if "decline" in body:
             d = body["decline"]
             state.signin_decline = (1 if d else 0) if isinstance(d, bool) else int(d)
-        view = {"override": state.signin_override, "decline": state.signin_decline}
+        if "omit_claims" in body:
+            state.id_token_omit = set(body["omit_claims"] or [])
+        view = {"override": state.signin_override, "decline": state.signin_decline,
+                "omit_claims": sorted(state.id_token_omit)}
     return json_reply(200, view)
 
 
@@ -193,6 +198,9 @@ def modify_user(state, segs, body):
             user.disabled = bool(body["disabled"])
         if "mailbox" in body:
             user.mailbox = bool(body["mailbox"])
+        if "upn" in body:
+            # The UPN (sign-in name) may differ from the mail address.
+            user.upn = body["upn"] or user.address
         if body.get("revoke_tokens"):
             user.tokens_valid_from = now + 0.001
         if body.get("expire_refresh_tokens"):
@@ -206,7 +214,7 @@ def modify_user(state, segs, body):
 
 def user_view(u):
     return {"address": u.address, "id": u.id, "display_name": u.display_name,
-            "disabled": u.disabled, "mailbox": u.mailbox,
+            "upn": u.upn, "disabled": u.disabled, "mailbox": u.mailbox,
             "tokens_valid_from": u.tokens_valid_from}
 
 

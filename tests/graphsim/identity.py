@@ -537,20 +537,29 @@ def delegated_tokens(state, client, user, scopes, nonce):
         # refresh_token only with offline_access; rotates on every use [E-CODE] [E-RT].
         body["refresh_token"] = state.issue_refresh_token(client["client_id"], user, scopes)
     if "openid" in oidc:
-        body["id_token"] = make_id_token(state, client, user, nonce)
+        body["id_token"] = make_id_token(state, client, user, oidc, nonce)
     return json_reply(200, body)
 
 
-def make_id_token(state, client, user, nonce):
-    """Unsigned JWT-shaped id_token (alg none) with the claims the agent reads [E-CODE]."""
+def make_id_token(state, client, user, oidc, nonce):
+    """Unsigned JWT-shaped id_token (alg none) with the claims the agent reads [E-CODE].
+
+    name and preferred_username (the UPN here) come only with the profile
+    scope: https://learn.microsoft.com/en-us/entra/identity-platform/id-token-claims-reference
+    Claims named by POST /_sim/signin {"omit_claims"} are left out."""
     now = int(time.time())
     header = {"typ": "JWT", "alg": "none"}
     payload = {"aud": client["client_id"],
                "iss": "https://login.microsoftonline.com/%s/v2.0" % state.config.tenant_id,
                "iat": now, "nbf": now, "exp": now + 3600,
-               "name": user.display_name, "oid": user.id,
-               "preferred_username": user.upn, "sub": b64url(user.id.encode()),
+               "oid": user.id, "sub": b64url(user.id.encode()),
                "tid": state.config.tenant_id, "ver": "2.0"}
+    if "profile" in oidc:
+        payload["name"] = user.display_name
+        payload["preferred_username"] = user.upn
+    with state.lock:
+        for claim in state.id_token_omit:
+            payload.pop(claim, None)
     if nonce:
         payload["nonce"] = nonce
     enc = lambda obj: b64url(json.dumps(obj, separators=(",", ":")).encode("utf-8"))

@@ -214,6 +214,7 @@ class State:
         self.auth_codes = {}      # code -> dict
         self.signin_override = None   # {"as": addr, "once": bool}
         self.signin_decline = 0       # number of next sign-ins to decline
+        self.id_token_omit = set()    # claims left out of every id_token
         self.consent_failure = None   # next adminconsent failure kind
         self.reset_runtime()
 

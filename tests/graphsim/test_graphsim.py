@@ -150,7 +150,8 @@ class SimTestCase(unittest.TestCase):
         return self.http("GET", "/%s/oauth2/v2.0/authorize?%s"
                          % (TENANT, urllib.parse.urlencode(params)))
 
-    def sign_in(self, login_hint=ALICE, scope="openid offline_access Mail.Send Mail.Read"):
+    def sign_in(self, login_hint=ALICE,
+                scope="openid profile offline_access Mail.Send Mail.Read"):
         verifier = secrets.token_urlsafe(40)
         r = self.authorize(login_hint, scope, verifier)
         self.assertEqual(r.status, 302, r.body)
@@ -291,6 +292,30 @@ class IdentityTests(SimTestCase):
         self.assertEqual(claims["oid"], CONFIG["users"][0]["id"])
         r = self.graph("GET", "/me/mailFolders/sentitems/messages", j["access_token"])
         self.assertEqual(r.status, 200, r.body)
+
+    def test_id_token_profile_claims_and_me(self):
+        """preferred_username and name need the profile scope; /me with
+        User.Read says mail and UPN, which may differ."""
+        j = self.sign_in(scope="openid offline_access Mail.Send")
+        claims = jwt_payload(j["id_token"])
+        self.assertNotIn("preferred_username", claims)
+        self.assertNotIn("name", claims)
+        self.assertEqual(claims["oid"], CONFIG["users"][0]["id"])
+        r = self.graph("GET", "/me?$select=id,mail,userPrincipalName", j["access_token"])
+        self.assertEqual(r.status, 403, r.body)  # no User.Read
+        self.ctl("POST", "users/" + ALICE, {"upn": "a.liddell@contoso.onmicrosoft.com"})
+        self.ctl("POST", "signin", {"omit_claims": ["name"]})
+        j = self.sign_in(scope="openid profile offline_access User.Read")
+        claims = jwt_payload(j["id_token"])
+        self.assertEqual(claims["preferred_username"], "a.liddell@contoso.onmicrosoft.com")
+        self.assertNotIn("name", claims)
+        me = self.graph("GET", "/me?$select=id,mail,userPrincipalName", j["access_token"])
+        self.assertEqual(me.status, 200, me.body)
+        self.assertEqual(me.json()["mail"], ALICE)
+        self.assertEqual(me.json()["userPrincipalName"], "a.liddell@contoso.onmicrosoft.com")
+        self.assertEqual(me.json()["id"], claims["oid"])
+        self.ctl("POST", "users/" + ALICE, {"upn": None})
+        self.ctl("POST", "signin", {"omit_claims": []})
 
     def test_auth_code_plain_pkce_and_errors(self):
         verifier = "plain-verifier-" + secrets.token_hex(8)

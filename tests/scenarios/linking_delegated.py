@@ -3,7 +3,8 @@
 followed by a browser (curl -L) through Microsoft's sign-in and back to
 the agent, which then sends that user's mail. Forged, expired and
 over-long start links link nothing; signing in as someone else links
-nothing; refresh tokens rotate and are stored only encrypted."""
+nothing (who signed in is what Graph's /me says: its mail or UPN must be
+the address, its id the id_token's oid); refresh tokens rotate and are stored only encrypted."""
 
 import base64
 import glob
@@ -84,6 +85,54 @@ class LinkingDelegated(LinkingTestCase):
         status, _, _ = self.browse(final)
         self.assertEqual(status, 400)
         self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+
+    def link_afresh(self, address):
+        """Links address by sign-in, from not linked (an earlier test may
+        have linked it); returns the page."""
+        if self.link_state(address)["state"] != "not_linked":
+            status, body = self.api("DELETE", address)
+            self.assertEqual(status, 200, body)
+        self.assertEqual(self.link_state(address)["state"], "not_linked")
+        page = self.link_by_sign_in(address)
+        self.assertEqual(self.link_state(address)["state"], "linked")
+        self.assertNotClear(self.stored_token(address))
+        return page
+
+    def test_id_token_without_preferred_username_links(self):
+        """Who signed in is Graph's /me, not preferred_username (a claim
+        Microsoft sends only with the profile scope)."""
+        self.box.sim_post("/_sim/signin",
+                          {"omit_claims": ["preferred_username"]})
+        self.addCleanup(self.box.sim_post, "/_sim/signin", {"omit_claims": []})
+        self.link_afresh(ALICE)
+
+    def test_user_whose_upn_differs_from_mail_links(self):
+        upn = "a.liddell@contoso.onmicrosoft.com"
+        self.box.sim_post("/_sim/users/" + ALICE, {"upn": upn})
+        self.addCleanup(self.box.sim_post, "/_sim/users/" + ALICE,
+                        {"upn": None})
+        self.link_afresh(ALICE)
+        before = self.sent_count(ALICE)
+        self.send(ALICE, ["x@example.net"], message(ALICE, "upn-mail"))
+        self.wait_one_more(ALICE, before)
+
+    def test_account_with_another_mail_but_the_right_upn_is_refused(self):
+        """The address must be the account's own (mail or UPN) and /me
+        must be the account the id_token names: BOB whose UPN is not
+        CAROL's address still cannot link CAROL."""
+        self.box.sim_post("/_sim/users/" + BOB,
+                          {"upn": "bob.b@contoso.onmicrosoft.com"})
+        self.addCleanup(self.box.sim_post, "/_sim/users/" + BOB, {"upn": None})
+        self.box.sim_post("/_sim/signin", {"as": BOB, "once": True})
+        status, _, page = self.browse(self.start_url(CAROL))
+        self.assertEqual(status, 403, page)
+        self.assertIn("<h1>Wrong account</h1>", page)
+        self.assertIn("signed in as %s, but this link is for %s" % (BOB, CAROL),
+                      page)
+        self.assertEqual(self.link_state(CAROL)["state"], "not_linked")
+        self.assertIsNone(self.stored_token(CAROL))
+        self.assertIn("%s: refused: the sign-in was by %s" % (CAROL, BOB),
+                      self.box.policy_cli("audit").stdout)
 
     def test_linked_user_floating_time_lands_in_mailbox_zone(self):
         """The sign-in grants MailboxSettings.Read, so a delegated user's
