@@ -45,6 +45,7 @@ struct fixture {
   struct token_cache *tokens;
   enum endpoint_mode mode;
   unsigned issued;      /* access tokens handed out */
+  int expires_in;       /* seconds the endpoint gives a token (0: 3599) */
   char last_form[1024]; /* body of the last token request */
   unsigned done;
 };
@@ -82,9 +83,10 @@ static void endpoint(struct stub_server *srv, struct stub_conn *conn,
     case ENDPOINT_OK:
       fx->issued++;
       snprintf(body, sizeof(body),
-               "{\"token_type\":\"Bearer\",\"expires_in\":3599,"
+               "{\"token_type\":\"Bearer\",\"expires_in\":%d,"
                "\"access_token\":\"tok-%u\",\"refresh_token\":\"rt-%u\"}",
-               fx->issued, fx->issued + 1);
+               fx->expires_in ? fx->expires_in : 3599, fx->issued,
+               fx->issued + 1);
       /* The delay lets concurrent callers pile up behind one refresh. */
       stub_reply(conn, 200, "Content-Type: application/json\r\n", body, 50);
       break;
@@ -260,6 +262,54 @@ static void test_one_refresh_for_many_waiters(void **state)
   assert_int_equal(fx->stub.requests, 1);
 }
 
+static void on_wait(uv_timer_t *timer)
+{
+  (void) timer;
+}
+
+/* Runs the loop for ms milliseconds of loop time. */
+static void wait_ms(struct fixture *fx, uint64_t ms)
+{
+  uv_timer_t timer;
+
+  uv_timer_init(&fx->loop, &timer);
+  uv_timer_start(&timer, on_wait, ms, 0);
+  uv_run(&fx->loop, UV_RUN_ONCE);
+  while (uv_is_active((uv_handle_t *) &timer))
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *) &timer, NULL);
+  uv_run(&fx->loop, UV_RUN_NOWAIT);
+}
+
+/* A token is replaced before it expires: with a 2 s lifetime the margin
+ * is 10% (200 ms), so the token is reused at 1 s and replaced at 1.85 s,
+ * while the endpoint would still accept it. */
+static void test_token_refreshed_ahead_of_expiry(void **state)
+{
+  struct fixture *fx = *state;
+  struct result first = { 0 };
+  struct result early = { 0 };
+  struct result late = { 0 };
+
+  fx->expires_in = 2;
+  get(fx, NULL, &first);
+  run_until(fx, 1);
+  assert_string_equal(first.token, "tok-1");
+
+  wait_ms(fx, 1000);
+  get(fx, NULL, &early);
+  assert_true(early.called);
+  assert_string_equal(early.token, "tok-1");
+  assert_int_equal(fx->stub.requests, 1);
+
+  wait_ms(fx, 850);
+  get(fx, NULL, &late);
+  assert_false(late.called);
+  run_until(fx, 3);
+  assert_string_equal(late.token, "tok-2");
+  assert_int_equal(fx->stub.requests, 2);
+}
+
 static void test_invalid_grant_is_permanent(void **state)
 {
   struct fixture *fx = *state;
@@ -388,6 +438,42 @@ static void test_delegated_refresh_rotates_token(void **state)
   assert_int_equal(fx->stub.requests, 1);
 }
 
+/* One refresh per user at a time: many callers for one user share one
+ * token request; another user gets a request of its own. */
+static void test_delegated_one_refresh_per_user(void **state)
+{
+  struct fixture *fx = *state;
+  struct result a[WAITERS];
+  struct result b[WAITERS];
+
+  memset(a, 0, sizeof(a));
+  memset(b, 0, sizeof(b));
+  seed_user(fx, "a@example.com", "rt-a");
+  seed_user(fx, "b@example.com", "rt-b");
+  for (int i = 0; i < WAITERS; i++)
+    get(fx, "a@example.com", &a[i]);
+  assert_int_equal(fx->done, 0);
+  run_until(fx, WAITERS);
+  assert_int_equal(fx->stub.requests, 1);
+  assert_non_null(strstr(fx->last_form, "refresh_token=rt-a"));
+
+  /* Both users at once: one request each, each user's own token. */
+  token_cache_invalidate(fx->tokens, "a@example.com");
+  for (int i = 0; i < WAITERS; i++) {
+    memset(&a[i], 0, sizeof(a[i]));
+    get(fx, "a@example.com", &a[i]);
+    get(fx, "b@example.com", &b[i]);
+  }
+  run_until(fx, 3 * WAITERS);
+  assert_int_equal(fx->stub.requests, 3);
+  for (int i = 1; i < WAITERS; i++) {
+    assert_string_equal(a[i].token, a[0].token);
+    assert_string_equal(b[i].token, b[0].token);
+  }
+  assert_string_not_equal(a[0].token, b[0].token);
+  assert_string_not_equal(a[0].token, "tok-1");
+}
+
 static void test_delegated_grant_gone_marks_relink(void **state)
 {
   struct fixture *fx = *state;
@@ -439,6 +525,8 @@ int main(void)
                                     teardown),
     cmocka_unit_test_setup_teardown(test_one_refresh_for_many_waiters,
                                     setup_app, teardown),
+    cmocka_unit_test_setup_teardown(test_token_refreshed_ahead_of_expiry,
+                                    setup_app, teardown),
     cmocka_unit_test_setup_teardown(test_invalid_grant_is_permanent, setup_app,
                                     teardown),
     cmocka_unit_test_setup_teardown(test_consent_gone_is_permanent, setup_app,
@@ -448,6 +536,8 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_network_error_is_transient, setup_app,
                                     teardown),
     cmocka_unit_test_setup_teardown(test_delegated_refresh_rotates_token,
+                                    setup_delegated, teardown),
+    cmocka_unit_test_setup_teardown(test_delegated_one_refresh_per_user,
                                     setup_delegated, teardown),
     cmocka_unit_test_setup_teardown(test_delegated_grant_gone_marks_relink,
                                     setup_delegated, teardown),
