@@ -358,6 +358,39 @@ static bool cli_status_active(const struct cli_agent_state *as,
   return strcmp(*why, "yes") == 0;
 }
 
+/* Users past this many are summed up in status's text (--json lists
+ * every one): a switch-off marks the whole organisation at once. */
+#define CLI_STATUS_RELINK_SHOWN 50
+
+/* The users who must link again, with why, for status: a JSON array of
+ * {address, reason}, or lines under "linked users:". Mode all lists no
+ * users, so no other command names them. Returns 0 or -EIO. */
+static int cli_status_relink(struct cli *cli, json_t *arr)
+{
+  struct link_entry *links = NULL;
+  size_t nlinks = 0, shown = 0;
+
+  if (links_list(cli->store, &links, &nlinks) < 0)
+    return -EIO;
+  for (size_t i = 0; i < nlinks; i++) {
+    const struct link_entry *e = &links[i];
+
+    if (e->state != POLICY_LINK_NEEDS_RELINK)
+      continue;
+    if (arr != NULL)
+      json_array_append_new(arr, json_pack("{s:s, s:s?}", "address", e->address,
+                                           "reason", e->reason));
+    else if (shown++ < CLI_STATUS_RELINK_SHOWN)
+      printf("  must link again: %s (%s)\n", e->address,
+             e->reason ? e->reason : "no reason recorded");
+  }
+  if (arr == NULL && shown > CLI_STATUS_RELINK_SHOWN)
+    printf("  ... and %zu more (status --json lists all)\n",
+           shown - CLI_STATUS_RELINK_SHOWN);
+  links_entries_free(links, nlinks);
+  return 0;
+}
+
 static int cli_status(struct cli *cli, int argc, char **argv)
 {
   struct policy *policy = NULL;
@@ -413,6 +446,14 @@ static int cli_status(struct cli *cli, int argc, char **argv)
         o, "token",
         json_pack("{s:b, s:s}", "ok", token_ok, "detail", token_msg));
     json_object_set_new(o, "active", json_boolean(active));
+    json_object_set_new(o, "relink", json_array());
+    if (cli_status_relink(cli, json_object_get(o, "relink")) < 0) {
+      cli_error("cannot read %s", cli->cfg.database);
+      json_decref(o);
+      policy_free(policy);
+      free(as.path);
+      return EX_IOERR;
+    }
     cli_agent_state_json(&as, json_object_get(o, "agent"));
     json_object_set_new(
         o, "link_mode",
@@ -436,6 +477,8 @@ static int cli_status(struct cli *cli, int argc, char **argv)
   }
   printf("linked users:  %lld linked, %lld must link again\n",
          (long long) linked, (long long) relink);
+  if (relink > 0 && cli_status_relink(cli, NULL) < 0)
+    printf("  (cannot read who must link again)\n");
   cli_time_format(consent.at, when, sizeof(when));
   printf("admin consent: %s%s%s%s%s\n",
          tenant_consent_state_name(consent.state), consent.at ? " at " : "",
@@ -1444,8 +1487,9 @@ static int cli_drop_run(struct cli *cli, int argc, char **argv);
 static const struct cli_command cli_commands[] = {
   { "status", cli_status, "[--json]",
     "Shows the switch, the access mode, how many users are permitted and\n"
-    "linked, the admin consent state, the last policy file the agent\n"
-    "rejected, and held, queued and failed mail." },
+    "linked, who must link again and why (every mode; the text shows the\n"
+    "first 50, --json all), the admin consent state, the last policy file\n"
+    "the agent rejected, and held, queued and failed mail." },
   { "enable", cli_enable, "",
     "Switches the integration on. Users disconnected by a switch-off must\n"
     "link again. Held mail is sent by itself once its sender has linked\n"

@@ -7,6 +7,7 @@ the mail that met the error is held, and signing in again releases it.
 Unlinking one user over HTTP leaves another sending."""
 
 import base64
+import json
 import smtplib
 import threading
 import time
@@ -37,6 +38,12 @@ class LinkingGrantGone(LinkingTestCase):
         state = self.wait_state(user, "needs_relink")
         self.assertIn("AADSTS%d" % code, state["reason"])
         self.assertIsNone(self.stored_token(user))
+        # Mode is all: no policy list names the user, status does.
+        status = json.loads(self.box.policy_cli("status", "--json").stdout)
+        [entry] = [e for e in status["relink"] if e["address"] == user]
+        self.assertIn("AADSTS%d" % code, entry["reason"])
+        self.assertIn("  must link again: %s (" % user,
+                      self.box.policy_cli("status").stdout)
 
         with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
             self.send(user, ["x@example.net"], message(user, "after-%d" % code))
@@ -50,6 +57,8 @@ class LinkingGrantGone(LinkingTestCase):
         undo()
         self.link_by_sign_in(user)
         self.assertEqual(self.link_state(user)["state"], "linked")
+        status = json.loads(self.box.policy_cli("status", "--json").stdout)
+        self.assertNotIn(user, [e["address"] for e in status["relink"]])
         # Held mail is released once the user is linked again.
         got = self.wait_one_more(user, before + 1, timeout=30)
         self.assertEqual(got[0]["resource"]["subject"], "meets-%d" % code)

@@ -260,6 +260,16 @@ class PolicyCli(unittest.TestCase):
         self.assert_disable_warning(p.stderr, 2, 1)
         self.assertIn("2 linked users were disconnected", p.stdout)
         self.assertEqual(self.linked(), 0)
+        # status names who must link again, and why.
+        status = json.loads(self.run_cli("status", "--json",
+                                         check=False).stdout)
+        self.assertEqual(len(status["relink"]), 2, status["relink"])
+        self.assertEqual(status["needs_relink"], 2)
+        for entry in status["relink"]:
+            self.assertEqual(entry["reason"], "org_disabled")
+            self.assertIn("  must link again: %s (org_disabled)"
+                          % entry["address"],
+                          self.run_cli("status", check=False).stdout)
         self.assertEqual(self.actions(),
                          ["policy_disable", "users_disconnected"])
 
