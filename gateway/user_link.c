@@ -403,8 +403,8 @@ static void user_link_refuse_account(struct user_link_call *call, json_t *me)
 
   if (who == NULL)
     who = json_string_value(json_object_get(me, "userPrincipalName"));
-  if (who == NULL)
-    who = "another account";
+  if (who == NULL || strcasecmp(who, call->address) == 0)
+    who = "an account Microsoft did not confirm"; /* /me's id is not oid */
   /* Linking someone else's mailbox must be impossible. */
   log_warn("- link wrong_account expected=%s signed_in=%s", call->address,
            log_escape(esc, sizeof(esc), who, strlen(who)));
@@ -467,17 +467,19 @@ static void user_link_on_me(void *arg, const struct http_response *resp)
   json_t *me = resp->status == 200
                    ? json_loadb(resp->body, resp->body_len, 0, NULL)
                    : NULL;
+  char status[16];
   char *text;
 
+  snprintf(status, sizeof(status), "%ld", resp->status);
   if (json_is_object(me)) {
     user_link_accept(call, me);
   } else {
     log_warn("- link whoami_failed user=%s status=%ld", call->address,
              resp->status);
-    text = xasprintf("Microsoft did not say which account signed in (Graph "
-                     "answered %ld); nothing was linked. Open the link from "
-                     "Nextal again.",
-                     resp->status);
+    text = xasprintf("Microsoft did not say which account signed in (%s%s); "
+                     "nothing was linked. Open the link from Nextal again.",
+                     resp->status ? "Graph answered " : "no answer: ",
+                     resp->status ? status : resp->curl_message);
     http_page_respond(call->ex, 502, "Not linked", text);
     free(text);
   }
