@@ -12,8 +12,8 @@ import signal
 import subprocess
 import time
 
-from scenario import ALICE, BOB, AgentTestCase, main, sandbox
-from smtp_protocol import RawClient
+from scenario import ALICE, BOB, main, sandbox
+from smtp_protocol import RawSmtpCase
 
 EX_CONFIG = 78
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
@@ -30,19 +30,7 @@ POLICY_BOB_ONLY = ("[integration]\nenabled = true\nmode = specific\n"
                    "[users]\nuser = %s\n" % BOB)
 
 
-class OperatorCase(AgentTestCase):
-
-    def client(self):
-        c = RawClient(self.box.smtp_port)
-        self.addCleanup(c.close)
-        self.assertEqual(c.reply()[0], 220)
-        return c
-
-    def logged_in(self):
-        c = self.client()
-        self.assertEqual(c.command("EHLO client.test")[0], 250)
-        self.assertEqual(c.login()[0], 235)
-        return c
+class OperatorCase(RawSmtpCase):
 
     def log(self):
         return self.box.agent_output()

@@ -69,6 +69,22 @@ class LargeTestCase(AgentTestCase):
         [record] = self.box.wait_sent(ALICE, before + 1, timeout)[before:]
         return record
 
+    def start_upload(self, subject, megabytes, latency_ms):
+        """Sends a message of random bytes with Graph slowed to latency_ms
+        a request, and returns (message, bytes, sent count before) once
+        its draft exists: the upload is under way."""
+        self.box.sim_post("/_sim/latency", {"ms": latency_ms})
+        self.addCleanup(self.box.sim_post, "/_sim/latency", {"ms": 0})
+        data = os.urandom(megabytes * MB)
+        msg = self.message(subject, data)
+        before = self.sent_count(ALICE)
+        self.send(ALICE, ["jordan@example.net"], msg.as_bytes())
+        deadline = time.time() + 60
+        while not self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"]:
+            self.assertLess(time.time(), deadline, "no draft was created")
+            time.sleep(0.2)
+        return msg, data, before
+
     def assert_attachment(self, record, data, name="file.bin"):
         by_name = {a["name"]: a for a in record["attachments"]}
         self.assertIn(name, by_name)
@@ -177,16 +193,7 @@ class LargeAttachment(LargeTestCase):
         # Killed while chunks are going up: on restart the row is looked up
         # (not in Sent Items), then the remembered draft is resumed, and
         # the message is sent once with nothing left in Drafts.
-        self.box.sim_post("/_sim/latency", {"ms": 700})
-        self.addCleanup(self.box.sim_post, "/_sim/latency", {"ms": 0})
-        data = os.urandom(20 * MB)
-        msg = self.message("Killed mid-upload", data)
-        before = self.sent_count(ALICE)
-        self.send(ALICE, ["jordan@example.net"], msg.as_bytes())
-        deadline = time.time() + 60
-        while not self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"]:
-            self.assertLess(time.time(), deadline, "no draft was created")
-            time.sleep(0.2)
+        msg, data, before = self.start_upload("Killed mid-upload", 20, 700)
         time.sleep(1.5)  # a chunk or two are in
         self.box.stop_agent(signal.SIGKILL)
         self.box.sim_post("/_sim/latency", {"ms": 0})
@@ -314,16 +321,7 @@ class Fidelity(LargeTestCase):
         # whatever was cut off, the restarted agent resumes the remembered
         # draft, and the message goes once, byte-identical, with nothing
         # left in Drafts.
-        self.box.sim_post("/_sim/latency", {"ms": 1500})
-        self.addCleanup(self.box.sim_post, "/_sim/latency", {"ms": 0})
-        data = os.urandom(15 * MB)
-        msg = self.message("Stopped mid-upload", data)
-        before = self.sent_count(ALICE)
-        self.send(ALICE, ["jordan@example.net"], msg.as_bytes())
-        deadline = time.time() + 60
-        while not self.box.sim_get("/_sim/drafts/" + ALICE)["drafts"]:
-            self.assertLess(time.time(), deadline, "no draft was created")
-            time.sleep(0.2)
+        msg, data, before = self.start_upload("Stopped mid-upload", 15, 1500)
         # A stopping agent lets the request in flight finish (1.5 s) but
         # starts no further step: it exits well inside its 10 s grace,
         # with the row queued again (nothing to look up) and its draft kept.

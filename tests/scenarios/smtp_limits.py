@@ -9,8 +9,8 @@ import re
 import socket
 import time
 
-from scenario import ALICE, AgentTestCase, main
-from smtp_protocol import RawClient
+from scenario import ALICE, main
+from smtp_protocol import RawClient, RawSmtpCase
 
 
 def closed_by_peer(client, timeout=5):
@@ -22,21 +22,7 @@ def closed_by_peer(client, timeout=5):
         return True
 
 
-class LimitsCase(AgentTestCase):
-
-    def client(self, greet=True):
-        c = RawClient(self.box.smtp_port)
-        self.addCleanup(c.close)
-        if greet:
-            code, text = c.reply()
-            self.assertEqual(code, 220, text)
-        return c
-
-    def logged_in(self):
-        c = self.client()
-        self.assertEqual(c.command("EHLO client.test")[0], 250)
-        self.assertEqual(c.login()[0], 235)
-        return c
+class LimitsCase(RawSmtpCase):
 
     def session_id(self, client):
         """The agent's id for client's connection, from its connect line."""

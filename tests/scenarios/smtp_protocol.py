@@ -47,14 +47,28 @@ class RawClient:
         return self.command("AUTH PLAIN " + token.decode())
 
 
-class SmtpProtocol(AgentTestCase):
+class RawSmtpCase(AgentTestCase):
+    """A scenario that talks SMTP line by line to the sandbox's agent."""
 
-    def client(self):
+    def client(self, greet=True):
+        """A new connection, closed at the end of the test; with greet,
+        the 220 greeting is read and checked."""
         c = RawClient(self.box.smtp_port)
         self.addCleanup(c.close)
-        code, text = c.reply()
-        self.assertEqual(code, 220)
+        if greet:
+            code, text = c.reply()
+            self.assertEqual(code, 220, text)
         return c
+
+    def logged_in(self):
+        """A connection past EHLO and AUTH as the service."""
+        c = self.client()
+        self.assertEqual(c.command("EHLO client.test")[0], 250)
+        self.assertEqual(c.login()[0], 235)
+        return c
+
+
+class SmtpProtocol(RawSmtpCase):
 
     def test_ehlo_advertises_extensions(self):
         c = self.client()
