@@ -59,7 +59,7 @@ struct ig_when {
   icaltimetype t;              /* wall time as written */
   char win[TZ_MAP_NAME_MAX];   /* the Windows zone Graph gets */
   icaltimezone *zone;          /* for conversions to UTC */
-  char named[TZ_MAP_NAME_MAX]; /* IANA zone a TZID names, "" otherwise */
+  char named[TZ_MAP_NAME_MAX]; /* TZID as written when it names a zone */
 };
 
 static int ig_fail(char *err, size_t size, int rc, const char *fmt, ...)
@@ -266,10 +266,11 @@ static int ig_zone_resolve(struct ig_in *in, icalproperty *prop,
     vzone = NULL;
   if (rc == TZ_MAP_OK) {
     w->zone = tz_map_ical_zone(tzid);
-    /* Remembered so that the time can come back in this zone. */
+    /* Remembered as written (a Windows name, an alias, a vendor prefix) so
+     * that the time comes back under the same TZID. tz_map_to_windows()
+     * refused names longer than the buffer. */
     if (w->zone && w->zone != icaltimezone_get_utc_timezone())
-      snprintf(w->named, sizeof(w->named), "%s",
-               icaltimezone_get_location(w->zone));
+      snprintf(w->named, sizeof(w->named), "%s", tzid);
     if (!w->zone)
       w->zone = vzone;
     return ICAL_GRAPH_OK;
@@ -1267,11 +1268,19 @@ void ical_graph_result_free(struct ical_graph_result *res)
 /* --- Graph event to iCalendar ----------------------------------------- */
 
 /* State of one Graph -> iCalendar translation. */
+/* Names a client can have written an object's times in: DTSTART's and
+ * DTEND's (ical_graph_ical_options start_tzid, end_tzid). */
+#define IG_ALIASES_MAX 2
+
 struct ig_out {
   icalcomponent *vcal;
   const struct ical_graph_ical_options *opt; /* NULL for free/busy */
   char *err;
   size_t errsize;
+  /* Zones under a TZID the client wrote that is not libical's name for
+   * them ("W. Europe Standard Time" for Europe/Berlin); owned, freed by
+   * ig_out_aliases_free(). */
+  icaltimezone *aliases[IG_ALIASES_MAX];
 };
 
 #define OUT_FAIL(o, rc, ...) ig_fail((o)->err, (o)->errsize, (rc), __VA_ARGS__)
@@ -1342,12 +1351,74 @@ static int ig_graph_dt(struct ig_out *o, const json_t *dt, const char *what,
   return ICAL_GRAPH_OK;
 }
 
-/* Adds the zone's VTIMEZONE once, its TZID being the plain IANA name. */
+static bool ig_is_alias(const struct ig_out *o, const icaltimezone *zone)
+{
+  size_t i;
+
+  for (i = 0; i < IG_ALIASES_MAX; i++) {
+    if (o->aliases[i] == zone)
+      return true;
+  }
+  return false;
+}
+
+/* The TZID a zone is written under: the client's name for an alias,
+ * otherwise the plain IANA name rather than libical's prefixed TZID. */
+static const char *ig_zone_tzid(const struct ig_out *o, icaltimezone *zone)
+{
+  if (ig_is_alias(o, zone))
+    return icaltimezone_get_tzid(zone);
+  /* Loading the component may replace the zone's strings: it goes first. */
+  (void) icaltimezone_get_component(zone);
+  return icaltimezone_get_location(zone);
+}
+
+/* Zone's rules under the TZID tzid, made once per name for this calendar
+ * from libical's component (X-LIC-LOCATION kept, naming the IANA zone).
+ * Returns zone itself when the names are used up, which the two
+ * remembered names cannot do. */
+static icaltimezone *ig_zone_alias(struct ig_out *o, icaltimezone *zone,
+                                   const char *tzid)
+{
+  icalcomponent *comp;
+  icaltimezone *alias;
+  size_t i;
+
+  for (i = 0; i < IG_ALIASES_MAX && o->aliases[i]; i++) {
+    if (strcmp(icaltimezone_get_tzid(o->aliases[i]), tzid) == 0)
+      return o->aliases[i];
+  }
+  if (i == IG_ALIASES_MAX)
+    return zone;
+  comp = icalcomponent_new_clone(icaltimezone_get_component(zone));
+  icalproperty_set_tzid(
+      icalcomponent_get_first_property(comp, ICAL_TZID_PROPERTY), tzid);
+  alias = icaltimezone_new();
+  /* The zone owns comp from here, freed with it. */
+  if (!icaltimezone_set_component(alias, comp)) {
+    icalcomponent_free(comp);
+    icaltimezone_free(alias, 1);
+    return zone;
+  }
+  o->aliases[i] = alias;
+  return alias;
+}
+
+static void ig_out_aliases_free(struct ig_out *o)
+{
+  size_t i;
+
+  for (i = 0; i < IG_ALIASES_MAX; i++) {
+    if (o->aliases[i])
+      icaltimezone_free(o->aliases[i], 1);
+    o->aliases[i] = NULL;
+  }
+}
+
+/* Adds the zone's VTIMEZONE once, under the TZID ig_zone_tzid() gives. */
 static void ig_add_vtimezone(struct ig_out *o, icaltimezone *zone)
 {
-  /* Loading the component may replace the zone's strings: it goes first. */
-  icalcomponent *builtin = icaltimezone_get_component(zone);
-  const char *location = icaltimezone_get_location(zone);
+  const char *tzid = ig_zone_tzid(o, zone);
   icalcomponent *c, *copy;
   icalproperty *p;
 
@@ -1355,17 +1426,17 @@ static void ig_add_vtimezone(struct ig_out *o, icaltimezone *zone)
        c; c = icalcomponent_get_next_component(o->vcal,
                                                ICAL_VTIMEZONE_COMPONENT)) {
     p = icalcomponent_get_first_property(c, ICAL_TZID_PROPERTY);
-    if (p && strcmp(icalproperty_get_tzid(p), location) == 0)
+    if (p && strcmp(icalproperty_get_tzid(p), tzid) == 0)
       return;
   }
-  copy = icalcomponent_new_clone(builtin);
+  copy = icalcomponent_new_clone(icaltimezone_get_component(zone));
   p = icalcomponent_get_first_property(copy, ICAL_TZID_PROPERTY);
-  icalproperty_set_tzid(p, location);
+  icalproperty_set_tzid(p, tzid);
   icalcomponent_add_component(o->vcal, copy);
 }
 
 /* A time property in target's zone: UTC values end in Z, others carry
- * TZID=<IANA name> and a VTIMEZONE; dates are plain dates. */
+ * TZID=<ig_zone_tzid()> and a VTIMEZONE; dates are plain dates. */
 static icalproperty *ig_time_prop(struct ig_out *o, icalproperty_kind kind,
                                   icaltimetype t, icaltimezone *target)
 {
@@ -1378,7 +1449,7 @@ static icalproperty *ig_time_prop(struct ig_out *o, icalproperty_kind kind,
       t.zone = NULL;
       ig_add_vtimezone(o, target);
       icalproperty_add_parameter(
-          p, icalparameter_new_tzid(icaltimezone_get_location(target)));
+          p, icalparameter_new_tzid(ig_zone_tzid(o, target)));
     }
   }
   icalproperty_set_value(p, t.is_date ? icalvalue_new_date(t)
@@ -1399,9 +1470,12 @@ static const char *ig_graph_zone(const json_t *ev, const char *key,
 
 /* The zone to write a time in: the one the client wrote it in (written,
  * from the caller's mapping) while Graph still holds the same Windows zone,
- * so that America/Winnipeg is not read back as America/Chicago; Graph's
- * own zone once the event was moved to another zone in Outlook. */
-static icaltimezone *ig_target_zone(const char *graph_name, const char *written)
+ * so that America/Winnipeg is not read back as America/Chicago, nor
+ * "W. Europe Standard Time" as Europe/Berlin; Graph's own zone once the
+ * event was moved to another zone in Outlook. A written name that is not
+ * libical's becomes an alias zone with the rules of the zone it names. */
+static icaltimezone *ig_target_zone(struct ig_out *o, const char *graph_name,
+                                    const char *written)
 {
   char graph_win[TZ_MAP_NAME_MAX], written_win[TZ_MAP_NAME_MAX];
   icaltimezone *zone;
@@ -1413,6 +1487,9 @@ static icaltimezone *ig_target_zone(const char *graph_name, const char *written)
              == TZ_MAP_OK
       && strcmp(written_win, graph_win) == 0) {
     zone = tz_map_ical_zone(written);
+    if (zone && zone != icaltimezone_get_utc_timezone()
+        && strcmp(ig_zone_tzid(o, zone), written) != 0)
+      zone = ig_zone_alias(o, zone, written);
     if (zone)
       return zone;
   }
@@ -1437,8 +1514,8 @@ static int ig_out_times(struct ig_out *o, const json_t *ev, icalcomponent *vev,
   sname = ig_str(json_object_get(ev, "start"), "timeZone");
   sname = ig_graph_zone(ev, "originalStartTimeZone", sname ? sname : "UTC");
   ename = ig_graph_zone(ev, "originalEndTimeZone", sname);
-  starget = ig_target_zone(sname, o->opt ? o->opt->start_tzid : NULL);
-  etarget = ig_target_zone(ename, o->opt ? o->opt->end_tzid : NULL);
+  starget = ig_target_zone(o, sname, o->opt ? o->opt->start_tzid : NULL);
+  etarget = ig_target_zone(o, ename, o->opt ? o->opt->end_tzid : NULL);
   assert(starget != NULL && etarget != NULL);
   if (allday) {
     /* All-day events are midnight to midnight in whatever zone Graph
@@ -2000,6 +2077,7 @@ int ical_graph_to_ical(const json_t *event,
   if (rc == ICAL_GRAPH_OK)
     *text = icalcomponent_as_ical_string_r(o.vcal);
   icalcomponent_free(o.vcal);
+  ig_out_aliases_free(&o);
   return rc;
 }
 

@@ -12,10 +12,10 @@
 #define CALDAV_ETAG_HEX 32
 
 /* One row: the object's name and UID, its Graph event id, the ETag last
- * served (NULL before the first), the IANA zones the client wrote DTSTART
- * and DTEND in (NULL for UTC, floating and all-day times, and for objects
- * made in Outlook), and the master's ATTENDEEs the client schedules itself,
- * which Graph never sees. Every string is owned by the row;
+ * served (NULL before the first), the TZIDs the client wrote DTSTART and
+ * DTEND in, as written (NULL for UTC, floating and all-day times, and for
+ * objects made in Outlook), and the master's ATTENDEEs the client schedules
+ * itself, which Graph never sees. Every string is owned by the row;
  * caldav_row_clear() frees them. */
 struct caldav_row {
   char *name;

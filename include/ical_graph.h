@@ -74,10 +74,10 @@ struct ical_graph_result {
   json_t *client_attendees;
   json_t *exdates;   /* original starts to delete, dateTimeTimeZone objects */
   json_t *overrides; /* [{"originalStart": dateTimeTimeZone, "event": {}}] */
-  /* The IANA zones (libical's names) the master's DTSTART and DTEND were
-   * written in, for the caller to remember and pass back to
-   * ical_graph_to_ical; "" for UTC, floating times, dates and zones only a
-   * VTIMEZONE explains. */
+  /* The TZIDs the master's DTSTART and DTEND were written in, as written
+   * ("W. Europe Standard Time", "America/Winnipeg"), for the caller to
+   * remember and pass back to ical_graph_to_ical; "" for UTC, floating
+   * times, dates and zones only a VTIMEZONE explains. */
   char start_tzid[ICAL_GRAPH_ZONE_MAX];
   char end_tzid[ICAL_GRAPH_ZONE_MAX];
   char error[256]; /* sentence naming what was refused and why */
@@ -129,7 +129,9 @@ struct ical_graph_ical_options {
  * libical's zone data; opt->start_tzid and end_tzid replace those while
  * they map to the same Windows zone, so that a time written in
  * America/Winnipeg comes back there and not in America/Chicago, the IANA
- * zone of "Central Standard Time". The lines of opt->client_attendees
+ * zone of "Central Standard Time", and one written in "W. Europe Standard
+ * Time" comes back under that TZID, its VTIMEZONE holding the rules of
+ * Europe/Berlin. The lines of opt->client_attendees
  * that are ATTENDEEs are added to the master VEVENT as they were written
  * (SCHEDULE-AGENT=CLIENT added where missing), except an address Graph
  * lists itself, which Graph's line stands for. On success returns ICAL_GRAPH_OK

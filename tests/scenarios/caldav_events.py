@@ -569,9 +569,32 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(ev["originalStartTimeZone"], "W. Europe Standard Time")
         # Summer time in Berlin: 14:00 local is 12:00 UTC.
         self.assertEqual(ev["start"]["dateTime"][:16], "2030-06-10T12:00")
+        # The TZID comes back as the client wrote it, with a VTIMEZONE of
+        # that name holding Berlin's rules (UTC+2 in summer), in GET and in
+        # a time-range REPORT that finds the event at 12:00 UTC.
         r = self.curl("GET", self.obj_path(uid + ".ics"))
-        self.assertIn("DTSTART;TZID=Europe/Berlin:20300610T140000", r.body)
-        self.assertIn("BEGIN:VTIMEZONE", r.body)
+        self.assertEqual(r.status, 200, r.body)
+        self.assert_in_zone(r.body, "W. Europe Standard Time",
+                            "20300610T140000", "20300610T150000",
+                            location="Europe/Berlin")
+        self.assertNotIn("TZID=Europe/Berlin", r.body)
+        self.assertIn("TZOFFSETTO:+0200", r.body)
+        cal = "/dav/calendars/%s/default/" % ALICE
+        query = ('<C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:'
+                 'xml:ns:caldav"><D:prop><C:calendar-data/></D:prop>'
+                 '<C:filter><C:comp-filter name="VCALENDAR">'
+                 '<C:comp-filter name="VEVENT"><C:time-range '
+                 'start="20300610T115900Z" end="20300610T120100Z"/>'
+                 '</C:comp-filter></C:comp-filter></C:filter>'
+                 '</C:calendar-query>')
+        r = self.curl("REPORT", cal, query, ["Depth: 1"])
+        self.assertEqual(r.status, 207, r.body)
+        got = {x.find(DAV + "href").text: x
+               for x in ET.fromstring(r.body).findall(DAV + "response")}
+        data = got[cal + uid + ".ics"].find(".//%scalendar-data" % CAL).text
+        self.assert_in_zone(data, "W. Europe Standard Time",
+                            "20300610T140000", "20300610T150000",
+                            location="Europe/Berlin")
 
     def test_invalid_calendar_data(self):
         r = self.put("bad.ics", "BEGIN:VCALENDAR\r\nthis is not iCalendar\r\n",
@@ -798,15 +821,16 @@ class CalDAVEvents(AgentTestCase):
         self.assert_in_zone(data, "America/Winnipeg",
                             "20300304T100000", "20300304T110000")
 
-    def assert_in_zone(self, text, zone, start, end):
+    def assert_in_zone(self, text, zone, start, end, location=None):
         """DTSTART and DTEND in zone, whose VTIMEZONE (the only one) is
-        libical's own for it. XML answers may carry LF for CRLF."""
+        libical's own for the IANA zone location (zone itself by default).
+        XML answers may carry LF for CRLF."""
         text = text.replace("\r\n", "\n").replace("\n ", "")
         self.assertIn("\nDTSTART;TZID=%s:%s\n" % (zone, start), text)
         self.assertIn("\nDTEND;TZID=%s:%s\n" % (zone, end), text)
         [vtz] = re.findall(r"BEGIN:VTIMEZONE\n.*?END:VTIMEZONE", text, re.S)
         self.assertIn("\nTZID:%s\n" % zone, vtz)
-        self.assertIn("\nX-LIC-LOCATION:%s\n" % zone, vtz)
+        self.assertIn("\nX-LIC-LOCATION:%s\n" % (location or zone), vtz)
 
     def test_zone_changed_in_outlook_is_followed(self):
         uid = self.unique("moved-zone")

@@ -293,8 +293,9 @@ static void test_windows_tzid(void **state)
                    ICAL_GRAPH_OK);
   assert_jstr(res.event, "start.timeZone", "W. Europe Standard Time");
   assert_jstr(res.event, "start.dateTime", "2026-10-27T14:00:00");
-  /* A Windows name is remembered as the IANA zone it stands for. */
-  assert_string_equal(res.start_tzid, "Europe/Berlin");
+  /* A Windows name is remembered as written, to come back under it. */
+  assert_string_equal(res.start_tzid, "W. Europe Standard Time");
+  assert_string_equal(res.end_tzid, "W. Europe Standard Time");
   ical_graph_result_free(&res);
 }
 
@@ -1104,6 +1105,102 @@ static void test_reverse_remembered_zone(void **state)
   json_decref(del);
 }
 
+/* The UTC time of property kind of vev, read with the VTIMEZONE of cal
+ * that its TZID names, as a client reading the object would. */
+static icaltimetype utc_of(icalcomponent *cal, icalcomponent *vev,
+                           icalproperty_kind kind)
+{
+  icalproperty *p = icalcomponent_get_first_property(vev, kind);
+  icalparameter *tzid
+      = icalproperty_get_first_parameter(p, ICAL_TZID_PARAMETER);
+  icaltimezone *zone;
+  icaltimetype t;
+
+  assert_non_null(tzid);
+  zone = icalcomponent_get_timezone(cal, icalparameter_get_tzid(tzid));
+  assert_non_null(zone);
+  t = icalvalue_get_datetime(icalproperty_get_value(p));
+  t.zone = zone;
+  return icaltime_convert_to_zone(t, icaltimezone_get_utc_timezone());
+}
+
+/* A Windows name (or an alias) the client wrote comes back as written, with
+ * a VTIMEZONE under that TZID carrying the rules of the IANA zone it names,
+ * and reads back to the same Graph zone. */
+static void test_reverse_windows_name(void **state)
+{
+  json_t *ev = central_event("Central Standard Time");
+  json_t *del = json_pack("[s]", "2030-03-11T15:00:00Z");
+  struct ical_graph_ical_options opt = {
+    .uid = "w@nextal",
+    .start_tzid = "Central Standard Time",
+    .end_tzid = "US/Central",
+    .deleted = del,
+  };
+  struct ical_graph_result res;
+  icalcomponent *cal, *vev, *vtz;
+  char err[256], *text = NULL;
+  icaltimetype t;
+  int zones = 0;
+
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_non_null(
+      strstr(text, "DTSTART;TZID=Central Standard Time:20300304T100000"));
+  assert_non_null(strstr(text, "DTEND;TZID=US/Central:20300304T110000"));
+  assert_non_null(
+      strstr(text, "EXDATE;TZID=Central Standard Time:20300311T100000"));
+  assert_non_null(strstr(text, "UNTIL=20300311T150000Z"));
+  assert_non_null(
+      strstr(text, "BEGIN:VTIMEZONE\r\nTZID:Central Standard Time\r\n"));
+  assert_non_null(strstr(text, "BEGIN:VTIMEZONE\r\nTZID:US/Central\r\n"));
+  assert_null(strstr(text, "TZID=America/Chicago"));
+
+  /* The VTIMEZONEs hold Chicago's rules: 10:00 on 4 March is still winter
+   * time (UTC-6), 10:00 on 11 March already summer time (UTC-5). */
+  cal = ical_parse_checked(text);
+  for (vtz = icalcomponent_get_first_component(cal, ICAL_VTIMEZONE_COMPONENT);
+       vtz;
+       vtz = icalcomponent_get_next_component(cal, ICAL_VTIMEZONE_COMPONENT))
+    zones++;
+  assert_int_equal(zones, 2);
+  vev = icalcomponent_get_first_component(cal, ICAL_VEVENT_COMPONENT);
+  t = utc_of(cal, vev, ICAL_DTSTART_PROPERTY);
+  assert_int_equal(t.hour, 16);
+  t = utc_of(cal, vev, ICAL_DTEND_PROPERTY);
+  assert_int_equal(t.hour, 17);
+  t = utc_of(cal, vev, ICAL_EXDATE_PROPERTY);
+  assert_int_equal(t.day, 11);
+  assert_int_equal(t.hour, 15);
+  icalcomponent_free(cal);
+
+  /* Put back as it came: the same Graph zone, remembered as written. */
+  assert_int_equal(ical_graph_from_ical(text, strlen(text), &berlin, &res),
+                   ICAL_GRAPH_OK);
+  assert_jstr(res.event, "start.timeZone", "Central Standard Time");
+  assert_jstr(res.event, "start.dateTime", "2030-03-04T10:00:00");
+  assert_jstr(res.event, "end.timeZone", "Central Standard Time");
+  assert_string_equal(res.start_tzid, "Central Standard Time");
+  assert_string_equal(res.end_tzid, "US/Central");
+  ical_graph_result_free(&res);
+  free(text);
+  json_decref(ev);
+
+  /* Moved to another zone in Outlook: Graph's zone wins here too. */
+  ev = central_event("Eastern Standard Time");
+  opt.deleted = NULL;
+  assert_int_equal(ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)),
+                   ICAL_GRAPH_OK);
+  unfold(text);
+  assert_non_null(
+      strstr(text, "DTSTART;TZID=America/New_York:20300304T110000"));
+  assert_null(strstr(text, "Central"));
+  free(text);
+  json_decref(ev);
+  json_decref(del);
+}
+
 /* A deleted occurrence of an all-day series is the date of its original
  * start in the series' zone, not in UTC. */
 static void test_reverse_all_day_series(void **state)
@@ -1419,6 +1516,7 @@ int main(void)
     cmocka_unit_test(test_reverse),
     cmocka_unit_test(test_reverse_prefer_zone_and_all_day),
     cmocka_unit_test(test_reverse_remembered_zone),
+    cmocka_unit_test(test_reverse_windows_name),
     cmocka_unit_test(test_reverse_all_day_series),
     cmocka_unit_test(test_reverse_exceptions),
     cmocka_unit_test(test_round_trip),
