@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "caldav_request.h"
 #include "log.h"
@@ -196,13 +197,26 @@ static void caldav_propfind_one(struct caldav_req *r, char *href,
   }
 }
 
-/* Depth infinity (or none) is served as depth 1: the tree is only three
- * levels deep and the calendar is its only large collection. */
+/* Depth 1, or none, lists the members of a collection. A missing Depth
+ * header is served as depth 1 rather than refused as the infinity RFC 4918
+ * 9.1 says it SHOULD mean: clients that leave it out want an answer, and
+ * depth 1 on the calendar already lists every object. */
 static bool caldav_deep(const struct caldav_req *r)
 {
   const char *depth = http_exchange_header(r->ex, "Depth");
 
   return depth == NULL || strcmp(depth, "0") != 0;
+}
+
+/* An explicit Depth: infinity, which RFC 4918 9.1 lets a server refuse
+ * with 403 and DAV:propfind-finite-depth; a client told so asks again
+ * with depth 1 instead of taking a depth-1 answer for the whole tree.
+ * caldav.c has already checked that the value is 0, 1 or infinity. */
+static bool caldav_depth_infinite(const struct caldav_req *r)
+{
+  const char *depth = http_exchange_header(r->ex, "Depth");
+
+  return depth != NULL && strcasecmp(depth, "infinity") == 0;
 }
 
 /* Answers a PROPFIND from the mapping table. */
@@ -439,6 +453,12 @@ void caldav_propfind(struct caldav_req *r)
   const struct http_server_request *hreq = http_exchange_request(r->ex);
   int rc;
 
+  if (caldav_depth_infinite(r)) {
+    caldav_error(r, 403, WEBDAV_NS_DAV, "propfind-finite-depth",
+                 "PROPFIND with Depth: infinity is not served; ask with "
+                 "Depth: 1 for the members of a collection");
+    return;
+  }
   if (!caldav_body_fits(r, CALDAV_XML_BODY_MAX))
     return;
   rc = webdav_request_parse(hreq->body, hreq->body_len, &r->wreq);

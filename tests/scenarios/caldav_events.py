@@ -163,6 +163,28 @@ class CalDAVEvents(AgentTestCase):
         self.assertEqual(len(missing), 1)
         self.assertIn("404", missing[0].find("%sstatus" % DAV).text)
 
+    def test_propfind_infinity_refused(self):
+        """RFC 4918 9.1: Depth: infinity is refused with 403 and the
+        propfind-finite-depth precondition, never answered as depth 1."""
+        body = ('<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop>'
+                '<D:resourcetype/><D:getetag/></D:prop></D:propfind>')
+        for path in ("/dav/calendars/%s/" % ALICE,
+                     "/dav/calendars/%s/default/" % ALICE):
+            for depth in ("infinity", "Infinity"):
+                r = self.curl("PROPFIND", path, body, ["Depth: " + depth])
+                self.assertEqual(r.status, 403, r.body)
+                self.assertTrue(
+                    r.header("Content-Type").startswith("application/xml"))
+                doc = ET.fromstring(r.body)
+                self.assertEqual(doc.tag, DAV + "error")
+                self.assertIsNotNone(doc.find(DAV + "propfind-finite-depth"),
+                                     r.body)
+                self.assertNotIn("multistatus", r.body)
+        # Depth 1 still lists the calendar's members.
+        r = self.curl("PROPFIND", "/dav/calendars/%s/" % ALICE, body,
+                      ["Depth: 1"])
+        self.assertEqual(r.status, 207, r.body)
+
     # ---- create, read, update, delete with curl ----
 
     def test_curl_lifecycle_with_etags(self):

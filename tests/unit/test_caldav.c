@@ -611,7 +611,9 @@ static void test_depth_and_escapes_checked(void **state)
   assert_non_null(strstr(answer(seven), "Depth header must be 0, 1 or "
                                         "infinity"));
   assert_int_equal(report->status, 400);
-  assert_int_equal(infinity->status, 207);
+  /* RFC 4918 9.1: refused with the precondition, not served as depth 1. */
+  assert_int_equal(infinity->status, 403);
+  assert_non_null(strstr(answer(infinity), "propfind-finite-depth"));
   assert_int_equal(bad->status, 400);
   assert_non_null(strstr(answer(bad), "malformed percent escape"));
   assert_int_equal(nul->status, 400);
