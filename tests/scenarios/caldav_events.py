@@ -631,6 +631,12 @@ class CalDAVEvents(AgentTestCase):
         r = self.curl("PUT", self.obj_path("json.ics"), "{}",
                       ["Content-Type: application/json"])
         self.assertEqual(r.status, 415)
+        # RFC 4791 5.3.2: the precondition the client can act on.
+        doc = ET.fromstring(r.body)
+        self.assertEqual(doc.tag, DAV + "error")
+        self.assertIsNotNone(doc.find(CAL + "supported-calendar-data"), r.body)
+        self.assertEqual(self.curl("GET", self.obj_path("json.ics")).status,
+                         404)
 
     def test_impossible_date_refused_before_graph(self):
         cases = [("DTSTART:20261345T250000Z", "DTEND:20261346T250000Z",
