@@ -1214,11 +1214,18 @@ class CalDAVEvents(AgentTestCase):
             ".//%sschedule-outbox-URL/%shref" % (CAL, DAV)).text
         self.assertEqual(outbox, "/dav/calendars/%s/outbox/" % ALICE)
         before = self.sim_stats_requests(ALICE)
+        ops_before = self.sim_stats_operations(ALICE)
         r = self.curl("POST", outbox, request,
                       ["Content-Type: text/calendar; charset=utf-8"])
         self.assertEqual(r.status, 200, r.body)
-        # One getSchedule call for the whole panel.
+        # One call for the whole panel, and it is getSchedule (the
+        # simulator names only POST .../calendar/getSchedule so).
         self.assertEqual(self.sim_stats_requests(ALICE), before + 1)
+        ops_after = self.sim_stats_operations(ALICE)
+        # A token refresh the agent may make meanwhile is not a Graph call.
+        grown = {op: n - ops_before.get(op, 0) for op, n in ops_after.items()
+                 if n != ops_before.get(op, 0) and op != "token"}
+        self.assertEqual(grown, {"getSchedule": 1})
         doc = ET.fromstring(r.body)
         self.assertEqual(doc.tag, CAL + "schedule-response")
         got = {}
@@ -1247,6 +1254,12 @@ class CalDAVEvents(AgentTestCase):
     def sim_stats_requests(self, address):
         stats = self.box.sim_get("/_sim/stats")["mailboxes"]
         return stats.get(address, {}).get("requests", 0)
+
+    def sim_stats_operations(self, address):
+        """Graph requests of address so far, by the simulator's operation
+        name ("getSchedule", "createEvent", ...)."""
+        stats = self.box.sim_get("/_sim/stats")["mailboxes"]
+        return dict(stats.get(address, {}).get("operations", {}))
 
     # ---- tsdav (npm) ----
 
