@@ -518,6 +518,78 @@ static void test_yearly(void **state)
   ical_graph_result_free(&res);
 }
 
+/* Monthly by date: BYMONTHDAY, or the day of DTSTART when the rule names
+ * none, is Graph's absoluteMonthly; the yearly forms name their month. */
+static void test_monthly_and_yearly_by_date(void **state)
+{
+  struct ical_graph_result res;
+  json_t *rec;
+
+  assert_int_equal(
+      translate_inline(
+          "DTSTART;TZID=Europe/Berlin:20260115T090000\r\n"
+          "RRULE:FREQ=MONTHLY;INTERVAL=2;BYMONTHDAY=15;COUNT=3\r\n",
+          &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.type", "absoluteMonthly");
+  assert_jint(rec, "pattern.interval", 2);
+  assert_jint(rec, "pattern.dayOfMonth", 15);
+  assert_null(jpath(rec, "pattern.daysOfWeek"));
+  assert_jstr(rec, "range.type", "numbered");
+  assert_jint(rec, "range.numberOfOccurrences", 3);
+  assert_jstr(rec, "range.startDate", "2026-01-15");
+  ical_graph_result_free(&res);
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20260128T090000\r\n"
+                       "RRULE:FREQ=MONTHLY\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.type", "absoluteMonthly");
+  assert_jint(rec, "pattern.interval", 1);
+  assert_jint(rec, "pattern.dayOfMonth", 28);
+  assert_jstr(rec, "range.type", "noEnd");
+  ical_graph_result_free(&res);
+
+  /* A BYMONTHDAY that DTSTART is not on would move the series' start. */
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20260103T090000\r\n"
+                       "RRULE:FREQ=MONTHLY;BYMONTHDAY=15\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_ERRULE);
+  assert_non_null(strstr(res.error, "not an occurrence"));
+  ical_graph_result_free(&res);
+
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20260415T090000\r\n"
+                       "RRULE:FREQ=YEARLY;BYMONTH=4;BYMONTHDAY=15;COUNT=5\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.type", "absoluteYearly");
+  assert_jint(rec, "pattern.interval", 1);
+  assert_jint(rec, "pattern.month", 4);
+  assert_jint(rec, "pattern.dayOfMonth", 15);
+  assert_jint(rec, "range.numberOfOccurrences", 5);
+  ical_graph_result_free(&res);
+
+  /* The fourth Thursday of November, written with BYSETPOS. */
+  assert_int_equal(
+      translate_inline("DTSTART;TZID=Europe/Berlin:20261126T090000\r\n"
+                       "RRULE:FREQ=YEARLY;BYMONTH=11;BYDAY=TH;BYSETPOS=4\r\n",
+                       &berlin, &res),
+      ICAL_GRAPH_OK);
+  rec = jpath(res.event, "recurrence");
+  assert_jstr(rec, "pattern.type", "relativeYearly");
+  assert_jint(rec, "pattern.month", 11);
+  assert_jstr(rec, "pattern.index", "fourth");
+  assert_jstr(rec, "pattern.daysOfWeek.0", "thursday");
+  assert_int_equal(json_array_size(jpath(rec, "pattern.daysOfWeek")), 1);
+  ical_graph_result_free(&res);
+}
+
 static void test_until_end_date(void **state)
 {
   struct ical_graph_result res;
@@ -584,6 +656,24 @@ static void test_unsupported_rules(void **state)
                  "several RRULEs");
   assert_refused("RRULE:FREQ=DAILY;COUNT=99999999999\r\n", ICAL_GRAPH_ERRULE,
                  "COUNT above");
+  /* The refusal says why Graph cannot hold the rule. */
+  assert_refused("RRULE:FREQ=HOURLY;INTERVAL=4\r\n", ICAL_GRAPH_ERRULE,
+                 "FREQ=HOURLY: Graph repeats at most daily");
+  assert_refused("RRULE:FREQ=MINUTELY\r\n", ICAL_GRAPH_ERRULE,
+                 "FREQ=MINUTELY: Graph repeats at most daily");
+  assert_refused("RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=TU;BYSETPOS=1,-1\r\n",
+                 ICAL_GRAPH_ERRULE,
+                 "several BYSETPOS values: Graph repeats on one position");
+  assert_refused("RRULE:FREQ=MONTHLY;BYDAY=1TU,3TU\r\n", ICAL_GRAPH_ERRULE,
+                 "BYDAY mixes positions");
+  assert_refused("RRULE:FREQ=MONTHLY;BYMONTHDAY=3;BYDAY=TU\r\n",
+                 ICAL_GRAPH_ERRULE, "BYMONTHDAY with BYDAY");
+  assert_refused("RRULE:FREQ=YEARLY;BYMONTH=3,9\r\n", ICAL_GRAPH_ERRULE,
+                 "several BYMONTHDAY or BYMONTH values");
+  assert_refused("RRULE:FREQ=YEARLY;BYDAY=1TU\r\n", ICAL_GRAPH_ERRULE,
+                 "a yearly BYDAY needs BYMONTH");
+  assert_refused("RRULE:FREQ=MONTHLY;BYMONTH=3\r\n", ICAL_GRAPH_ERRULE,
+                 "BYMONTH in a MONTHLY rule");
   /* RFC 5545 forbids COUNT with UNTIL; libical rejects the value. */
   assert_refused("RRULE:FREQ=WEEKLY;COUNT=3;UNTIL=20260401T000000Z\r\n",
                  ICAL_GRAPH_EPARSE, "RRULE");
@@ -1201,6 +1291,147 @@ static void test_reverse_windows_name(void **state)
   json_decref(del);
 }
 
+/* A Graph series made in W. Europe Standard Time, start and end in UTC,
+ * with recurrence {pattern, range} (references stolen), as iCalendar. */
+static char *reverse_series(const char *start, const char *end, json_t *pattern,
+                            json_t *range)
+{
+  struct ical_graph_ical_options opt = { .uid = "series@nextal" };
+  json_t *ev = json_pack(
+      "{s:s, s:s, s:s, s:{s:s, s:s}, s:{s:s, s:s}, s:{s:o, s:o}}", "subject",
+      "Panel", "originalStartTimeZone", "W. Europe Standard Time",
+      "originalEndTimeZone", "W. Europe Standard Time", "start", "dateTime",
+      start, "timeZone", "UTC", "end", "dateTime", end, "timeZone", "UTC",
+      "recurrence", "pattern", pattern, "range", range);
+  char err[256], *text = NULL;
+
+  assert_non_null(ev);
+  if (ical_graph_to_ical(ev, &opt, &text, err, sizeof(err)) != ICAL_GRAPH_OK)
+    fail_msg("to_ical: %s", err);
+  json_decref(ev);
+  return text;
+}
+
+/* The RRULE of text's VEVENT holds each of parts, and the rule expanded
+ * from DTSTART by libical, as a client would, gives exactly the dates
+ * (YYYYMMDD, NULL-terminated) at 09:00 Berlin time. */
+static void assert_rrule(const char *text, const char *const *parts,
+                         const char *const *dates)
+{
+  icalcomponent *cal = ical_parse_checked(text);
+  icalcomponent *vev
+      = icalcomponent_get_first_component(cal, ICAL_VEVENT_COMPONENT);
+  icalproperty *p = icalcomponent_get_first_property(vev, ICAL_RRULE_PROPERTY);
+  struct icalrecurrencetype r;
+  icalrecur_iterator *it;
+  icaltimetype start, t;
+  const char *rule;
+  size_t i;
+
+  assert_non_null(p);
+  rule = icalproperty_get_value_as_string(p);
+  for (; *parts; parts++) {
+    if (!strstr(rule, *parts))
+      fail_msg("RRULE %s lacks %s", rule, *parts);
+  }
+  start = icalcomponent_get_dtstart(vev);
+  assert_int_equal(start.hour, 9);
+  r = icalproperty_get_rrule(p);
+  it = icalrecur_iterator_new(r, start);
+  assert_non_null(it);
+  for (i = 0; dates[i]; i++) {
+    char got[16];
+
+    t = icalrecur_iterator_next(it);
+    assert_false(icaltime_is_null_time(t));
+    snprintf(got, sizeof(got), "%04d%02d%02d", t.year, t.month, t.day);
+    assert_string_equal(got, dates[i]);
+    assert_int_equal(t.hour, 9);
+  }
+  assert_true(icaltime_is_null_time(icalrecur_iterator_next(it)));
+  icalrecur_iterator_free(it);
+  icalcomponent_free(cal);
+}
+
+/* text translated back: Graph's pattern again, field for field. */
+static void assert_pattern_back(const char *text, const json_t *pattern)
+{
+  struct ical_graph_result res;
+  const char *key;
+  json_t *want, *got;
+
+  assert_int_equal(ical_graph_from_ical(text, strlen(text), &berlin, &res),
+                   ICAL_GRAPH_OK);
+  json_object_foreach((json_t *) pattern, key, want)
+  {
+    if (strcmp(key, "firstDayOfWeek") == 0)
+      continue;
+    got = json_object_get(jpath(res.event, "recurrence.pattern"), key);
+    if (!json_equal(got, want))
+      fail_msg("pattern.%s differs after the round trip", key);
+  }
+  ical_graph_result_free(&res);
+}
+
+/* Graph's monthly and yearly patterns come back as RRULEs that expand to
+ * the same dates, and translate back to the same patterns. */
+static void test_reverse_monthly_and_yearly(void **state)
+{
+  static const struct {
+    const char *start, *end, *pattern, *parts[4], *dates[4];
+  } cases[] = {
+    { "2026-01-15T08:00:00.0000000",
+      "2026-01-15T09:00:00.0000000",
+      "{\"type\": \"absoluteMonthly\", \"interval\": 2, \"dayOfMonth\": 15}",
+      { "FREQ=MONTHLY", "INTERVAL=2", "BYMONTHDAY=15", NULL },
+      { "20260115", "20260315", "20260515", NULL } },
+    { "2026-03-10T08:00:00.0000000",
+      "2026-03-10T09:00:00.0000000",
+      "{\"type\": \"relativeMonthly\", \"interval\": 1, \"index\": "
+      "\"second\", \"daysOfWeek\": [\"tuesday\"]}",
+      { "FREQ=MONTHLY", "BYDAY=TU", "BYSETPOS=2", NULL },
+      { "20260310", "20260414", "20260512", NULL } },
+    { "2026-03-27T08:00:00.0000000",
+      "2026-03-27T09:00:00.0000000",
+      "{\"type\": \"relativeMonthly\", \"interval\": 1, \"index\": "
+      "\"last\", \"daysOfWeek\": [\"friday\"]}",
+      { "FREQ=MONTHLY", "BYDAY=FR", "BYSETPOS=-1", NULL },
+      { "20260327", "20260424", "20260529", NULL } },
+    { "2026-04-15T07:00:00.0000000",
+      "2026-04-15T08:00:00.0000000",
+      "{\"type\": \"absoluteYearly\", \"interval\": 1, \"month\": 4, "
+      "\"dayOfMonth\": 15}",
+      { "FREQ=YEARLY", "BYMONTH=4", "BYMONTHDAY=15", NULL },
+      { "20260415", "20270415", "20280415", NULL } },
+    { "2026-11-26T08:00:00.0000000",
+      "2026-11-26T09:00:00.0000000",
+      "{\"type\": \"relativeYearly\", \"interval\": 1, \"month\": 11, "
+      "\"index\": \"fourth\", \"daysOfWeek\": [\"thursday\"]}",
+      { "FREQ=YEARLY", "BYMONTH=11", "BYDAY=TH", "BYSETPOS=4" },
+      { "20261126", "20271125", "20281123", NULL } },
+  };
+
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    const char *parts[5] = { NULL };
+    json_t *pattern = json_loads(cases[i].pattern, 0, NULL);
+    /* Graph's startDate is the first occurrence's date. */
+    json_t *range
+        = json_pack("{s:s, s:s%, s:i}", "type", "numbered", "startDate",
+                    cases[i].start, (size_t) 10, "numberOfOccurrences", 3);
+    char *text;
+
+    assert_non_null(pattern);
+    assert_non_null(range);
+    memcpy(parts, cases[i].parts, sizeof(cases[i].parts));
+    json_incref(pattern);
+    text = reverse_series(cases[i].start, cases[i].end, pattern, range);
+    assert_rrule(text, parts, cases[i].dates);
+    assert_pattern_back(text, pattern);
+    json_decref(pattern);
+    free(text);
+  }
+}
+
 /* A deleted occurrence of an all-day series is the date of its original
  * start in the series' zone, not in UTC. */
 static void test_reverse_all_day_series(void **state)
@@ -1503,6 +1734,7 @@ int main(void)
     cmocka_unit_test(test_weekly_byday_count),
     cmocka_unit_test(test_monthly_relative),
     cmocka_unit_test(test_yearly),
+    cmocka_unit_test(test_monthly_and_yearly_by_date),
     cmocka_unit_test(test_until_end_date),
     cmocka_unit_test(test_unsupported_rules),
     cmocka_unit_test(test_exdate_and_overrides),
@@ -1517,6 +1749,7 @@ int main(void)
     cmocka_unit_test(test_reverse_prefer_zone_and_all_day),
     cmocka_unit_test(test_reverse_remembered_zone),
     cmocka_unit_test(test_reverse_windows_name),
+    cmocka_unit_test(test_reverse_monthly_and_yearly),
     cmocka_unit_test(test_reverse_all_day_series),
     cmocka_unit_test(test_reverse_exceptions),
     cmocka_unit_test(test_round_trip),
