@@ -19,19 +19,19 @@
 
 #define CALDAV_SERIES_YEARS 5        /* horizon of a series without end */
 #define CALDAV_INSTANCE_PAGES_MAX 20 /* /instances pages of 100 followed */
-#define CALDAV_PREFER_IMMUTABLE "Prefer: IdType=\"ImmutableId\""
 
 void caldav_graph(struct caldav_req *r, const char *method, const char *path,
                   const json_t *body, const char *if_match, graph_done_cb done)
 {
   struct graph_request req = { 0 };
-  const char *headers[3] = { CALDAV_PREFER_IMMUTABLE, NULL, NULL };
+  /* graph_client_send() adds Prefer: IdType="ImmutableId" itself. */
+  const char *headers[2] = { NULL, NULL };
   char *match = NULL;
   char *text = NULL;
 
   if (if_match != NULL) {
     match = xasprintf("If-Match: %s", if_match);
-    headers[1] = match;
+    headers[0] = match;
   }
   if (body != NULL) {
     text = json_dumps(body, JSON_COMPACT);

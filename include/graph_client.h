@@ -47,7 +47,10 @@ struct graph_request {
   const char *content_type; /* NULL when there is no body */
   const char *body;
   size_t body_len;
-  const char *const *headers; /* extra headers, NULL-terminated, or NULL */
+  /* Extra headers, NULL-terminated, or NULL. Authorization, Accept,
+   * client-request-id, Prefer: IdType="ImmutableId" (ids that survive a
+   * move between folders) and Content-Type are always sent: not here. */
+  const char *const *headers;
   /* An upload session's pre-authenticated URL (absolute, used instead of
    * path): sent WITHOUT the Authorization header, as Graph requires
    * (graph-api.md 2.4), and never logged, since it carries a credential.

@@ -381,6 +381,8 @@ static void test_headers_and_body(void **state)
   assert_non_null(strstr(fx->last_headers, "Accept=application/json;"));
   assert_non_null(strstr(fx->last_headers, "Content-Type=application/json;"));
   assert_non_null(strstr(fx->last_headers, "Prefer=IdType=\"ImmutableId\";"));
+  /* Once: callers add no second copy. */
+  assert_null(strstr(strstr(fx->last_headers, "Prefer=") + 1, "Prefer="));
   assert_non_null(strstr(fx->last_headers, "X-Seq=7;"));
 
   const char *rid = strstr(fx->last_headers, "client-request-id=");
