@@ -170,6 +170,9 @@ static int agent_open_http(struct agent *agent)
   http_server_limits_defaults(&limits);
   limits.max_body_size = agent->cfg->http_max_body;
   limits.max_connections = agent->cfg->http_max_connections;
+  /* config.c bounds both to an hour, well within unsigned milliseconds. */
+  limits.request_timeout_ms = agent->cfg->http_request_timeout * 1000u;
+  limits.idle_timeout_ms = agent->cfg->http_idle_timeout * 1000u;
   if (config_parse_hostport(agent->cfg->http_listen, &host, &port) < 0)
     return -EINVAL;
   rc = http_server_new(agent->loop, host, port, &limits, http_router_dispatch,

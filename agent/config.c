@@ -73,6 +73,10 @@ static const struct config_key config_keys[] = {
   /* At least 1: with 0 every connection would be refused. */
   CFG_RANGE("http", "max_connections", CONFIG_UINT, http_max_connections, 1,
             100000),
+  /* Seconds, at least 1: with 0 every connection would time out at once. */
+  CFG_RANGE("http", "request_timeout", CONFIG_UINT, http_request_timeout, 1,
+            3600),
+  CFG_RANGE("http", "idle_timeout", CONFIG_UINT, http_idle_timeout, 1, 3600),
   CFG("service", "username", CONFIG_STRING, service_user, 0),
   CFG("service", "password_hash", CONFIG_STRING, service_password_hash, 0),
   CFG("microsoft", "tenant", CONFIG_STRING, tenant, 0),
@@ -137,6 +141,8 @@ void config_defaults(struct config *cfg)
   /* Each HTTP request holds its whole body in memory (up to max_body),
    * unlike SMTP, which spools: the lower count bounds that memory. */
   cfg->http_max_connections = 64;
+  cfg->http_request_timeout = 30; /* first byte to last of a request */
+  cfg->http_idle_timeout = 60;    /* keep-alive wait for the next one */
   cfg->service_user = xstrdup("nextal");
   cfg->login_base_url = xstrdup("https://login.microsoftonline.com");
   cfg->graph_base_url = xstrdup("https://graph.microsoft.com");

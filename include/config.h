@@ -38,6 +38,8 @@ struct config {
   char *http_public_url;         /* how browsers reach the HTTP listener */
   uint64_t http_max_body;        /* bytes */
   unsigned http_max_connections; /* open at once; 503 beyond */
+  unsigned http_request_timeout; /* seconds to receive a request: 408 */
+  unsigned http_idle_timeout;    /* seconds an idle connection is kept */
 
   /* [service]: Nextal's own credential for SMTP AUTH and HTTP Basic. */
   char *service_user;

@@ -7,7 +7,9 @@ import datetime
 import json
 import os
 import re
+import socket
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -1339,6 +1341,49 @@ class CalDAVEvents(AgentTestCase):
         with self.assertRaises(caldav.error.NotFoundError):
             calendar.event_by_uid(uid)
         self.assertIsNotNone(event)
+
+
+class HttpTimeouts(AgentTestCase):
+    """[http] request_timeout and idle_timeout are the listener's: a
+    request still incomplete is answered 408, an idle connection closed
+    without an answer, each after the configured seconds."""
+    sandbox_options = {"extra_config":
+                       "[http]\nrequest_timeout = 2\nidle_timeout = 1\n"}
+
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.box.http_port),
+                                        timeout=10)
+        self.addCleanup(sock.close)
+        return sock
+
+    def read_all(self, sock):
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+
+    def test_idle_connection_closed_after_idle_timeout(self):
+        sock = self.connect()
+        started = time.monotonic()
+        self.assertEqual(self.read_all(sock), b"")
+        waited = time.monotonic() - started
+        # Generous above, for a loaded machine: the default is 60 s.
+        self.assertGreater(waited, 0.8)
+        self.assertLess(waited, 5)
+
+    def test_incomplete_request_is_408_after_request_timeout(self):
+        sock = self.connect()
+        started = time.monotonic()
+        # Half a request line, then nothing: longer than the idle timeout,
+        # which no longer applies once a request has begun.
+        sock.sendall(b"OPTIONS /dav/ HTTP/1.1\r\nHost: x\r\n")
+        answer = self.read_all(sock).decode("latin-1")
+        waited = time.monotonic() - started
+        self.assertTrue(answer.startswith("HTTP/1.1 408"), answer)
+        self.assertGreater(waited, 1.8)
+        self.assertLess(waited, 6)
 
 
 if __name__ == "__main__":

@@ -602,6 +602,23 @@ class AgentCommandLine(unittest.TestCase):
         self.assertIn("agent.ini:13: max_connections is 0, below its "
                       "minimum of 1", p.stderr)
 
+    def test_http_timeouts_are_checked(self):
+        with open(self.config) as f:
+            base = f.read()
+        for key in ("request_timeout", "idle_timeout"):
+            for value, status, why in (
+                    ("0", 78, "%s is 0, below its minimum of 1" % key),
+                    ("45", 0, None),
+                    ("3601", 78,
+                     "%s is 3601, above its maximum of 3600" % key),
+                    ("soon", 78, key)):
+                with open(self.config, "w") as f:
+                    f.write(base + "%s = %s\n" % (key, value))  # [http]
+                p = self.run_agent("--config", self.config, "--check-config")
+                self.assertEqual(p.returncode, status, (key, value, p.stderr))
+                if why:
+                    self.assertIn("agent.ini:13: " + why, p.stderr)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
