@@ -1267,11 +1267,11 @@ void ical_graph_result_free(struct ical_graph_result *res)
 
 /* --- Graph event to iCalendar ----------------------------------------- */
 
-/* State of one Graph -> iCalendar translation. */
 /* Names a client can have written an object's times in: DTSTART's and
  * DTEND's (ical_graph_ical_options start_tzid, end_tzid). */
 #define IG_ALIASES_MAX 2
 
+/* State of one Graph -> iCalendar translation. */
 struct ig_out {
   icalcomponent *vcal;
   const struct ical_graph_ical_options *opt; /* NULL for free/busy */
