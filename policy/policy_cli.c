@@ -44,6 +44,8 @@ struct cli {
   struct config cfg;
   struct store *store;
   char actor[CLI_ACTOR_MAX]; /* the OS user, for the audit trail */
+  bool yes;                  /* --yes, for the commands that take it */
+  const char *since;         /* --since, for audit */
 };
 
 struct cli_command {
@@ -51,7 +53,12 @@ struct cli_command {
   int (*run)(struct cli *cli, int argc, char **argv);
   const char *usage; /* arguments after the name */
   const char *help;  /* one paragraph */
+  unsigned opts;     /* CLI_OPT_* the command accepts besides --help/--json */
+  int max_args;      /* arguments after the options; -1 for any number */
 };
+
+#define CLI_OPT_YES 1u
+#define CLI_OPT_SINCE 2u
 
 static const struct cli_command cli_commands[];
 
@@ -129,10 +136,20 @@ static int cli_audit(struct cli *cli, const char *action, const char *detail)
   return EX_OK;
 }
 
-/* Parses a subcommand's options; only --help, --json and --yes exist.
- * Returns -1 to go on, or an exit code. */
+/* Says what is wrong with a command line, then the command's usage. */
+static int cli_usage_error(const struct cli_command *cmd)
+{
+  fprintf(stderr, "usage: nextal-policy %s %s\n", cmd->name, cmd->usage);
+  return EX_USAGE;
+}
+
+/* Parses a subcommand's options, wherever they stand after its name
+ * (GNU getopt moves them before the other arguments; "--" ends them):
+ * --help, --json, and --yes or --since where cmd accepts them. Refuses
+ * more arguments than cmd takes, naming the first one too many. Returns
+ * -1 to go on with the arguments at argv + optind, or an exit code. */
 static int cli_options(struct cli *cli, const struct cli_command *cmd, int argc,
-                       char **argv, bool *yes, const char **since)
+                       char **argv)
 {
   static const struct option opts[] = {
     { "help", no_argument, NULL, 'h' },
@@ -144,34 +161,36 @@ static int cli_options(struct cli *cli, const struct cli_command *cmd, int argc,
   int c;
 
   optind = 0; /* GNU getopt: start over, argv[0] is the command */
-  while ((c = getopt_long(argc, argv, "+hjys:", opts, NULL)) != -1) {
-    switch (c) {
-      case 'h':
-        printf("usage: nextal-policy [--config FILE] %s %s\n\n%s\n", cmd->name,
-               cmd->usage, cmd->help);
-        return EX_OK;
-      case 'j':
-        cli->json = true;
-        break;
-      case 'y':
-        if (yes == NULL)
-          goto bad;
-        *yes = true;
-        break;
-      case 's':
-        if (since == NULL)
-          goto bad;
-        *since = optarg;
-        break;
-      default:
-        goto bad;
+  while ((c = getopt_long(argc, argv, "hjys:", opts, NULL)) != -1) {
+    if (c == 'h') {
+      printf("usage: nextal-policy [--config FILE] %s %s\n\n%s\n", cmd->name,
+             cmd->usage, cmd->help);
+      return EX_OK;
+    }
+    if (c == 'j') {
+      cli->json = true;
+    } else if (c == 'y' && (cmd->opts & CLI_OPT_YES) != 0) {
+      cli->yes = true;
+    } else if (c == 's' && (cmd->opts & CLI_OPT_SINCE) != 0) {
+      cli->since = optarg;
+    } else {
+      if (c == 'y' || c == 's')
+        cli_error("%s does not take %s", cmd->name,
+                  c == 'y' ? "--yes" : "--since");
+      return cli_usage_error(cmd);
     }
   }
+  if (cmd->max_args >= 0 && argc - optind > cmd->max_args) {
+    if (cmd->max_args == 0)
+      cli_error("%s takes no arguments; unexpected \"%s\"", cmd->name,
+                argv[optind]);
+    else
+      cli_error("%s takes at most %d argument%s; unexpected \"%s\"", cmd->name,
+                cmd->max_args, cmd->max_args == 1 ? "" : "s",
+                argv[optind + cmd->max_args]);
+    return cli_usage_error(cmd);
+  }
   return -1;
-
-bad:
-  fprintf(stderr, "usage: nextal-policy %s %s\n", cmd->name, cmd->usage);
-  return EX_USAGE;
 }
 
 /* status */
@@ -615,8 +634,9 @@ static bool cli_disabled_already(struct cli *cli)
   return off;
 }
 
-static int cli_disable(struct cli *cli, int argc, char **argv, bool yes)
+static int cli_disable(struct cli *cli, int argc, char **argv)
 {
+  bool yes = cli->yes;
   struct cli_set set = { .set_enabled = true, .enabled = false };
   int64_t linked = 0, relink = 0, queued = 0;
   char detail[128];
@@ -1039,8 +1059,9 @@ static int cli_parse_since(const char *text, int64_t *out)
   return 0;
 }
 
-static int cli_audit_list(struct cli *cli, const char *since)
+static int cli_audit_list(struct cli *cli, int argc, char **argv)
 {
+  const char *since = cli->since;
   struct audit_entry *v = NULL;
   size_t n = 0;
   int64_t since_ms = 0;
@@ -1478,10 +1499,8 @@ static int cli_link_url(struct cli *cli, int argc, char **argv)
   return rc;
 }
 
-/* Dispatch. The option-taking commands are wrapped here. */
+/* Dispatch. drop parses its own options; the others share cli_options. */
 
-static int cli_disable_run(struct cli *cli, int argc, char **argv);
-static int cli_audit_run(struct cli *cli, int argc, char **argv);
 static int cli_drop_run(struct cli *cli, int argc, char **argv);
 
 static const struct cli_command cli_commands[] = {
@@ -1489,49 +1508,60 @@ static const struct cli_command cli_commands[] = {
     "Shows the switch, the access mode, how many users are permitted and\n"
     "linked, who must link again and why (every mode; the text shows the\n"
     "first 50, --json all), the admin consent state, the last policy file\n"
-    "the agent rejected, and held, queued and failed mail." },
+    "the agent rejected, and held, queued and failed mail.",
+    0, 0 },
   { "enable", cli_enable, "",
     "Switches the integration on. Users disconnected by a switch-off must\n"
     "link again. Held mail is sent by itself once its sender has linked\n"
     "again (and is listed, in mode specific), unless drop --all-held\n"
     "--reason TEXT fails it first. Changes nothing, and says so, if the\n"
-    "integration is on already." },
-  { "disable", cli_disable_run, "[--yes]",
+    "integration is on already.",
+    0, 0 },
+  { "disable", cli_disable, "[--yes]",
     "Switches the integration off: every request is refused, every linked\n"
     "user is disconnected (tokens wiped, they must link again) and queued\n"
     "mail is held. Says all this first, then asks for confirmation unless\n"
-    "--yes." },
+    "--yes.",
+    CLI_OPT_YES, 0 },
   { "mode", cli_mode, "all|specific",
     "Sets who may use the integration: all users of the tenant, or only the\n"
-    "users listed in the policy file." },
+    "users listed in the policy file.",
+    0, 1 },
   { "allow", cli_allow, "ADDRESS...",
-    "Adds addresses to the list of permitted users." },
+    "Adds addresses to the list of permitted users.", 0, -1 },
   { "remove", cli_remove, "ADDRESS...",
     "Removes addresses from the list; their next request is refused and\n"
-    "their queued mail is held." },
+    "their queued mail is held.",
+    0, -1 },
   { "list", cli_list, "[--json]",
-    "Lists the permitted users with their link state." },
+    "Lists the permitted users with their link state.", 0, 0 },
   { "check", cli_check, "[--json] ADDRESS",
     "Says whether SMTP, CalDAV and linking requests for ADDRESS would pass\n"
     "now, and which rule refuses them. Exits 0 if all pass, 1 if any is\n"
-    "refused." },
+    "refused.",
+    0, 1 },
   { "validate", cli_validate, "[--json] [FILE]",
     "Checks a policy file (by default the configured one) without applying\n"
-    "it. Exits 0 if valid, 65 (EX_DATAERR) with the line if not." },
+    "it. Exits 0 if valid, 65 (EX_DATAERR) with the line if not.",
+    0, 1 },
   { "unlink", cli_unlink, "ADDRESS",
     "Offboards one user: their link and tokens are removed and their queued\n"
-    "and held mail fails with reason user_unlinked. Others are untouched." },
-  { "audit", cli_audit_run, "[--json] [--since TIME]",
+    "and held mail fails with reason user_unlinked. Others are untouched.",
+    0, 1 },
+  { "audit", cli_audit_list, "[--json] [--since TIME]",
     "Shows the audit trail. TIME is YYYY-MM-DD[THH:MM:SS] (UTC) or a\n"
-    "duration back from now such as 30m, 12h or 7d." },
+    "duration back from now such as 30m, 12h or 7d.",
+    CLI_OPT_SINCE, 0 },
   { "consent-link", cli_consent_link, "[--json]",
-    "Prints the tenant-wide admin consent URL to send to the tenant's IT." },
-  { "held", cli_held, "[--json]", "Lists held and failed mail." },
+    "Prints the tenant-wide admin consent URL to send to the tenant's IT.", 0,
+    0 },
+  { "held", cli_held, "[--json]", "Lists held and failed mail.", 0, 0 },
   { "retry", cli_retry, "QUEUEID",
     "Queues a failed or held message again, now, with a fresh count of\n"
     "attempts (held mail is held again if the policy still refuses its\n"
     "sender). Exits 66 (EX_NOINPUT) for an unknown id or a message whose\n"
-    "body is gone, 65 (EX_DATAERR) for one in another state." },
+    "body is gone, 65 (EX_DATAERR) for one in another state.",
+    0, 1 },
   { "drop", cli_drop_run,
     "--reason TEXT QUEUEID | --all-held --reason TEXT "
     "[--yes]",
@@ -1539,40 +1569,19 @@ static const struct cli_command cli_commands[] = {
     "the reason, which Nextal sees in its status, and its body is removed.\n"
     "Exits 75 (EX_TEMPFAIL) while it is being sent. With --all-held, every\n"
     "held message of the organisation fails so, in one step with one audit\n"
-    "record; it asks for confirmation unless --yes." },
+    "record; it asks for confirmation unless --yes.",
+    0, -1 },
   { "link-url", cli_link_url, "[--json] ADDRESS",
     "Prints a start link for ADDRESS, valid for ten minutes: opening it\n"
-    "links the mailbox (delegated mode: after signing in as ADDRESS)." },
+    "links the mailbox (delegated mode: after signing in as ADDRESS).",
+    0, 1 },
   { "link", cli_link, "ADDRESS",
     "Application mode only: checks that the policy lets ADDRESS link and\n"
-    "that Microsoft 365 has the mailbox, then records the link." },
+    "that Microsoft 365 has the mailbox, then records the link.",
+    0, 1 },
 };
 
 #define CLI_NCOMMANDS (sizeof(cli_commands) / sizeof(*cli_commands))
-
-static int cli_disable_run(struct cli *cli, int argc, char **argv)
-{
-  bool yes = false;
-  int rc = cli_options(cli, &cli_commands[2], argc, argv, &yes, NULL);
-
-  if (rc >= 0)
-    return rc;
-  return cli_disable(cli, argc - optind, argv + optind, yes);
-}
-
-static int cli_audit_run(struct cli *cli, int argc, char **argv)
-{
-  const char *since = NULL;
-  int rc = cli_options(cli, &cli_commands[10], argc, argv, NULL, &since);
-
-  if (rc >= 0)
-    return rc;
-  if (argc != optind) {
-    cli_error("audit takes no arguments");
-    return EX_USAGE;
-  }
-  return cli_audit_list(cli, since);
-}
 
 /* drop has its own options: --reason, --all-held and --yes. */
 static int cli_drop_run(struct cli *cli, int argc, char **argv)
@@ -1594,7 +1603,7 @@ static int cli_drop_run(struct cli *cli, int argc, char **argv)
       cmd = &cli_commands[i];
   }
   optind = 0; /* GNU getopt: start over, argv[0] is the command */
-  while ((c = getopt_long(argc, argv, "+hr:ay", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "hr:ay", opts, NULL)) != -1) {
     if (c == 'h') {
       printf("usage: nextal-policy [--config FILE] %s %s\n\n%s\n", cmd->name,
              cmd->usage, cmd->help);
@@ -1607,9 +1616,14 @@ static int cli_drop_run(struct cli *cli, int argc, char **argv)
     } else if (c == 'y') {
       yes = true;
     } else {
-      fprintf(stderr, "usage: nextal-policy %s %s\n", cmd->name, cmd->usage);
-      return EX_USAGE;
+      return cli_usage_error(cmd);
     }
+  }
+  if (argc - optind > (all ? 0 : 1)) {
+    cli_error("drop %s; unexpected \"%s\"",
+              all ? "--all-held takes no queue id" : "takes one queue id",
+              argv[optind + (all ? 0 : 1)]);
+    return cli_usage_error(cmd);
   }
   if (argc - optind != (all ? 0 : 1) || reason == NULL || reason[0] == '\0'
       || (yes && !all)) {
@@ -1672,10 +1686,9 @@ static int cli_dispatch(struct cli *cli, int argc, char **argv)
 
     if (strcmp(argv[0], cmd->name) != 0)
       continue;
-    if (cmd->run == cli_disable_run || cmd->run == cli_audit_run
-        || cmd->run == cli_drop_run)
+    if (cmd->run == cli_drop_run)
       return cmd->run(cli, argc, argv);
-    rc = cli_options(cli, cmd, argc, argv, NULL, NULL);
+    rc = cli_options(cli, cmd, argc, argv);
     if (rc >= 0)
       return rc;
     return cmd->run(cli, argc - optind, argv + optind);

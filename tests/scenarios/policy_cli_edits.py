@@ -451,6 +451,122 @@ class PolicyCli(unittest.TestCase):
             "%2Fconsent&state="), url)
         self.assertNotEqual(url, self.run_cli("consent-link").stdout.strip())
 
+    COMMANDS = ("status", "enable", "disable", "mode", "allow", "remove",
+                "list", "check", "validate", "unlink", "audit",
+                "consent-link", "held", "retry", "drop", "link-url", "link")
+
+    def test_unexpected_arguments_are_refused_and_named(self):
+        # Each line: a command with one argument too many, which must be
+        # refused with EX_USAGE, naming it, before anything changes.
+        self.seed(users=["alice@contoso.example"])
+        too_many = [
+            ("status", "extra"), ("enable", "extra"), ("list", "extra"),
+            ("disable", "extra", "--yes"), ("disable", "--yes", "extra"),
+            ("mode", "all", "extra"), ("check", "a@contoso.example", "extra"),
+            ("validate", self.policy, "extra"), ("audit", "extra"),
+            ("unlink", "alice@contoso.example", "extra"),
+            ("consent-link", "extra"), ("held", "extra"),
+            ("retry", "q1", "extra"), ("link-url", "a@contoso.example",
+                                       "extra"),
+            ("link", "a@contoso.example", "extra"),
+            ("drop", "--reason", "r", "q1", "extra"),
+            ("drop", "--all-held", "--reason", "r", "extra"),
+            ("audit", "--since", "1h", "extra"),
+        ]
+        before = self.read_policy()
+        for args in too_many:
+            p = self.run_cli(*args, check=False)
+            self.assertEqual(p.returncode, 64, (args, p.stdout, p.stderr))
+            self.assertIn('unexpected "extra"', p.stderr, args)
+            self.assertNotIn("confirm with --yes", p.stderr, args)
+        self.assertEqual(self.read_policy(), before)
+        self.assertEqual(self.linked(), 1)
+        self.assertNotIn("policy_disable", self.actions())
+        # An option a command does not take is named too.
+        p = self.run_cli("enable", "--yes", check=False)
+        self.assertEqual(p.returncode, 64)
+        self.assertIn("enable does not take --yes", p.stderr)
+
+    def test_options_may_follow_the_arguments(self):
+        self.seed(users=["alice@contoso.example"])
+        p = self.run_cli("disable", "--yes")
+        self.assertIn("switched off", p.stdout)
+        self.assertIn("enabled = false", self.read_policy())
+        self.run_cli("enable")
+        full = json.loads(self.run_cli("check", "alice@contoso.example",
+                                       "--json", check=False).stdout)
+        self.assertEqual(set(full), {"smtp", "caldav", "link"})
+        self.assertEqual(json.loads(self.run_cli(
+            "validate", self.policy, "--json").stdout)["valid"], True)
+        # "--" ends the options.
+        p = self.run_cli("check", "--", "--json", check=False)
+        self.assertNotIn('"smtp"', p.stdout)
+
+    def test_every_subcommand_has_help(self):
+        for name in self.COMMANDS:
+            p = self.run_cli(name, "--help", check=False)
+            self.assertEqual(p.returncode, 0, (name, p.stderr))
+            self.assertTrue(p.stdout.startswith(
+                "usage: nextal-policy [--config FILE] %s " % name), p.stdout)
+            self.assertGreater(len(p.stdout.splitlines()), 2, name)
+        # --help after an argument still helps and changes nothing.
+        p = self.run_cli("allow", "bob@contoso.example", "--help")
+        self.assertIn("usage: nextal-policy", p.stdout)
+        self.assertNotIn("bob@contoso.example", self.read_policy())
+
+    def test_json_outputs_parse_and_validate_missing_file(self):
+        full = json.loads(self.run_cli("validate", "--json").stdout)
+        self.assertEqual((full["file"], full["valid"]), (self.policy, True))
+        self.assertIsNone(full.get("error"))
+        with open(self.policy, "a") as f:
+            f.write("mode = sometimes\n")
+        p = self.run_cli("validate", "--json", check=False)
+        self.assertEqual(p.returncode, 65)
+        full = json.loads(p.stdout)
+        self.assertFalse(full["valid"])
+        self.assertIn("policy.ini:11:", full["error"])
+        url = json.loads(self.run_cli("consent-link", "--json").stdout)["url"]
+        self.assertTrue(url.startswith("https://login.example/"), url)
+        p = self.run_cli("validate", "/nonexistent", check=False)
+        self.assertEqual(p.returncode, 66, p.stderr)  # EX_NOINPUT
+        self.assertIn("/nonexistent", p.stderr)
+        p = self.run_cli("validate", "/nonexistent", "--json", check=False)
+        self.assertEqual(p.returncode, 66)
+        self.assertFalse(json.loads(p.stdout)["valid"])
+
+    def test_audit_since(self):
+        self.run_cli("allow", "bob@contoso.example")
+        # Entries older than an hour, which --since must leave out.
+        db = sqlite3.connect(self.db)
+        old = int(time.time() * 1000) - 3 * 3600 * 1000
+        db.execute("INSERT INTO audit (at, actor, action, detail) VALUES "
+                   "(?, 'root', 'policy_mode', 'mode = all')", (old,))
+        db.execute("INSERT INTO audit (at, actor, action, detail) VALUES "
+                   "(?, 'root', 'policy_enable', 'enabled = true')",
+                   (86400 * 1000,))  # 1970-01-02
+        db.commit()
+        db.close()
+
+        def since(value):
+            out = self.run_cli("audit", "--json", "--since", value).stdout
+            return sorted(a["action"] for a in json.loads(out))
+
+        self.assertEqual(since("1970-01-01"),
+                         ["policy_allow", "policy_enable", "policy_mode"])
+        self.assertEqual(since("1970-01-03"), ["policy_allow", "policy_mode"])
+        self.assertEqual(since("1h"), ["policy_allow"])
+        self.assertEqual(since("4h"), ["policy_allow", "policy_mode"])
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S",
+                              time.gmtime(time.time() - 2 * 3600))
+        self.assertEqual(since(stamp), ["policy_allow"])
+        p = self.run_cli("audit", "--since", "1h")  # text form too
+        self.assertIn("bob@contoso.example", p.stdout)
+        self.assertNotIn("mode = all", p.stdout)
+        for bad in ("yesterday", "1w", "-1h", "2026-13-40", ""):
+            p = self.run_cli("audit", "--since", bad, check=False)
+            self.assertEqual(p.returncode, 64, bad)
+            self.assertIn("--since takes", p.stderr)
+
 
 class AgentStatusHeartbeat(scenario.AgentTestCase):
     """status against the real agent, which records its pid at start, a
