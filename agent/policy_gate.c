@@ -144,20 +144,34 @@ static void policy_gate_stored_digest(struct policy_gate *gate, char *out,
   sqlite3_finalize(st);
 }
 
-/* Writes loaded_at/digest (error NULL) or error/error_at. */
-static int policy_gate_state_write(struct policy_gate *gate, const char *digest,
+/* Records the policy the agent applies (error cleared), or none when
+ * applied is NULL and error is NULL, or only the rejection error. */
+static int policy_gate_state_write(struct policy_gate *gate,
+                                   const struct policy *applied,
                                    const char *error)
 {
   sqlite3_stmt *st = NULL;
   int rc = -EIO;
   const char *sql
-      = digest ? "UPDATE policy_state SET loaded_at=?1, digest=?2,"
-                 " error=NULL, error_at=NULL WHERE id=1"
-               : "UPDATE policy_state SET error_at=?1, error=?2 WHERE id=1";
+      = applied ? "UPDATE policy_state SET loaded_at=?1, digest=?2,"
+                  " enabled=?3, mode=?4, users=?5, error=NULL,"
+                  " error_at=NULL WHERE id=1"
+        : error ? "UPDATE policy_state SET error_at=?1, error=?2 WHERE id=1"
+                : "UPDATE policy_state SET loaded_at=NULL, digest=NULL,"
+                  " enabled=NULL, mode=NULL, users=NULL WHERE id=1";
 
   if (sqlite3_prepare_v2(gate->store->db, sql, -1, &st, NULL) == SQLITE_OK) {
-    sqlite3_bind_int64(st, 1, store_now_ms());
-    sqlite3_bind_text(st, 2, digest ? digest : error, -1, SQLITE_STATIC);
+    if (applied != NULL || error != NULL)
+      sqlite3_bind_int64(st, 1, store_now_ms());
+    if (applied != NULL) {
+      sqlite3_bind_text(st, 2, applied->digest, -1, SQLITE_STATIC);
+      sqlite3_bind_int(st, 3, applied->enabled ? 1 : 0);
+      sqlite3_bind_text(st, 4, policy_gate_mode_name(applied->mode), -1,
+                        SQLITE_STATIC);
+      sqlite3_bind_int64(st, 5, (sqlite3_int64) applied->nusers);
+    } else if (error != NULL) {
+      sqlite3_bind_text(st, 2, error, -1, SQLITE_STATIC);
+    }
     if (sqlite3_step(st) == SQLITE_DONE)
       rc = 0;
   }
@@ -197,7 +211,7 @@ static void policy_gate_record(struct policy_gate *gate,
   policy_gate_describe(old, new, &detail);
   if (store_begin(gate->store) < 0)
     return;
-  if (policy_gate_state_write(gate, new->digest, NULL) < 0)
+  if (policy_gate_state_write(gate, new, NULL) < 0)
     goto fail;
   if (strcmp(stored, new->digest) != 0
       && audit_record(gate->store, "agent", "policy_applied", detail.buf) < 0)
@@ -245,7 +259,7 @@ static int policy_gate_load(struct policy_gate *gate, bool notify)
   if (old != NULL && strcmp(old->digest, fresh->digest) == 0) {
     /* Same bytes again: only an earlier rejection needs clearing. */
     if (gate->last_error[0] != '\0')
-      policy_gate_state_write(gate, fresh->digest, NULL);
+      policy_gate_state_write(gate, fresh, NULL);
     gate->last_error[0] = '\0';
     policy_free(fresh);
     return 0;
@@ -314,10 +328,14 @@ int policy_gate_new(uv_loop_t *loop, struct store *store, const char *path,
   gate->event.data = gate->poll.data = gate->settle.data = gate;
   gate->open_handles = POLICY_GATE_NHANDLES;
 
-  /* A missing or broken file leaves the gate closed, not the agent down. */
+  /* A missing or broken file leaves the gate closed, not the agent down;
+   * the record of what an earlier run applied goes, so that status does
+   * not claim this run keeps it. */
   policy_gate_load(gate, false);
-  if (gate->policy == NULL)
+  if (gate->policy == NULL) {
     log_warn("- policy closed path=%s reason=no_valid_policy", path);
+    policy_gate_state_write(gate, NULL, NULL);
+  }
 
   rc = uv_fs_event_start(&gate->event, policy_gate_event_cb, gate->dir, 0);
   if (rc < 0)

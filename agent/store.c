@@ -113,6 +113,12 @@ static const char *const store_migrations[] = {
    * iCalendar lines, so that GET gives them back (see docs/caldav.md);
    * NULL for none and for events made in Outlook. */
   "ALTER TABLE caldav_objects ADD COLUMN client_attendees TEXT;",
+  /* 10: what the policy the agent applies says, so that nextal-policy
+   * status can show it while the file on disk is broken; all NULL, with
+   * digest, while the agent has no valid policy and refuses everything. */
+  "ALTER TABLE policy_state ADD COLUMN enabled INTEGER;"
+  "ALTER TABLE policy_state ADD COLUMN mode TEXT;"
+  "ALTER TABLE policy_state ADD COLUMN users INTEGER;",
 };
 
 #define STORE_NMIGRATIONS                                                      \

@@ -195,21 +195,25 @@ static int cli_options(struct cli *cli, const struct cli_command *cmd, int argc,
 
 /* status */
 
-/* The policy_state row the agent maintains. */
+/* The policy_state row the agent maintains: the policy it applies
+ * (digest empty while it has none) and the file it last rejected. */
 struct cli_policy_state {
   int64_t loaded_at, error_at;
   char digest[65];
   char error[512];
+  struct policy applied; /* enabled, mode and nusers; users is NULL */
+  bool known; /* applied is recorded (not by an agent older than that) */
 };
 
 static void cli_policy_state_get(struct cli *cli, struct cli_policy_state *ps)
 {
   sqlite3_stmt *st = NULL;
+  const unsigned char *mode;
 
   memset(ps, 0, sizeof(*ps));
   if (sqlite3_prepare_v2(cli->store->db,
-                         "SELECT loaded_at, digest, error, error_at "
-                         "FROM policy_state WHERE id=1",
+                         "SELECT loaded_at, digest, error, error_at, enabled,"
+                         " mode, users FROM policy_state WHERE id=1",
                          -1, &st, NULL)
           == SQLITE_OK
       && sqlite3_step(st) == SQLITE_ROW) {
@@ -220,6 +224,15 @@ static void cli_policy_state_get(struct cli *cli, struct cli_policy_state *ps)
     if (sqlite3_column_text(st, 2) != NULL)
       snprintf(ps->error, sizeof(ps->error), "%s", sqlite3_column_text(st, 2));
     ps->error_at = sqlite3_column_int64(st, 3);
+    ps->applied.enabled = sqlite3_column_int(st, 4) != 0;
+    mode = sqlite3_column_text(st, 5);
+    ps->applied.mode = mode != NULL && strcmp((const char *) mode, "all") == 0
+                           ? POLICY_MODE_ALL
+                           : POLICY_MODE_SPECIFIC;
+    ps->applied.nusers = (size_t) sqlite3_column_int64(st, 6);
+    ps->known
+        = ps->digest[0] == '\0' || sqlite3_column_type(st, 4) != SQLITE_NULL;
+    snprintf(ps->applied.digest, sizeof(ps->applied.digest), "%s", ps->digest);
   }
   sqlite3_finalize(st);
 }
@@ -410,21 +423,121 @@ static int cli_status_relink(struct cli *cli, json_t *arr)
   return 0;
 }
 
+/* The policy status describes: with the agent running, the one it
+ * applies (NULL while it has none); else the file's, which the agent
+ * applies when it starts (NULL when invalid). *source names which:
+ * "agent", "file" or "none". */
+static const struct policy *cli_status_policy(const struct cli_agent_state *as,
+                                              const struct cli_policy_state *ps,
+                                              const struct policy *file,
+                                              const char **source)
+{
+  if (as->state == AGENT_HEARTBEAT_RUNNING && ps->known) {
+    *source = ps->digest[0] != '\0' ? "agent" : "none";
+    return ps->digest[0] != '\0' ? &ps->applied : NULL;
+  }
+  *source = file != NULL ? "file" : "none";
+  return file;
+}
+
+/* What the agent does about the policy, for a person: what it applied
+ * and when, and what becomes of a file that is invalid or not yet
+ * applied. file is NULL when the file is invalid. */
+static void cli_status_applied_print(const struct cli_agent_state *as,
+                                     const struct cli_policy_state *ps,
+                                     const struct policy *file)
+{
+  bool running = as->state == AGENT_HEARTBEAT_RUNNING;
+  char when[32];
+
+  if (ps->error[0] != '\0') {
+    cli_time_format(ps->error_at, when, sizeof(when));
+    printf("policy error:  the agent rejected the file at %s: %s\n", when,
+           ps->error);
+  }
+  if (running && ps->known && ps->digest[0] == '\0') {
+    printf("agent applied: NONE: the agent has no valid policy, so it refuses "
+           "every\n               request (no_policy) %s\n",
+           file != NULL ? "until it reads the file, within a second"
+                        : "until the file is fixed");
+    return;
+  }
+  cli_time_format(ps->loaded_at, when, sizeof(when));
+  printf("agent applied: %s%s%.12s%s\n", when, ps->digest[0] ? " (" : "",
+         ps->digest, ps->digest[0] ? ")" : "");
+  if (file == NULL && running)
+    printf("               the file is invalid: the agent keeps the last valid "
+           "policy,\n               applied then, until the file is fixed\n");
+  else if (file == NULL)
+    printf("               the file is invalid: an agent starting now has no "
+           "valid\n               policy and refuses every request "
+           "(no_policy)\n");
+  else if (ps->digest[0] && strcmp(ps->digest, file->digest) != 0)
+    printf("               the file has changed since; the agent applies "
+           "it %s\n",
+           running ? "within a second" : "when it starts");
+}
+
+/* The switch, mode and list lines of status, for the policy in force. */
+static void cli_status_policy_print(const struct policy *policy,
+                                    const char *source, const char *file_err)
+{
+  if (policy != NULL) {
+    printf("integration:   %s\n", policy->enabled ? "enabled" : "DISABLED");
+    printf("mode:          %s\n",
+           policy->mode == POLICY_MODE_ALL ? "all users" : "specific users");
+    printf("permitted:     %zu listed%s\n", policy->nusers,
+           policy->mode == POLICY_MODE_ALL ? " (not used in mode all)" : "");
+  } else if (strcmp(source, "none") == 0 && file_err[0] == '\0') {
+    printf("integration:   NO POLICY: every request is refused (no_policy)\n");
+  }
+  if (file_err[0] != '\0')
+    printf("policy file:   INVALID: %s\n", file_err);
+}
+
+/* status --json: the switch, mode and list of the policy in force (null
+ * without one), where it comes from, and the file's own verdict. */
+static void cli_status_policy_json(json_t *o, const struct policy *policy,
+                                   const char *source,
+                                   const struct cli_policy_state *ps,
+                                   const char *file_err)
+{
+  char when[32];
+  json_t *agent = json_object_get(o, "agent");
+
+  json_object_set_new(o, "enabled",
+                      policy ? json_boolean(policy->enabled) : json_null());
+  json_object_set_new(
+      o, "mode",
+      policy ? json_string(policy->mode == POLICY_MODE_ALL ? "all" : "specific")
+             : json_null());
+  json_object_set_new(o, "permitted",
+                      policy ? json_integer((json_int_t) policy->nusers)
+                             : json_null());
+  json_object_set_new(o, "policy_source", json_string(source));
+  json_object_set_new(o, "file_valid", json_boolean(file_err[0] == '\0'));
+  cli_time_format(ps->loaded_at, when, sizeof(when));
+  json_object_set_new(agent, "applied_at",
+                      ps->digest[0] ? json_string(when) : json_null());
+}
+
 static int cli_status(struct cli *cli, int argc, char **argv)
 {
-  struct policy *policy = NULL;
+  struct policy *file = NULL;
+  const struct policy *policy;
   struct cli_policy_state ps;
   struct cli_agent_state as;
   struct tenant_consent consent;
   char err[512] = "", when[32], token_msg[512];
   int64_t linked = 0, relink = 0, held = 0, queued = 0, failed = 0;
   bool token_ok, active;
-  const char *active_why;
+  const char *active_why, *source;
   int rc = cli_open(cli);
 
   if (rc != EX_OK)
     return rc;
-  policy_load(cli->cfg.policy_file, &policy, err, sizeof(err));
+  if (policy_load(cli->cfg.policy_file, &file, err, sizeof(err)) == 0)
+    err[0] = '\0';
   token_ok
       = policy_link_token_check(&cli->cfg, token_msg, sizeof(token_msg)) == 0;
   cli_policy_state_get(cli, &ps);
@@ -435,32 +548,28 @@ static int cli_status(struct cli *cli, int argc, char **argv)
       || queue_count(cli->store, "queued", &queued) < 0
       || queue_count(cli->store, "failed", &failed) < 0) {
     cli_error("cannot read %s", cli->cfg.database);
-    policy_free(policy);
+    policy_free(file);
     free(as.path);
     return EX_IOERR;
   }
+  policy = cli_status_policy(&as, &ps, file, &source);
   active = cli_status_active(&as, policy, &ps, consent.state, token_ok,
                              &active_why);
 
   if (cli->json) {
     json_t *o = json_pack(
-        "{s:s, s:o, s:o, s:o, s:I, s:I, s:{s:s, s:s?, s:s?}, s:{s:s?, s:s?}, "
+        "{s:s, s:I, s:I, s:{s:s, s:s?, s:s?}, s:{s:s?, s:s?}, "
         "s:s?, s:{s:I, s:I, s:I}}",
-        "policy_file", cli->cfg.policy_file, "enabled",
-        policy ? json_boolean(policy->enabled) : json_null(), "mode",
-        policy
-            ? json_string(policy->mode == POLICY_MODE_ALL ? "all" : "specific")
-            : json_null(),
-        "permitted",
-        policy ? json_integer((json_int_t) policy->nusers) : json_null(),
-        "linked", (json_int_t) linked, "needs_relink", (json_int_t) relink,
-        "consent", "state", tenant_consent_state_name(consent.state), "tenant",
+        "policy_file", cli->cfg.policy_file, "linked", (json_int_t) linked,
+        "needs_relink", (json_int_t) relink, "consent", "state",
+        tenant_consent_state_name(consent.state), "tenant",
         consent.tenant[0] ? consent.tenant : NULL, "error",
         consent.error[0] ? consent.error : NULL, "agent", "digest",
         ps.digest[0] ? ps.digest : NULL, "load_error",
         ps.error[0] ? ps.error : NULL, "file_error", err[0] ? err : NULL,
         "messages", "held", (json_int_t) held, "queued", (json_int_t) queued,
         "failed", (json_int_t) failed);
+    cli_status_policy_json(o, policy, source, &ps, err);
     json_object_set_new(
         o, "token",
         json_pack("{s:b, s:s}", "ok", token_ok, "detail", token_msg));
@@ -469,7 +578,7 @@ static int cli_status(struct cli *cli, int argc, char **argv)
     if (cli_status_relink(cli, json_object_get(o, "relink")) < 0) {
       cli_error("cannot read %s", cli->cfg.database);
       json_decref(o);
-      policy_free(policy);
+      policy_free(file);
       free(as.path);
       return EX_IOERR;
     }
@@ -479,21 +588,13 @@ static int cli_status(struct cli *cli, int argc, char **argv)
         json_string(cli->cfg.link_mode == CONFIG_LINK_APPLICATION
                         ? "application"
                         : "delegated"));
-    policy_free(policy);
+    policy_free(file);
     free(as.path);
     return cli_json_print(o);
   }
 
   cli_agent_state_print(&as);
-  if (policy != NULL) {
-    printf("integration:   %s\n", policy->enabled ? "enabled" : "DISABLED");
-    printf("mode:          %s\n",
-           policy->mode == POLICY_MODE_ALL ? "all users" : "specific users");
-    printf("permitted:     %zu listed%s\n", policy->nusers,
-           policy->mode == POLICY_MODE_ALL ? " (not used in mode all)" : "");
-  } else {
-    printf("policy file:   INVALID: %s\n", err);
-  }
+  cli_status_policy_print(policy, source, err);
   printf("linked users:  %lld linked, %lld must link again\n",
          (long long) linked, (long long) relink);
   if (relink > 0 && cli_status_relink(cli, NULL) < 0)
@@ -505,25 +606,10 @@ static int cli_status(struct cli *cli, int argc, char **argv)
   printf("token:         %s: %s\n", token_ok ? "ok" : "NOT OBTAINED",
          token_msg);
   printf("active:        %s\n", active_why);
-  if (ps.error[0] != '\0') {
-    cli_time_format(ps.error_at, when, sizeof(when));
-    printf("policy error:  the agent rejected the file at %s: %s\n"
-           "               (it keeps the last valid policy)\n",
-           when, ps.error);
-  } else {
-    cli_time_format(ps.loaded_at, when, sizeof(when));
-    printf("agent applied: %s%s%.12s%s\n", when, ps.digest[0] ? " (" : "",
-           ps.digest, ps.digest[0] ? ")" : "");
-    if (policy != NULL && ps.digest[0]
-        && strcmp(ps.digest, policy->digest) != 0)
-      printf("               the file has changed since; the agent applies "
-             "it %s\n",
-             as.state == AGENT_HEARTBEAT_RUNNING ? "within a second"
-                                                 : "when it starts");
-  }
+  cli_status_applied_print(&as, &ps, file);
   printf("messages:      %lld held, %lld queued, %lld failed\n",
          (long long) held, (long long) queued, (long long) failed);
-  policy_free(policy);
+  policy_free(file);
   free(as.path);
   return EX_OK;
 }
@@ -1505,10 +1591,13 @@ static int cli_drop_run(struct cli *cli, int argc, char **argv);
 
 static const struct cli_command cli_commands[] = {
   { "status", cli_status, "[--json]",
-    "Shows the switch, the access mode, how many users are permitted and\n"
-    "linked, who must link again and why (every mode; the text shows the\n"
-    "first 50, --json all), the admin consent state, the last policy file\n"
-    "the agent rejected, and held, queued and failed mail.",
+    "Shows the switch, the access mode and how many users are permitted\n"
+    "in the policy the running agent applies (the file's when it is not\n"
+    "running), whether the file is valid and what the agent does if not,\n"
+    "how many users are linked, who must link again and why (every mode;\n"
+    "the text shows the first 50, --json all), the admin consent state,\n"
+    "the last policy file the agent rejected, and held, queued and failed\n"
+    "mail.",
     0, 0 },
   { "enable", cli_enable, "",
     "Switches the integration on. Users disconnected by a switch-off must\n"
