@@ -149,19 +149,60 @@ class PolicySwitchHoldsMail(AgentTestCase):
 
     def test_removing_one_user_holds_only_theirs(self):
         self.box.policy_cli("mode", "specific")
-        self.box.policy_cli("allow", ALICE)
+        self.box.policy_cli("allow", ALICE, BOB)
+        self.addCleanup(self.box.policy_cli, "mode", "all")
         time.sleep(1.5)  # the agent applies the file within a second
-        before_alice = self.sent_count(ALICE)
-        self.send(ALICE, ["ok@example.net"], message(ALICE, "allowed"))
+        # Bob's sends fail transiently, so his mail is still queued when
+        # he is removed from the list.
+        self.box.sim_post("/_sim/faults", {"fault": "503", "mailbox": BOB,
+                                           "operation": "sendMail",
+                                           "probability": 1.0, "retry_after": "1"})
+        self.addCleanup(self.box.sim_post, "/_sim/faults", {"clear": True})
+        before_alice, before_bob = self.sent_count(ALICE), self.sent_count(BOB)
+        earlier = self.states(BOB)  # other tests' mail, all settled
+        self.assertNotIn("held", earlier)
+        tags = ["removed-%d" % i for i in range(2)]
+        for tag in tags:
+            self.send(BOB, ["x@example.net"], message(BOB, tag))
+        wait_for(lambda: self.db().execute(
+            "SELECT COUNT(*) FROM messages WHERE sender = ? AND state = 'queued'"
+            " AND attempts > 0", (BOB,)).fetchone()[0] == 2, 15,
+            "bob's mail tried and queued")
+
+        self.box.policy_cli("remove", BOB)
+        self.wait_refused(BOB, "user_not_permitted")
+        requests_at_removal = self.graph_requests(BOB)
+        self.box.sim_post("/_sim/faults", {"clear": True})
+        wait_for(lambda: self.states(BOB).get("held") == 2, 15, "bob's mail held")
+        rows = self.db().execute(
+            "SELECT error_code FROM messages WHERE sender = ? AND state = 'held'",
+            (BOB,)).fetchall()
+        self.assertEqual([r[0] for r in rows], ["user_not_permitted"] * 2)
+        held = self.box.policy_cli("held").stdout
+        self.assertEqual(held.count("user_not_permitted"), 2, held)
+
+        # Alice, still listed, is delivered meanwhile; nothing of Bob's
+        # reaches the simulator.
+        self.send(ALICE, ["ok@example.net"], message(ALICE, "still-allowed"))
+        self.box.wait_sent(ALICE, before_alice + 1)
+        time.sleep(2.5)  # past the 1 s Retry-After of Bob's failed sends
+        self.assertEqual(self.sent_count(BOB), before_bob)
+        self.assertEqual(self.graph_requests(BOB), requests_at_removal,
+                         "a Graph request for bob after he was removed")
+        self.assertEqual(self.states(BOB), dict(earlier, held=2))
         with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
             self.send(BOB, ["x@example.net"], message(BOB, "not-listed"))
         self.assertIn(b"user_not_permitted", refused.exception.smtp_error)
-        self.box.wait_sent(ALICE, before_alice + 1)
         check = self.box.policy_cli("check", BOB, check=False)
         self.assertEqual(check.returncode, 1)
         self.assertIn("user_not_permitted", check.stdout + check.stderr)
-        self.box.policy_cli("mode", "all")
 
+        # Listed again, his held mail goes out once, by itself.
+        self.box.policy_cli("allow", BOB)
+        self.box.wait_sent(BOB, before_bob + 2, timeout=30)
+        time.sleep(1.5)
+        self.assertEqual(sorted(r["resource"]["subject"]
+                                for r in self.box.sent(BOB)[before_bob:]), tags)
 
 if __name__ == "__main__":
     main()
