@@ -981,7 +981,10 @@ static int cli_check(struct cli *cli, int argc, char **argv)
   if ((rc = cli_open(cli)) != EX_OK)
     return rc;
   if (policy_load(cli->cfg.policy_file, &policy, err, sizeof(err)) < 0) {
-    cli_error("%s (the agent keeps its last valid policy)", err);
+    cli_error("%s\n(a running agent keeps the last valid policy it applied, or "
+              "refuses\nevery request with no_policy if it has none: "
+              "nextal-policy status says which)",
+              err);
     return EX_DATAERR;
   }
   if (tenant_consent_get(cli->store, &consent) == 0)

@@ -534,6 +534,23 @@ class PolicyCli(unittest.TestCase):
         self.assertEqual(p.returncode, 66)
         self.assertFalse(json.loads(p.stdout)["valid"])
 
+    def test_status_with_a_broken_file_and_no_agent(self):
+        with open(self.policy, "a") as f:
+            f.write("user = not-an-address\n")
+        text = self.run_cli("status").stdout
+        self.assertRegex(text, r"(?m)^policy file: +INVALID: .*policy\.ini:11: ")
+        self.assertIn("the file is invalid: an agent starting now has no "
+                      "valid\n               policy and refuses every request "
+                      "(no_policy)\n", text)
+        self.assertNotIn("keeps the last valid policy", text)
+        full = json.loads(self.run_cli("status", "--json").stdout)
+        self.assertEqual((full["enabled"], full["mode"], full["policy_source"],
+                          full["file_valid"]), (None, None, "none", False))
+        self.assertIn("policy.ini:11:", full["file_error"])
+        p = self.run_cli("check", "alice@contoso.example", check=False)
+        self.assertEqual(p.returncode, 65)
+        self.assertIn("nextal-policy status says which", p.stderr)
+
     def test_audit_since(self):
         self.run_cli("allow", "bob@contoso.example")
         # Entries older than an hour, which --since must leave out.
