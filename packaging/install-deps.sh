@@ -6,7 +6,7 @@ set -eu
 PACKAGES="build-essential cmake pkg-config clang-format curl ca-certificates
   libuv1-dev libcurl4-gnutls-dev libical-dev libetpan-dev libsqlite3-dev
   libjansson-dev libxml2-dev libhttp-parser-dev libinih-dev libgnutls28-dev
-  libicu-dev libcmocka-dev sqlite3 python3 python3-caldav swaks"
+  libicu-dev libcmocka-dev sqlite3 python3 python3-caldav swaks openssl"
 
 missing=""
 for p in $PACKAGES; do

@@ -9,6 +9,8 @@
   POST /_sim/signin   {"as": addr|null, "once": bool, "decline": N|bool,
                        "omit_claims": [claim, ...]}  (id_token claims to drop)
   POST /_sim/consent  {"client_id"?, "granted": bool, "next_failure": ...}
+  POST /_sim/certificates {"client_id"?, "certificates": [pem, ...]}
+                                             replace the app's certificates
   GET  /_sim/tokens[?user=addr]              token requests, oldest first
   POST /_sim/users/{address} {"disabled","mailbox","upn","revoke_tokens",
                               "expire_refresh_tokens"}
@@ -20,6 +22,7 @@
 
 import time
 
+import certs
 import faults
 import identity
 import mail
@@ -56,6 +59,7 @@ def handle(state, req):
         ("POST", "signin"): lambda: set_signin(state, body),
         ("POST", "consent"): lambda: set_consent(state, body),
         ("GET", "consent"): lambda: get_consent(state),
+        ("POST", "certificates"): lambda: set_certificates(state, body),
         ("POST", "users"): lambda: modify_user(state, segs, body),
         ("GET", "users"): lambda: list_users(state),
         ("POST", "tokens"): lambda: expire_tokens(state, body),
@@ -176,6 +180,26 @@ def set_consent(state, body):
         if "next_failure" in body:
             state.consent_failure = body["next_failure"] or None
     return get_consent(state)
+
+
+def set_certificates(state, body):
+    """Replaces the certificates registered on an app (a rotation in
+    Entra's Certificates & secrets [E-CERT]); 400 on a PEM openssl refuses."""
+    cid = default_client(state, body)
+    pems = body.get("certificates")
+    if cid is None:
+        return bad_request("no such client_id")
+    if not isinstance(pems, list) or not all(isinstance(p, str) for p in pems):
+        return bad_request('"certificates" must be a list of PEM strings')
+    try:
+        loaded = [certs.load(p) for p in pems]
+    except certs.CertError as e:
+        return bad_request("not a PEM certificate: %s" % e)
+    with state.lock:
+        client = state.config.clients[cid]
+        client["_certs"] = loaded
+    return json_reply(200, {"client_id": cid,
+                            "x5t#S256": [c["x5t#S256"] for c in loaded]})
 
 
 def get_consent(state):

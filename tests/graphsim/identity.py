@@ -24,6 +24,7 @@ import json
 import time
 import urllib.parse
 
+import certs
 import faults
 from simcore import (Reply, b64url, json_reply, new_guid, oauth_error,
                      random_token, text_reply)
@@ -300,7 +301,14 @@ def authenticate_client(state, req, form, tenant):
         return None, oauth_error(400, "unauthorized_client", 700016, "Application with "
                                  "identifier '%s' was not found in the directory '%s'."
                                  % (cid, tenant))
+    if "client_assertion" in form or "client_assertion_type" in form:
+        return assertion_client(state, req, form, tenant, cid, client)
     expected = client.get("client_secret")
+    if expected is None and certs.registered(client):
+        # A confidential client with only a certificate [E-CERT].
+        return None, oauth_error(401, "invalid_client", 7000218, "The request body "
+                                 "must contain the following parameter: "
+                                 "'client_assertion' or 'client_secret'.")
     if expected is not None:
         if secret is None and "client_assertion" not in form:
             # invalid_client + 401 is our choice; status is [unverified] (§1.7).
@@ -313,6 +321,25 @@ def authenticate_client(state, req, form, tenant):
                                      "is the client secret value, not the client secret ID, "
                                      "for a secret added to app '%s'." % cid)
     return client, None
+
+
+def assertion_client(state, req, form, tenant, cid, client):
+    """Client authentication by certificate assertion [E-CERT]: (client,
+    None) or (None, error Reply)."""
+    if form.get("client_assertion_type") != certs.ASSERTION_TYPE:
+        return None, oauth_error(400, "invalid_request", 50027, "JWT token is "
+                                 "invalid or malformed: client_assertion_type "
+                                 "must be '%s'." % certs.ASSERTION_TYPE)
+    if not certs.registered(client):
+        return None, certs.invalid_signature(cid, "The key was not found.")
+    # aud must be the token endpoint the request was sent to [E-CERT]; the
+    # tenant may be named by GUID or domain.
+    host = req.headers.get("Host", "")
+    urls = {"http://%s/%s/oauth2/v2.0/token" % (host, t)
+            for t in (tenant, state.config.tenant_id, state.config.tenant_domain)}
+    err = certs.check_assertion(state, client, cid,
+                                form.get("client_assertion", ""), urls)
+    return (None, err) if err else (client, None)
 
 
 def token_endpoint(state, req, tenant):
@@ -368,6 +395,9 @@ def token_log_add(state, form, user, issued, reply, rule):
         "at": time.time(), "grant_type": form.get("grant_type"), "user": user,
         "presented_refresh_token": form.get("refresh_token"),
         "issued_refresh_token": granted.get("refresh_token"),
+        # How the client authenticated: "secret", "assertion" or None.
+        "credential": ("assertion" if "client_assertion" in form else
+                       "secret" if form.get("client_secret") else None),
         "status": 0 if reply.drop else reply.status,
         "fault": rule.fault if rule else None,
     }

@@ -470,6 +470,143 @@ class IdentityTests(SimTestCase):
                               "InvalidAuthenticationToken")
 
 
+def openssl(*args, data=None):
+    return subprocess.run(("openssl",) + args, input=data, check=True,
+                          capture_output=True).stdout
+
+
+def b64u(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class CertificateTests(SimTestCase):
+    """Client authentication with a certificate assertion [E-CERT]; keys
+    and signatures made with the openssl tool, as the simulator only
+    verifies."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        for name in ("one", "two"):
+            key = os.path.join(cls.tmp.name, name + ".key")
+            crt = os.path.join(cls.tmp.name, name + ".crt")
+            openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+                    "-days", "2", "-subj", "/CN=" + name, "-keyout", key,
+                    "-out", crt)
+            with open(crt) as fh:
+                setattr(cls, name + "_pem", fh.read())
+            setattr(cls, name + "_key", key)
+
+    def setUp(self):
+        super().setUp()
+        self.ctl("POST", "certificates", {"certificates": [self.one_pem]})
+        self.addCleanup(self.ctl, "POST", "certificates", {"certificates": []})
+
+    def assertion(self, pem=None, key=None, alg="PS256", **claims):
+        pem, key = pem or self.one_pem, key or self.one_key
+        der = openssl("x509", "-outform", "DER", data=pem.encode())
+        header = {"alg": alg, "typ": "JWT",
+                  "x5t#S256": b64u(hashlib.sha256(der).digest())}
+        now = int(time.time())
+        body = {"aud": self.base + "/%s/oauth2/v2.0/token" % TENANT,
+                "iss": CLIENT, "sub": CLIENT, "jti": secrets.token_hex(16),
+                "nbf": now, "iat": now, "exp": now + 300}
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        signed = b64u(json.dumps(header)) + "." + b64u(json.dumps(body))
+        opts = ["-sigopt", "rsa_padding_mode:pss", "-sigopt",
+                "rsa_pss_saltlen:32"] if alg == "PS256" else []
+        sig = openssl("dgst", "-sha256", "-sign", key, *opts, data=signed.encode())
+        return signed + "." + b64u(sig)
+
+    def cert_token(self, assertion):
+        return self.token({
+            "grant_type": "client_credentials", "client_id": CLIENT,
+            "scope": "https://graph.microsoft.com/.default",
+            "client_assertion_type":
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion})
+
+    def test_ps256_and_rs256_assertions_get_a_token(self):
+        for alg in ("PS256", "RS256"):
+            r = self.cert_token(self.assertion(alg=alg))
+            self.assertEqual(r.status, 200, r.body)
+            self.assertIn("access_token", r.json())
+        log = self.ctl("GET", "tokens")["requests"]
+        self.assertEqual([e["credential"] for e in log[-2:]],
+                         ["assertion", "assertion"])
+
+    def test_tampered_signature_is_refused(self):
+        a = self.assertion()
+        head, claims, sig = a.split(".")
+        raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
+        raw[10] ^= 0x01
+        self.assertOAuthError(self.cert_token("%s.%s.%s" % (head, claims, b64u(bytes(raw)))),
+                              401, "invalid_client", 700027)
+
+    def test_tampered_claims_are_refused(self):
+        head, _, sig = self.assertion().split(".")
+        now = int(time.time())
+        claims = b64u(json.dumps({
+            "aud": self.base + "/%s/oauth2/v2.0/token" % TENANT, "iss": CLIENT,
+            "sub": CLIENT, "jti": "x", "nbf": now, "exp": now + 3000}))
+        self.assertOAuthError(self.cert_token("%s.%s.%s" % (head, claims, sig)),
+                              401, "invalid_client", 700027)
+
+    def test_pkcs1_signature_labelled_ps256_is_refused(self):
+        head, claims, sig = self.assertion(alg="RS256").split(".")
+        ps_head = b64u(json.dumps(dict(json.loads(base64.urlsafe_b64decode(
+            head + "=" * (-len(head) % 4))), alg="PS256")))
+        # Re-sign the new header with PKCS#1 v1.5: the padding is wrong.
+        signed = ps_head + "." + claims
+        sig = openssl("dgst", "-sha256", "-sign", self.one_key, data=signed.encode())
+        self.assertOAuthError(self.cert_token(signed + "." + b64u(sig)),
+                              401, "invalid_client", 700027)
+
+    def test_other_certificate_is_refused_until_registered(self):
+        a = self.assertion(pem=self.two_pem, key=self.two_key)
+        r = self.cert_token(a)
+        self.assertOAuthError(r, 401, "invalid_client", 700027)
+        self.assertIn("The key was not found", r.json()["error_description"])
+        # Rotation: register both; the same assertion is taken.
+        self.ctl("POST", "certificates", {"certificates": [self.one_pem, self.two_pem]})
+        self.assertEqual(self.cert_token(a).status, 200)
+
+    def test_key_of_another_certificate_is_refused(self):
+        # x5t#S256 names the registered certificate, the key is not its own.
+        a = self.assertion(pem=self.one_pem, key=self.two_key)
+        self.assertOAuthError(self.cert_token(a), 401, "invalid_client", 700027)
+
+    def test_expired_or_early_assertion(self):
+        now = int(time.time())
+        self.assertOAuthError(self.cert_token(self.assertion(nbf=now - 4000, exp=now - 3000)),
+                              400, "invalid_client", 700024)
+        self.assertOAuthError(self.cert_token(self.assertion(nbf=now + 3000, exp=now + 3600)),
+                              400, "invalid_client", 700024)
+
+    def test_claims_must_name_endpoint_and_client(self):
+        other = "bbbbbbbb-0000-0000-0000-000000000002"
+        for claims in ({"aud": "https://login.microsoftonline.com/%s/oauth2/v2.0/token"
+                        % TENANT}, {"iss": other}, {"sub": other}, {"jti": None}):
+            self.assertOAuthError(self.cert_token(self.assertion(**claims)),
+                                  400, "invalid_request", 50027)
+        # The tenant's domain in aud names the same endpoint [E-CERT].
+        aud = self.base + "/contoso.example/oauth2/v2.0/token"
+        self.assertEqual(self.cert_token(self.assertion(aud=aud)).status, 200)
+
+    def test_assertion_is_single_use(self):
+        a = self.assertion()
+        self.assertEqual(self.cert_token(a).status, 200)
+        self.assertOAuthError(self.cert_token(a), 401, "invalid_client", 700027)
+
+    def test_rotation_rejects_bad_pem(self):
+        r = self.http("POST", "/_sim/certificates",
+                      json_body={"certificates": ["not a certificate"]})
+        self.assertEqual(r.status, 400, r.body)
+
+
 class MailTests(SimTestCase):
     def setUp(self):
         super().setUp()
