@@ -78,7 +78,7 @@ class Sandbox:
 
     def __init__(self, build_dir=None, workdir=None, link_mode="application",
                  latency_ms=0, users=DEMO_USERS, policy=None, agent_args=(),
-                 extra_config=""):
+                 extra_config="", client_certificate=False):
         self.build_dir = build_dir or os.environ.get(
             "NEXTAL_BUILD_DIR", os.path.join(REPO, "build"))
         self.agent_bin = find_binary(self.build_dir, "nextal-agent")
@@ -94,6 +94,10 @@ class Sandbox:
         # "[delivery]\nmax_per_minute = 5": a repeated section adds keys
         # and a repeated key overrides the generated one.
         self.extra_config = extra_config
+        # True: the agent authenticates with a self-signed certificate
+        # (client.crt / client.key here, registered with the simulator)
+        # instead of the client secret.
+        self.client_certificate = client_certificate
         self.sim = None
         self.agent = None
         self.smtp_port = free_port()
@@ -105,13 +109,33 @@ class Sandbox:
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
+    def make_certificate(self, name="client"):
+        """A self-signed RSA certificate and its key (mode 0600) in the
+        sandbox directory; returns (certificate path, key path)."""
+        crt, key = self.path(name + ".crt"), self.path(name + ".key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
+                        "-nodes", "-sha256", "-days", "30",
+                        "-subj", "/CN=nextal-agent sandbox " + name,
+                        "-keyout", key, "-out", crt],
+                       check=True, capture_output=True)
+        os.chmod(key, 0o600)
+        return crt, key
+
+    def certificate_pem(self, name="client"):
+        with open(self.path(name + ".crt")) as f:
+            return f.read()
+
     def write_sim_config(self):
+        if self.client_certificate:
+            self.make_certificate()
         config = {
             "tenant_id": TENANT_ID,
             "tenant_domain": TENANT_DOMAIN,
             "clients": [{
                 "client_id": CLIENT_ID,
                 "client_secret": CLIENT_SECRET,
+                "certificates": ([self.certificate_pem()]
+                                 if self.client_certificate else []),
                 "redirect_uris": [
                     "http://127.0.0.1:%d/oauth/callback" % self.http_port,
                     "http://127.0.0.1:%d/oauth/consent" % self.http_port,
@@ -157,7 +181,12 @@ class Sandbox:
             "[microsoft]",
             "tenant = " + TENANT_DOMAIN,
             "client_id = " + CLIENT_ID,
+        ] + ([
+            "client_certificate = " + os.path.abspath(self.path("client.crt")),
+            "client_key = " + os.path.abspath(self.path("client.key")),
+        ] if self.client_certificate else [
             "client_secret = " + CLIENT_SECRET,
+        ]) + [
             "login_base_url = " + sim,
             "graph_base_url = " + sim,
             "link_mode = " + self.link_mode,
@@ -363,12 +392,16 @@ def main():
     parser.add_argument("--dir", help="sandbox directory (default: a new temp dir)")
     parser.add_argument("--demo", action="store_true",
                         help="send one SMTP message and one CalDAV event, show what Graph got")
+    parser.add_argument("--client-certificate", action="store_true",
+                        help="authenticate the agent with a self-signed "
+                        "certificate instead of the client secret")
     parser.add_argument("--keep", action="store_true",
                         help="leave the sandbox running until Ctrl-C")
     args = parser.parse_args()
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
-    box = Sandbox(build_dir=args.build_dir, workdir=args.dir)
+    box = Sandbox(build_dir=args.build_dir, workdir=args.dir,
+                  client_certificate=args.client_certificate)
     try:
         box.start()
         print("sandbox: %s" % box.dir)
