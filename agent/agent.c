@@ -117,19 +117,34 @@ static int agent_open_core(struct agent *agent)
     log_error("- agent client_certificate_refused error=\"%s\"", err);
     return EX_CONFIG;
   }
-  if (http_client_new(agent->loop, &agent->http) < 0
-      || token_cache_new(agent->loop, agent->http, cfg, agent->store,
-                         agent->crypt, &agent->tokens)
-             < 0
-      || graph_client_new(agent->loop, agent->http, agent->tokens,
-                          cfg->graph_base_url, cfg->delivery_max_in_flight,
-                          &agent->graph)
-             < 0)
+  /* Each exit 70 (EX_SOFTWARE) below names the part that failed: the
+   * configuration was checked already, so this is ours to fix. */
+  if (http_client_new(agent->loop, &agent->http) < 0) {
+    log_error("- agent start_failed part=http_client");
     return EX_SOFTWARE;
+  }
+  if (token_cache_new(agent->loop, agent->http, cfg, agent->store, agent->crypt,
+                      &agent->tokens)
+      < 0) {
+    log_error("- agent start_failed part=token_cache");
+    return EX_SOFTWARE;
+  }
+  if (graph_client_new(agent->loop, agent->http, agent->tokens,
+                       cfg->graph_base_url, cfg->delivery_max_in_flight,
+                       &agent->graph)
+      < 0) {
+    log_error("- agent start_failed part=graph_client graph_base_url=%s "
+              "max_in_flight_per_mailbox=%u",
+              cfg->graph_base_url, cfg->delivery_max_in_flight);
+    return EX_SOFTWARE;
+  }
   if (policy_gate_new(agent->loop, agent->store, cfg->policy_file,
                       agent_on_policy_change, agent, &agent->gate)
-      < 0)
+      < 0) {
+    log_error("- agent start_failed part=policy_gate policy_file=%s",
+              cfg->policy_file);
     return EX_SOFTWARE;
+  }
   return 0;
 }
 
@@ -144,14 +159,14 @@ static int agent_open_http(struct agent *agent)
 
   agent->router = http_router_new();
   if (oauth_consent_register(agent->router, agent->store) < 0)
-    return -EINVAL;
+    goto refused;
   agent->caldav = (struct caldav_deps){ .store = agent->store,
                                         .graph = agent->graph,
                                         .gate = agent->gate,
                                         .credential = agent->credential,
                                         .zones = caldav_zones_new() };
   if (caldav_register(agent->router, &agent->caldav) < 0)
-    return -EINVAL;
+    goto refused;
   agent->user_link = (struct user_link_deps){ .cfg = agent->cfg,
                                               .store = agent->store,
                                               .http = agent->http,
@@ -161,20 +176,23 @@ static int agent_open_http(struct agent *agent)
                                               .gate = agent->gate,
                                               .credential = agent->credential };
   if (user_link_register(agent->router, &agent->user_link) < 0)
-    return -EINVAL;
+    goto refused;
   agent->mail_status
       = (struct mail_status_deps){ .store = agent->store,
                                    .credential = agent->credential };
   if (mail_status_register(agent->router, &agent->mail_status) < 0)
-    return -EINVAL;
+    goto refused;
   http_server_limits_defaults(&limits);
   limits.max_body_size = agent->cfg->http_max_body;
   limits.max_connections = agent->cfg->http_max_connections;
   /* config.c bounds both to an hour, well within unsigned milliseconds. */
   limits.request_timeout_ms = agent->cfg->http_request_timeout * 1000u;
   limits.idle_timeout_ms = agent->cfg->http_idle_timeout * 1000u;
-  if (config_parse_hostport(agent->cfg->http_listen, &host, &port) < 0)
+  if (config_parse_hostport(agent->cfg->http_listen, &host, &port) < 0) {
+    log_error("- http listen_failed address=%s error=\"not host:port\"",
+              agent->cfg->http_listen);
     return -EINVAL;
+  }
   rc = http_server_new(agent->loop, host, port, &limits, http_router_dispatch,
                        agent->router, &agent->http_server);
   if (rc < 0)
@@ -182,6 +200,10 @@ static int agent_open_http(struct agent *agent)
               agent->cfg->http_listen, uv_strerror(rc));
   free(host);
   return rc;
+
+refused:
+  log_error("- agent start_failed part=http_routes");
+  return -EINVAL;
 }
 
 static int agent_open_endpoints(struct agent *agent)
@@ -203,8 +225,10 @@ static int agent_open_endpoints(struct agent *agent)
     return EX_UNAVAILABLE;
   if (delivery_new(agent->loop, agent->store, agent->graph, agent->gate, cfg,
                    &agent->delivery)
-      < 0)
+      < 0) {
+    log_error("- agent start_failed part=delivery");
     return EX_SOFTWARE;
+  }
   return 0;
 }
 
@@ -288,7 +312,7 @@ static void agent_reload(struct agent *agent)
   char err[1024];
   char esc[2048];
 
-  if (config_load(&fresh, agent->config_path, err, sizeof(err)) < 0) {
+  if (config_load_agent(&fresh, agent->config_path, err, sizeof(err)) < 0) {
     /* The reason quotes the file's own text: escaped, it stays one
      * error="..." field on one line. */
     log_error("- agent reload_failed error=\"%s\" (keeping the running "
@@ -347,6 +371,21 @@ static void agent_free(struct agent *agent)
   store_close(agent->store);
 }
 
+/* Logs each line of the configuration's warnings (see config.h). */
+static void agent_log_warnings(const char *warnings)
+{
+  char esc[1024];
+  const char *p = warnings;
+
+  while (p != NULL && *p != '\0') {
+    size_t n = strcspn(p, "\n");
+
+    log_warn("- agent config_warning warning=\"%s\"",
+             log_escape(esc, sizeof(esc), p, n));
+    p += n + (p[n] == '\n');
+  }
+}
+
 int agent_run(struct config *cfg, const char *config_path)
 {
   struct agent agent = { .cfg = cfg, .config_path = config_path };
@@ -354,6 +393,7 @@ int agent_run(struct config *cfg, const char *config_path)
 
   agent.loop = uv_default_loop();
   agent_start_signals(&agent);
+  agent_log_warnings(cfg->warnings);
   status = agent_open_core(&agent);
   if (status == 0)
     status = agent_open_endpoints(&agent);

@@ -2,23 +2,45 @@
 /* Reads and checks the agent's INI configuration (see include/config.h). */
 #include "config.h"
 
+#include <arpa/inet.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <ini.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "credential.h"
 #include "xalloc.h"
 
-/* Parse state handed to the inih callback. */
+/* One more than the keys in config_keys (checked at compile time below). */
+#define CONFIG_KEYS_MAX 64
+
+/* Parse state shared by the line reader and the inih callback. */
 struct config_parse {
   struct config *cfg;
-  char *base_dir;  /* directory of the file, for relative paths */
-  char error[256]; /* first problem found, without the line */
+  const char *path;
+  char *base_dir; /* directory of the file, for relative paths */
+  FILE *file;
+  bool agent;                    /* the daemon's checks too */
+  int line;                      /* line the callback is looking at */
+  int key_line[CONFIG_KEYS_MAX]; /* where each key was set; 0: not set */
+  int error_line;                /* first line refused; 0 if none */
+  char error[256];               /* what is wrong on error_line */
+  char *warnings;                /* "path:line: text\n" lines, or NULL */
 };
+
+struct config_key;
+
+/* Checks one value beyond its kind; returns 0, or -EINVAL after
+ * config_parse_fail. */
+typedef int (*config_check_fn)(struct config_parse *ps,
+                               const struct config_key *k, const char *value);
 
 enum config_kind {
   CONFIG_STRING,
@@ -34,15 +56,29 @@ struct config_key {
   const char *name;
   enum config_kind kind;
   size_t offset;
-  uint64_t min; /* for numbers: the smallest value that makes sense */
-  uint64_t max; /* for numbers; 0 means no upper bound */
+  uint64_t min;          /* for numbers: the smallest value that makes sense */
+  uint64_t max;          /* for numbers; 0 means no upper bound */
+  config_check_fn check; /* NULL: the kind says it all */
 };
 
 #define CFG(sec, key, kind, field, max) CFG_RANGE(sec, key, kind, field, 0, max)
 #define CFG_RANGE(sec, key, kind, field, min, max)                             \
   {                                                                            \
-    sec, key, kind, offsetof(struct config, field), min, max                   \
+    sec, key, kind, offsetof(struct config, field), min, max, NULL             \
   }
+#define CFG_CHECK(sec, key, field, check)                                      \
+  {                                                                            \
+    sec, key, CONFIG_STRING, offsetof(struct config, field), 0, 0, check       \
+  }
+
+static int config_check_listen(struct config_parse *ps,
+                               const struct config_key *k, const char *value);
+static int config_check_url(struct config_parse *ps, const struct config_key *k,
+                            const char *value);
+static int config_check_nonempty(struct config_parse *ps,
+                                 const struct config_key *k, const char *value);
+static int config_check_hash(struct config_parse *ps,
+                             const struct config_key *k, const char *value);
 
 static const struct config_key config_keys[] = {
   CFG("agent", "database", CONFIG_PATH, database, 0),
@@ -51,7 +87,7 @@ static const struct config_key config_keys[] = {
   CFG("agent", "log_level", CONFIG_STRING, log_level, 0),
   CFG("agent", "trace", CONFIG_STRING, trace, 0),
   CFG("agent", "key_file", CONFIG_PATH, key_file, 0),
-  CFG("smtp", "listen", CONFIG_STRING, smtp_listen, 0),
+  CFG_CHECK("smtp", "listen", smtp_listen, config_check_listen),
   CFG("smtp", "hostname", CONFIG_STRING, smtp_hostname, 0),
   /* The [smtp] limits are at least 1: with 0 every message, recipient,
    * connection or command would be refused, and a 0 s timer fires at
@@ -65,8 +101,8 @@ static const struct config_key config_keys[] = {
   CFG_RANGE("smtp", "idle_timeout", CONFIG_UINT, smtp_idle_timeout, 1, 86400),
   CFG("smtp", "auth_timeout", CONFIG_UINT, smtp_auth_timeout, 86400),
   CFG_RANGE("smtp", "data_timeout", CONFIG_UINT, smtp_data_timeout, 1, 86400),
-  CFG("http", "listen", CONFIG_STRING, http_listen, 0),
-  CFG("http", "public_url", CONFIG_STRING, http_public_url, 0),
+  CFG_CHECK("http", "listen", http_listen, config_check_listen),
+  CFG_CHECK("http", "public_url", http_public_url, config_check_url),
   /* At least 1: with 0 every request with a body would get 413. */
   CFG_RANGE("http", "max_body", CONFIG_U64, http_max_body, 1,
             (uint64_t) 150 << 20),
@@ -77,16 +113,17 @@ static const struct config_key config_keys[] = {
   CFG_RANGE("http", "request_timeout", CONFIG_UINT, http_request_timeout, 1,
             3600),
   CFG_RANGE("http", "idle_timeout", CONFIG_UINT, http_idle_timeout, 1, 3600),
-  CFG("service", "username", CONFIG_STRING, service_user, 0),
-  CFG("service", "password_hash", CONFIG_STRING, service_password_hash, 0),
+  CFG_CHECK("service", "username", service_user, config_check_nonempty),
+  CFG_CHECK("service", "password_hash", service_password_hash,
+            config_check_hash),
   CFG("microsoft", "tenant", CONFIG_STRING, tenant, 0),
   CFG("microsoft", "client_id", CONFIG_STRING, client_id, 0),
   CFG("microsoft", "client_secret", CONFIG_STRING, client_secret, 0),
   CFG("microsoft", "client_secret_file", CONFIG_PATH, client_secret_file, 0),
   CFG("microsoft", "client_certificate", CONFIG_PATH, client_certificate, 0),
   CFG("microsoft", "client_key", CONFIG_PATH, client_key, 0),
-  CFG("microsoft", "login_base_url", CONFIG_STRING, login_base_url, 0),
-  CFG("microsoft", "graph_base_url", CONFIG_STRING, graph_base_url, 0),
+  CFG_CHECK("microsoft", "login_base_url", login_base_url, config_check_url),
+  CFG_CHECK("microsoft", "graph_base_url", graph_base_url, config_check_url),
   CFG("microsoft", "link_mode", CONFIG_MODE, link_mode, 0),
   CFG("microsoft", "link_secret", CONFIG_STRING, link_secret, 0),
   /* At least 1: with 0 in flight nothing is ever sent, and 0 attempts
@@ -110,6 +147,138 @@ static const struct config_key config_keys[] = {
 };
 
 #define CONFIG_NKEYS (sizeof(config_keys) / sizeof(*config_keys))
+_Static_assert(CONFIG_NKEYS < CONFIG_KEYS_MAX, "raise CONFIG_KEYS_MAX");
+
+static void config_parse_fail(struct config_parse *ps, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Keeps the first problem only: inih goes on after an error, and the
+ * earliest line is the one a person should look at first. */
+static void config_parse_fail(struct config_parse *ps, const char *fmt, ...)
+{
+  va_list ap;
+
+  if (ps->error_line != 0)
+    return;
+  ps->error_line = ps->line;
+  va_start(ap, fmt);
+  vsnprintf(ps->error, sizeof(ps->error), fmt, ap);
+  va_end(ap);
+}
+
+/* Adds "path:line: text" to the warnings config_load hands back. */
+static void config_parse_warn(struct config_parse *ps, const char *text)
+{
+  char *more = xasprintf("%s%s:%d: %s\n", ps->warnings ? ps->warnings : "",
+                         ps->path, ps->line, text);
+
+  free(ps->warnings);
+  ps->warnings = more;
+}
+
+/* A listener binds exactly one socket, so its address must be exactly
+ * one: an IP literal. A host name could resolve to several addresses, or
+ * to a different one after a change to /etc/hosts or DNS. */
+static int config_check_listen(struct config_parse *ps,
+                               const struct config_key *k, const char *value)
+{
+  unsigned char addr[sizeof(struct in6_addr)];
+  char *host = NULL;
+  int port = 0;
+  int ok = 0;
+
+  if (config_parse_hostport(value, &host, &port) == 0)
+    ok = inet_pton(AF_INET, host, addr) == 1
+         || (value[0] == '[' && inet_pton(AF_INET6, host, addr) == 1);
+  free(host);
+  if (ok)
+    return 0;
+  config_parse_fail(ps,
+                    "%s must be an IP address and port such as "
+                    "127.0.0.1:2525 or [::1]:2525, not \"%s\" (host names "
+                    "are not resolved)",
+                    k->name, value);
+  return -EINVAL;
+}
+
+/* True for a host name curl_url() gave back that reaches only this
+ * machine: "localhost", 127.0.0.0/8 or [::1]. */
+static bool config_host_is_loopback(const char *host)
+{
+  struct in_addr v4;
+
+  if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
+    return true;
+  return inet_pton(AF_INET, host, &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127;
+}
+
+/* An http or https URL, parsed by libcurl, which sends to it. Plain http
+ * to another machine works but carries tokens, secrets or passwords in
+ * clear text: a warning, since a test bench or a TLS proxy on the path
+ * may be meant. */
+static int config_check_url(struct config_parse *ps, const struct config_key *k,
+                            const char *value)
+{
+  CURLU *url = curl_url();
+  char *scheme = NULL;
+  char *host = NULL;
+  int rc = -EINVAL;
+
+  if (url == NULL)
+    abort(); /* out of memory, as xalloc would */
+  if (curl_url_set(url, CURLUPART_URL, value, CURLU_NON_SUPPORT_SCHEME) != 0
+      || curl_url_get(url, CURLUPART_SCHEME, &scheme, 0) != 0
+      || curl_url_get(url, CURLUPART_HOST, &host, 0) != 0
+      || (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
+    config_parse_fail(ps, "%s must be an http:// or https:// URL, not \"%s\"",
+                      k->name, value);
+    goto out;
+  }
+  if (strcmp(scheme, "http") == 0 && !config_host_is_loopback(host)) {
+    char text[512];
+
+    snprintf(text, sizeof(text),
+             "%s \"%s\" is plain http to another machine: what it carries "
+             "can be read on the way (use https)",
+             k->name, value);
+    config_parse_warn(ps, text);
+  }
+  rc = 0;
+
+out:
+  curl_free(scheme);
+  curl_free(host);
+  curl_url_cleanup(url);
+  return rc;
+}
+
+static int config_check_nonempty(struct config_parse *ps,
+                                 const struct config_key *k, const char *value)
+{
+  if (value[0] != '\0')
+    return 0;
+  config_parse_fail(ps, "%s must not be empty", k->name);
+  return -EINVAL;
+}
+
+/* The daemon's own parser decides (credential.c), so that a hash this
+ * accepts is one the agent can use. Only nextal-agent checks it:
+ * nextal-policy never authenticates anyone. */
+static int config_check_hash(struct config_parse *ps,
+                             const struct config_key *k, const char *value)
+{
+  struct credential *cred = NULL;
+
+  if (!ps->agent)
+    return 0;
+  if (credential_new("", value, &cred) == 0) {
+    credential_free(cred);
+    return 0;
+  }
+  config_parse_fail(ps, "%s is not a hash from nextal-agent --hash-password",
+                    k->name);
+  return -EINVAL;
+}
 
 static void config_set_string(char **slot, const char *value)
 {
@@ -174,6 +343,8 @@ void config_free(struct config *cfg)
       *slot = NULL;
     }
   }
+  free(cfg->warnings);
+  cfg->warnings = NULL;
 }
 
 /* Reads a decimal number in [min, max] (max 0: no upper bound). Returns 0,
@@ -213,6 +384,8 @@ static int config_apply(struct config_parse *ps, const struct config_key *k,
 
   switch (k->kind) {
     case CONFIG_STRING:
+      if (k->check != NULL && k->check(ps, k, value) < 0)
+        return -EINVAL;
       config_set_string(slot, value);
       return 0;
     case CONFIG_PATH:
@@ -225,9 +398,9 @@ static int config_apply(struct config_parse *ps, const struct config_key *k,
       else if (strcasecmp(value, "application") == 0)
         *(enum config_link_mode *) slot = CONFIG_LINK_APPLICATION;
       else {
-        snprintf(ps->error, sizeof(ps->error),
-                 "%s must be \"delegated\" or \"application\", not \"%s\"",
-                 k->name, value);
+        config_parse_fail(
+            ps, "%s must be \"delegated\" or \"application\", not \"%s\"",
+            k->name, value);
         return -EINVAL;
       }
       return 0;
@@ -236,16 +409,14 @@ static int config_apply(struct config_parse *ps, const struct config_key *k,
       rc = config_parse_number(value, k->min, k->max, &n);
       if (rc < 0) {
         if (rc == -ERANGE && n < k->min)
-          snprintf(ps->error, sizeof(ps->error),
-                   "%s is %s, below its minimum of %llu", k->name, value,
-                   (unsigned long long) k->min);
+          config_parse_fail(ps, "%s is %s, below its minimum of %llu", k->name,
+                            value, (unsigned long long) k->min);
         else if (rc == -ERANGE)
-          snprintf(ps->error, sizeof(ps->error),
-                   "%s is %s, above its maximum of %llu", k->name, value,
-                   (unsigned long long) k->max);
+          config_parse_fail(ps, "%s is %s, above its maximum of %llu", k->name,
+                            value, (unsigned long long) k->max);
         else
-          snprintf(ps->error, sizeof(ps->error),
-                   "%s must be a whole number, not \"%s\"", k->name, value);
+          config_parse_fail(ps, "%s must be a whole number, not \"%s\"",
+                            k->name, value);
         return rc;
       }
       if (k->kind == CONFIG_UINT)
@@ -269,7 +440,9 @@ static int config_section_known(const char *section)
   return 0;
 }
 
-/* inih callback: returns nonzero to go on, 0 to report this line. */
+/* inih callback. It always returns 1 and keeps its own first error with
+ * its line (see config_parse_reader). A key set twice is refused: which of
+ * the two was meant is for the person who wrote them to say. */
 static int config_handler(void *user, const char *section, const char *name,
                           const char *value)
 {
@@ -278,24 +451,39 @@ static int config_handler(void *user, const char *section, const char *name,
   for (size_t i = 0; i < CONFIG_NKEYS; i++) {
     const struct config_key *k = &config_keys[i];
 
-    if (strcmp(section, k->section) == 0 && strcmp(name, k->name) == 0) {
-      /* inih reports the first failing line, so keep the first reason. */
-      char saved[sizeof(ps->error)];
-      int ok;
-
-      memcpy(saved, ps->error, sizeof(saved));
-      ok = config_apply(ps, k, value) == 0;
-      if (saved[0] != '\0')
-        memcpy(ps->error, saved, sizeof(saved));
-      return ok;
+    if (strcmp(section, k->section) != 0 || strcmp(name, k->name) != 0)
+      continue;
+    if (ps->key_line[i] != 0) {
+      config_parse_fail(ps, "%s is set twice in [%s] (first on line %d)", name,
+                        section, ps->key_line[i]);
+      return 1;
     }
+    ps->key_line[i] = ps->line;
+    config_apply(ps, k, value);
+    return 1;
   }
-  if (ps->error[0] == '\0' && !config_section_known(section))
-    snprintf(ps->error, sizeof(ps->error), "unknown section [%s]", section);
-  else if (ps->error[0] == '\0')
-    snprintf(ps->error, sizeof(ps->error), "unknown key \"%s\" in [%s]", name,
-             section);
-  return 0;
+  if (!config_section_known(section))
+    config_parse_fail(ps, "unknown section [%s]", section);
+  else
+    config_parse_fail(ps, "unknown key \"%s\" in [%s]", name, section);
+  return 1;
+}
+
+/* inih line reader, so that the callback knows the line it is called for
+ * (the Debian build of inih passes none). inih counts one line per call,
+ * as this does. */
+static char *config_parse_reader(char *str, int num, void *stream)
+{
+  struct config_parse *ps = stream;
+  size_t n;
+
+  if (fgets(str, num, ps->file) == NULL)
+    return NULL;
+  ps->line++;
+  n = strlen(str);
+  if (n > 0 && str[n - 1] != '\n' && !feof(ps->file))
+    config_parse_fail(ps, "line is longer than %d characters", num - 2);
+  return str;
 }
 
 static int config_read_secret_file(struct config *cfg, char *err, size_t errlen)
@@ -326,9 +514,6 @@ static int config_read_secret_file(struct config *cfg, char *err, size_t errlen)
 static int config_validate(struct config *cfg, const char *path, char *err,
                            size_t errlen)
 {
-  char *host = NULL;
-  int port = 0;
-
   if (cfg->tenant == NULL || cfg->client_id == NULL) {
     snprintf(err, errlen, "%s: [microsoft] needs tenant and client_id", path);
     return -EINVAL;
@@ -356,51 +541,66 @@ static int config_validate(struct config *cfg, const char *path, char *err,
              path);
     return -EINVAL;
   }
-  if (config_parse_hostport(cfg->smtp_listen, &host, &port) < 0) {
-    snprintf(err, errlen, "%s: [smtp] listen \"%s\" is not host:port", path,
-             cfg->smtp_listen);
-    return -EINVAL;
-  }
-  free(host);
-  if (config_parse_hostport(cfg->http_listen, &host, &port) < 0) {
-    snprintf(err, errlen, "%s: [http] listen \"%s\" is not host:port", path,
-             cfg->http_listen);
-    return -EINVAL;
-  }
-  free(host);
   /* The token key lives next to the database unless placed elsewhere. */
   if (cfg->key_file == NULL)
     cfg->key_file = xasprintf("%s.key", cfg->database);
   return 0;
 }
 
-int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
+/* Reads path into cfg; agent adds the checks only the daemon needs. */
+static int config_load_as(struct config *cfg, const char *path, bool agent,
+                          char *err, size_t errlen)
 {
-  struct config_parse ps = { .cfg = cfg };
+  struct config_parse ps = { .cfg = cfg, .path = path, .agent = agent };
   char *copy = xstrdup(path);
   int line;
   int rc = 0;
 
   config_defaults(cfg);
   ps.base_dir = xstrdup(dirname(copy));
-  line = ini_parse(path, config_handler, &ps);
-  if (line == -1) {
+  ps.file = fopen(path, "r");
+  if (ps.file == NULL) {
     snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     rc = -ENOENT;
     goto out;
   }
-  if (line != 0) {
-    snprintf(err, errlen, "%s:%d: %s", path, line,
-             ps.error[0] ? ps.error : "not a key = value line");
+  line = ini_parse_stream(config_parse_reader, &ps, config_handler, &ps);
+  /* inih's own refusals (a line without '=', a bad [section) come back as
+   * its first bad line; ours are kept in ps. The earlier one is named. */
+  if (line > 0 && (ps.error_line == 0 || line < ps.error_line)) {
+    snprintf(err, errlen, "%s:%d: not a key = value line", path, line);
+    rc = -EINVAL;
+    goto out;
+  }
+  if (ps.error_line != 0) {
+    snprintf(err, errlen, "%s:%d: %s", path, ps.error_line, ps.error);
     rc = -EINVAL;
     goto out;
   }
   rc = config_validate(cfg, path, err, errlen);
+  if (rc == 0) {
+    cfg->warnings = ps.warnings;
+    ps.warnings = NULL;
+  }
 
 out:
+  if (ps.file != NULL)
+    fclose(ps.file);
+  free(ps.warnings);
   free(ps.base_dir);
   free(copy);
   return rc;
+}
+
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+  return config_load_as(cfg, path, false, err, errlen);
+}
+
+int config_load_agent(struct config *cfg, const char *path, char *err,
+                      size_t errlen)
+{
+  return config_load_as(cfg, path, true, err, errlen);
 }
 
 int config_parse_hostport(const char *text, char **host, int *port)

@@ -196,6 +196,19 @@ static int agent_apply_logging(const struct config *cfg,
   return 0;
 }
 
+/* Writes each "path:line: text" line of warnings to standard error. */
+static void agent_print_warnings(const char *warnings)
+{
+  const char *p = warnings;
+
+  while (*p != '\0') {
+    size_t n = strcspn(p, "\n");
+
+    fprintf(stderr, "nextal-agent: warning: %.*s\n", (int) n, p);
+    p += n + (p[n] == '\n');
+  }
+}
+
 int main(int argc, char **argv)
 {
   struct agent_args args = { 0 };
@@ -208,7 +221,7 @@ int main(int argc, char **argv)
     return status;
   if (args.hash_password)
     return agent_hash_password();
-  if (config_load(&cfg, args.config_path, err, sizeof(err)) < 0) {
+  if (config_load_agent(&cfg, args.config_path, err, sizeof(err)) < 0) {
     fprintf(stderr, "nextal-agent: %s\n", err);
     config_free(&cfg);
     return EX_CONFIG;
@@ -218,6 +231,8 @@ int main(int argc, char **argv)
     return EX_CONFIG;
   }
   if (args.check_only) {
+    if (cfg.warnings != NULL)
+      agent_print_warnings(cfg.warnings);
     printf("%s: configuration is valid\n", args.config_path);
     config_free(&cfg);
     return EX_OK;

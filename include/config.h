@@ -68,12 +68,24 @@ struct config {
   unsigned delivery_keep_failed;    /* seconds a failure stays queryable */
   unsigned delivery_max_per_minute; /* sends a mailbox starts per minute */
   unsigned delivery_max_rcpts_per_day; /* recipients per mailbox, 24 h */
+
+  /* "path:line: text" lines about accepted but risky values (plain http
+   * to another machine), or NULL; printed by --check-config, logged at
+   * start. */
+  char *warnings;
 };
 
 /* Loads path into cfg (which it initialises with defaults first). On error
  * returns a negative errno and writes "path:line: what is wrong" to err.
  * Relative paths inside the file are resolved against its directory. */
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* Like config_load, and also refuses what only the daemon uses: a
+ * [service] password_hash that credential_new cannot read. nextal-agent
+ * loads with this at start, for --check-config and on SIGHUP, so that the
+ * three never disagree. */
+int config_load_agent(struct config *cfg, const char *path, char *err,
+                      size_t errlen);
 
 /* Fills cfg with the built-in defaults only. */
 void config_defaults(struct config *cfg);
