@@ -29,6 +29,7 @@ struct config_parse {
   FILE *file;
   bool agent;                    /* the daemon's checks too */
   int line;                      /* line the callback is looking at */
+  bool indented;                 /* that line starts with white space */
   int key_line[CONFIG_KEYS_MAX]; /* where each key was set; 0: not set */
   int error_line;                /* first line refused; 0 if none */
   char error[256];               /* what is wrong on error_line */
@@ -453,6 +454,15 @@ static int config_handler(void *user, const char *section, const char *name,
 
     if (strcmp(section, k->section) != 0 || strcmp(name, k->name) != 0)
       continue;
+    /* inih reads an indented line after a key as more of its value and
+     * calls again with the same name. */
+    if (ps->key_line[i] != 0 && ps->indented) {
+      config_parse_fail(ps,
+                        "an indented line continues %s from line %d; write "
+                        "the value on one line",
+                        name, ps->key_line[i]);
+      return 1;
+    }
     if (ps->key_line[i] != 0) {
       config_parse_fail(ps, "%s is set twice in [%s] (first on line %d)", name,
                         section, ps->key_line[i]);
@@ -480,6 +490,7 @@ static char *config_parse_reader(char *str, int num, void *stream)
   if (fgets(str, num, ps->file) == NULL)
     return NULL;
   ps->line++;
+  ps->indented = str[0] == ' ' || str[0] == '\t';
   n = strlen(str);
   if (n > 0 && str[n - 1] != '\n' && !feof(ps->file))
     config_parse_fail(ps, "line is longer than %d characters", num - 2);

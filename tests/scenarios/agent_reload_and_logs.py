@@ -316,7 +316,11 @@ class CheckConfig(OperatorCase):
                  "max_recipients is set twice in [smtp] (first on line %d)"),
                 # Also when the second one stands under a second [smtp].
                 ("[smtp]\nhostname = other.test\n", hostname,
-                 "hostname is set twice in [smtp] (first on line %d)")]):
+                 "hostname is set twice in [smtp] (first on line %d)"),
+                # inih would read "  b" as more of max_recipients' value.
+                ("[smtp]\nmax_recipients = 5\n  6\n", None,
+                 "an indented line continues max_recipients from line %d; "
+                 "write the value on one line")]):
             with self.subTest(extra):
                 path, line = self.broken("twice-%d.ini" % i, extra)
                 rc, out = self.check(path)
