@@ -84,9 +84,8 @@ class Database(AgentTestCase):
     def test_version_1_database_is_migrated_keeping_its_rows(self):
         path = self.box.path("old.db")
         self.old_database(path, 1)
-        original = self.box.extra_config
-        self.addCleanup(self.use_database, original)
-        self.use_database(original + "[agent]\ndatabase = old.db\n")
+        self.addCleanup(self.use_database, "agent.db")
+        self.use_database("old.db")
 
         db = self.db_at(path)
         self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0],
@@ -113,12 +112,16 @@ class Database(AgentTestCase):
             self.assertIn("store migrated path=%s version=%d" % (path, v), log)
         self.assertNotIn("store migrated path=%s version=1\n" % path, log)
 
-    def use_database(self, extra):
-        """Restarts the agent with extra as the appended configuration."""
+    def use_database(self, name):
+        """Restarts the agent on the database file name. The sandbox's own
+        database line changes: a second one would be refused as a key set
+        twice."""
         self.assertEqual(self.box.stop_agent(), 0)
-        self.box.extra_config = extra
+        text = self.box.agent_config_text()
+        self.assertIn("\ndatabase = agent.db\n", text)
         with open(self.box.path("agent.ini"), "w") as f:
-            f.write(self.box.agent_config_text())
+            f.write(text.replace("\ndatabase = agent.db\n",
+                                 "\ndatabase = %s\n" % name, 1))
         self.box.start_agent()
 
     def db_at(self, path):
