@@ -53,7 +53,8 @@ class PolicyCli(unittest.TestCase):
         self.config = os.path.join(d, "agent.ini")
         with open(self.config, "w") as f:
             f.write("[agent]\ndatabase = agent.db\npolicy_file = policy.ini\n"
-                    "[service]\npassword_hash = unused-by-the-cli\n"
+                    "[service]\npassword_hash = pbkdf2-sha256$1$AAAAAAAAAAAAAAAAAAAAAA==$"
+                    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
                     "[microsoft]\ntenant = contoso.example\n"
                     "client_id = 11111111-2222\nclient_secret = s\n"
                     "login_base_url = https://login.example\n"
