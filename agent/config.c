@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "credential.h"
+#include "ini_fault.h"
 #include "xalloc.h"
 
 /* One more than the keys in config_keys (checked at compile time below). */
@@ -31,15 +32,14 @@ struct config_parse {
   int line;                      /* line the callback is looking at */
   bool indented;                 /* that line starts with white space */
   int key_line[CONFIG_KEYS_MAX]; /* where each key was set; 0: not set */
-  int error_line;                /* first line refused; 0 if none */
-  char error[256];               /* what is wrong on error_line */
+  struct ini_fault fault;        /* the first line refused */
   char *warnings;                /* "path:line: text\n" lines, or NULL */
 };
 
 struct config_key;
 
 /* Checks one value beyond its kind; returns 0, or -EINVAL after
- * config_parse_fail. */
+ * recording why in ps->fault. */
 typedef int (*config_check_fn)(struct config_parse *ps,
                                const struct config_key *k, const char *value);
 
@@ -150,23 +150,6 @@ static const struct config_key config_keys[] = {
 #define CONFIG_NKEYS (sizeof(config_keys) / sizeof(*config_keys))
 _Static_assert(CONFIG_NKEYS < CONFIG_KEYS_MAX, "raise CONFIG_KEYS_MAX");
 
-static void config_parse_fail(struct config_parse *ps, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Keeps the first problem only: inih goes on after an error, and the
- * earliest line is the one a person should look at first. */
-static void config_parse_fail(struct config_parse *ps, const char *fmt, ...)
-{
-  va_list ap;
-
-  if (ps->error_line != 0)
-    return;
-  ps->error_line = ps->line;
-  va_start(ap, fmt);
-  vsnprintf(ps->error, sizeof(ps->error), fmt, ap);
-  va_end(ap);
-}
-
 /* Adds "path:line: text" to the warnings config_load hands back. */
 static void config_parse_warn(struct config_parse *ps, const char *text)
 {
@@ -194,11 +177,11 @@ static int config_check_listen(struct config_parse *ps,
   free(host);
   if (ok)
     return 0;
-  config_parse_fail(ps,
-                    "%s must be an IP address and port such as "
-                    "127.0.0.1:2525 or [::1]:2525, not \"%s\" (host names "
-                    "are not resolved)",
-                    k->name, value);
+  ini_fault_set(&ps->fault, ps->line,
+                "%s must be an IP address and port such as "
+                "127.0.0.1:2525 or [::1]:2525, not \"%s\" (host names "
+                "are not resolved)",
+                k->name, value);
   return -EINVAL;
 }
 
@@ -231,8 +214,9 @@ static int config_check_url(struct config_parse *ps, const struct config_key *k,
       || curl_url_get(url, CURLUPART_SCHEME, &scheme, 0) != 0
       || curl_url_get(url, CURLUPART_HOST, &host, 0) != 0
       || (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
-    config_parse_fail(ps, "%s must be an http:// or https:// URL, not \"%s\"",
-                      k->name, value);
+    ini_fault_set(&ps->fault, ps->line,
+                  "%s must be an http:// or https:// URL, not \"%s\"", k->name,
+                  value);
     goto out;
   }
   if (strcmp(scheme, "http") == 0 && !config_host_is_loopback(host)) {
@@ -258,7 +242,7 @@ static int config_check_nonempty(struct config_parse *ps,
 {
   if (value[0] != '\0')
     return 0;
-  config_parse_fail(ps, "%s must not be empty", k->name);
+  ini_fault_set(&ps->fault, ps->line, "%s must not be empty", k->name);
   return -EINVAL;
 }
 
@@ -276,8 +260,8 @@ static int config_check_hash(struct config_parse *ps,
     credential_free(cred);
     return 0;
   }
-  config_parse_fail(ps, "%s is not a hash from nextal-agent --hash-password",
-                    k->name);
+  ini_fault_set(&ps->fault, ps->line,
+                "%s is not a hash from nextal-agent --hash-password", k->name);
   return -EINVAL;
 }
 
@@ -399,9 +383,9 @@ static int config_apply(struct config_parse *ps, const struct config_key *k,
       else if (strcasecmp(value, "application") == 0)
         *(enum config_link_mode *) slot = CONFIG_LINK_APPLICATION;
       else {
-        config_parse_fail(
-            ps, "%s must be \"delegated\" or \"application\", not \"%s\"",
-            k->name, value);
+        ini_fault_set(&ps->fault, ps->line,
+                      "%s must be \"delegated\" or \"application\", not \"%s\"",
+                      k->name, value);
         return -EINVAL;
       }
       return 0;
@@ -410,14 +394,17 @@ static int config_apply(struct config_parse *ps, const struct config_key *k,
       rc = config_parse_number(value, k->min, k->max, &n);
       if (rc < 0) {
         if (rc == -ERANGE && n < k->min)
-          config_parse_fail(ps, "%s is %s, below its minimum of %llu", k->name,
-                            value, (unsigned long long) k->min);
+          ini_fault_set(&ps->fault, ps->line,
+                        "%s is %s, below its minimum of %llu", k->name, value,
+                        (unsigned long long) k->min);
         else if (rc == -ERANGE)
-          config_parse_fail(ps, "%s is %s, above its maximum of %llu", k->name,
-                            value, (unsigned long long) k->max);
+          ini_fault_set(&ps->fault, ps->line,
+                        "%s is %s, above its maximum of %llu", k->name, value,
+                        (unsigned long long) k->max);
         else
-          config_parse_fail(ps, "%s must be a whole number, not \"%s\"",
-                            k->name, value);
+          ini_fault_set(&ps->fault, ps->line,
+                        "%s must be a whole number, not \"%s\"", k->name,
+                        value);
         return rc;
       }
       if (k->kind == CONFIG_UINT)
@@ -457,15 +444,16 @@ static int config_handler(void *user, const char *section, const char *name,
     /* inih reads an indented line after a key as more of its value and
      * calls again with the same name. */
     if (ps->key_line[i] != 0 && ps->indented) {
-      config_parse_fail(ps,
-                        "an indented line continues %s from line %d; write "
-                        "the value on one line",
-                        name, ps->key_line[i]);
+      ini_fault_set(&ps->fault, ps->line,
+                    "an indented line continues %s from line %d; write "
+                    "the value on one line",
+                    name, ps->key_line[i]);
       return 1;
     }
     if (ps->key_line[i] != 0) {
-      config_parse_fail(ps, "%s is set twice in [%s] (first on line %d)", name,
-                        section, ps->key_line[i]);
+      ini_fault_set(&ps->fault, ps->line,
+                    "%s is set twice in [%s] (first on line %d)", name, section,
+                    ps->key_line[i]);
       return 1;
     }
     ps->key_line[i] = ps->line;
@@ -473,9 +461,10 @@ static int config_handler(void *user, const char *section, const char *name,
     return 1;
   }
   if (!config_section_known(section))
-    config_parse_fail(ps, "unknown section [%s]", section);
+    ini_fault_set(&ps->fault, ps->line, "unknown section [%s]", section);
   else
-    config_parse_fail(ps, "unknown key \"%s\" in [%s]", name, section);
+    ini_fault_set(&ps->fault, ps->line, "unknown key \"%s\" in [%s]", name,
+                  section);
   return 1;
 }
 
@@ -493,7 +482,8 @@ static char *config_parse_reader(char *str, int num, void *stream)
   ps->indented = str[0] == ' ' || str[0] == '\t';
   n = strlen(str);
   if (n > 0 && str[n - 1] != '\n' && !feof(ps->file))
-    config_parse_fail(ps, "line is longer than %d characters", num - 2);
+    ini_fault_set(&ps->fault, ps->line, "line is longer than %d characters",
+                  num - 2);
   return str;
 }
 
@@ -578,13 +568,9 @@ static int config_load_as(struct config *cfg, const char *path, bool agent,
   line = ini_parse_stream(config_parse_reader, &ps, config_handler, &ps);
   /* inih's own refusals (a line without '=', a bad [section) come back as
    * its first bad line; ours are kept in ps. The earlier one is named. */
-  if (line > 0 && (ps.error_line == 0 || line < ps.error_line)) {
-    snprintf(err, errlen, "%s:%d: not a key = value line", path, line);
-    rc = -EINVAL;
-    goto out;
-  }
-  if (ps.error_line != 0) {
-    snprintf(err, errlen, "%s:%d: %s", path, ps.error_line, ps.error);
+  ini_fault_inih(&ps.fault, line, "not a key = value line");
+  if (ps.fault.line != 0) {
+    snprintf(err, errlen, "%s:%d: %s", path, ps.fault.line, ps.fault.text);
     rc = -EINVAL;
     goto out;
   }

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ini_fault.h"
 #include "xalloc.h"
 
 #define POLICY_LOCAL_MAX 64   /* RFC 5321 4.5.3.1.1 */
@@ -41,26 +42,8 @@ struct policy_parse {
   enum policy_mode mode;
   struct policy_entry *entries;
   size_t nentries;
-  int error_line;  /* first line we refused, 0 if none */
-  char error[256]; /* what is wrong on error_line */
+  struct ini_fault fault; /* the first line we refused */
 };
-
-static void policy_parse_fail(struct policy_parse *ps, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Records the first problem only: inih goes on after an error, and the
- * earliest line is the one a person should look at first. */
-static void policy_parse_fail(struct policy_parse *ps, const char *fmt, ...)
-{
-  va_list ap;
-
-  if (ps->error_line != 0)
-    return;
-  ps->error_line = ps->line;
-  va_start(ap, fmt);
-  vsnprintf(ps->error, sizeof(ps->error), fmt, ap);
-  va_end(ap);
-}
 
 static bool policy_address_is_ascii(const char *address)
 {
@@ -135,22 +118,25 @@ static void policy_parse_integration(struct policy_parse *ps, const char *name,
 {
   if (strcmp(name, "enabled") == 0) {
     if (ps->have_enabled)
-      policy_parse_fail(ps, "enabled is set twice");
+      ini_fault_set(&ps->fault, ps->line, "enabled is set twice");
     else if (policy_parse_bool(value, &ps->enabled) < 0)
-      policy_parse_fail(ps, "enabled must be true or false, not \"%s\"", value);
+      ini_fault_set(&ps->fault, ps->line,
+                    "enabled must be true or false, not \"%s\"", value);
     ps->have_enabled = true;
   } else if (strcmp(name, "mode") == 0) {
     if (ps->have_mode)
-      policy_parse_fail(ps, "mode is set twice");
+      ini_fault_set(&ps->fault, ps->line, "mode is set twice");
     else if (strcasecmp(value, "all") == 0)
       ps->mode = POLICY_MODE_ALL;
     else if (strcasecmp(value, "specific") == 0)
       ps->mode = POLICY_MODE_SPECIFIC;
     else
-      policy_parse_fail(ps, "mode must be all or specific, not \"%s\"", value);
+      ini_fault_set(&ps->fault, ps->line,
+                    "mode must be all or specific, not \"%s\"", value);
     ps->have_mode = true;
   } else {
-    policy_parse_fail(ps, "unknown key \"%s\" in [integration]", name);
+    ini_fault_set(&ps->fault, ps->line, "unknown key \"%s\" in [integration]",
+                  name);
   }
 }
 
@@ -160,26 +146,27 @@ static void policy_parse_user(struct policy_parse *ps, const char *name,
   char address[POLICY_ADDRESS_MAX];
 
   if (strcmp(name, "user") != 0) {
-    policy_parse_fail(
-        ps, "unknown key \"%s\" in [users] (write user = ADDRESS)", name);
+    ini_fault_set(&ps->fault, ps->line,
+                  "unknown key \"%s\" in [users] (write user = ADDRESS)", name);
     return;
   }
   if (policy_address_normalize(value, address, sizeof(address)) < 0) {
-    policy_parse_fail(ps, "\"%s\" is not a mail address", value);
+    ini_fault_set(&ps->fault, ps->line, "\"%s\" is not a mail address", value);
     return;
   }
   /* Such a sender needs SMTPUTF8, which the SMTP listener does not offer:
    * listed, the user could still never send. */
   if (!policy_address_is_ascii(address)) {
-    policy_parse_fail(ps,
-                      "\"%s\" has non-ASCII characters; the agent's SMTP "
-                      "listener has no SMTPUTF8, so this user could never "
-                      "send",
-                      value);
+    ini_fault_set(&ps->fault, ps->line,
+                  "\"%s\" has non-ASCII characters; the agent's SMTP "
+                  "listener has no SMTPUTF8, so this user could never "
+                  "send",
+                  value);
     return;
   }
   if (ps->nentries >= POLICY_USERS_MAX) {
-    policy_parse_fail(ps, "more than %d users listed", POLICY_USERS_MAX);
+    ini_fault_set(&ps->fault, ps->line, "more than %d users listed",
+                  POLICY_USERS_MAX);
     return;
   }
   ps->entries
@@ -204,9 +191,10 @@ static int policy_parse_handler(void *user, const char *section,
   else if (strcmp(section, "users") == 0)
     policy_parse_user(ps, name, value);
   else if (section[0] == '\0')
-    policy_parse_fail(ps, "\"%s\" stands before any [section]", name);
+    ini_fault_set(&ps->fault, ps->line, "\"%s\" stands before any [section]",
+                  name);
   else
-    policy_parse_fail(ps, "unknown section [%s]", section);
+    ini_fault_set(&ps->fault, ps->line, "unknown section [%s]", section);
   return 1;
 }
 
@@ -252,10 +240,10 @@ static void policy_parse_header(struct policy_parse *ps, const char *line,
   len = (size_t) (close - line - i - 1);
   if (policy_section_known(line + i + 1, len))
     return;
-  policy_parse_fail(ps,
-                    "unknown section [%.*s] (section names are [integration] "
-                    "and [users], in lower case)",
-                    (int) len, line + i + 1);
+  ini_fault_set(&ps->fault, ps->line,
+                "unknown section [%.*s] (section names are [integration] "
+                "and [users], in lower case)",
+                (int) len, line + i + 1);
 }
 
 /* inih line reader over the file in memory, so that the handler knows the
@@ -275,11 +263,12 @@ static char *policy_parse_reader(char *str, int num, void *stream)
   ps->line++;
   ps->pos += n;
   if (n + 1 > (size_t) num) {
-    policy_parse_fail(ps, "line is longer than %d characters", num - 2);
+    ini_fault_set(&ps->fault, ps->line, "line is longer than %d characters",
+                  num - 2);
     return NULL;
   }
   if (memchr(start, '\0', n) != NULL) {
-    policy_parse_fail(ps, "line contains a NUL byte");
+    ini_fault_set(&ps->fault, ps->line, "line contains a NUL byte");
     return NULL;
   }
   policy_parse_header(ps, start, n);
@@ -308,8 +297,9 @@ static int policy_parse_finish_users(struct policy_parse *ps,
   for (size_t i = 1; i < ps->nentries; i++) {
     if (strcmp(ps->entries[i].address, ps->entries[i - 1].address) == 0) {
       ps->line = ps->entries[i].line;
-      policy_parse_fail(ps, "%s is listed twice (first on line %d)",
-                        ps->entries[i].address, ps->entries[i - 1].line);
+      ini_fault_set(&ps->fault, ps->line,
+                    "%s is listed twice (first on line %d)",
+                    ps->entries[i].address, ps->entries[i - 1].line);
       return -EINVAL;
     }
   }
@@ -347,25 +337,21 @@ int policy_parse(const char *name, const char *text, size_t len,
       = ini_parse_stream(policy_parse_reader, &ps, policy_parse_handler, &ps);
   /* inih reports lines it could not read as key = value itself; ours
    * (handler and reader) are recorded with their line. */
-  if (inih_line > 0 && (ps.error_line == 0 || inih_line < ps.error_line)) {
-    snprintf(err, errlen,
-             "%s:%d: not a [section], a key = value line or a comment", name,
-             inih_line);
-    goto out;
-  }
-  if (ps.error_line == 0 && !ps.have_enabled)
-    snprintf(ps.error, sizeof(ps.error),
+  ini_fault_inih(&ps.fault, inih_line,
+                 "not a [section], a key = value line or a comment");
+  if (ps.fault.line == 0 && !ps.have_enabled)
+    snprintf(ps.fault.text, sizeof(ps.fault.text),
              "[integration] needs enabled = true or false");
-  else if (ps.error_line == 0 && !ps.have_mode)
-    snprintf(ps.error, sizeof(ps.error),
+  else if (ps.fault.line == 0 && !ps.have_mode)
+    snprintf(ps.fault.text, sizeof(ps.fault.text),
              "[integration] needs mode = all or specific");
-  else if (ps.error_line == 0 && policy_parse_finish_users(&ps, policy) == 0)
+  else if (ps.fault.line == 0 && policy_parse_finish_users(&ps, policy) == 0)
     rc = 0;
   if (rc < 0) {
-    if (ps.error_line > 0)
-      snprintf(err, errlen, "%s:%d: %s", name, ps.error_line, ps.error);
+    if (ps.fault.line > 0)
+      snprintf(err, errlen, "%s:%d: %s", name, ps.fault.line, ps.fault.text);
     else
-      snprintf(err, errlen, "%s: %s", name, ps.error);
+      snprintf(err, errlen, "%s: %s", name, ps.fault.text);
     goto out;
   }
 
