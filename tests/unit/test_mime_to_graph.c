@@ -489,6 +489,59 @@ static void test_malformed_input(void **state)
     expect_error(latin1_qp_nul, sizeof latin1_qp_nul - 1, MIME_GRAPH_EPARSE);
     expect_error(cp1252_b64_nul, sizeof cp1252_b64_nul - 1, MIME_GRAPH_EPARSE);
   }
+  /* Encoded text libetpan would decode into something else: refused. */
+  {
+    static const char qp_bad[]
+        = "Subject: a\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+          "\r\nsee https://x.example/?a=b&c=d price=5 EUR\r\n";
+    static const char b64_bad[]
+        = "Subject: a\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+          "!!!notbase64$$$===abc=\r\n";
+    static const char b64_bad_attachment[]
+        = "Subject: a\r\nMIME-Version: 1.0\r\n"
+          "Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+          "--B\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+          "--B\r\nContent-Type: application/pdf; name=a.pdf\r\n"
+          "Content-Disposition: attachment; filename=a.pdf\r\n"
+          "Content-Transfer-Encoding: base64\r\n\r\n"
+          "QUJD*&^%==QUJD\r\n--B--\r\n";
+
+    expect_error(qp_bad, sizeof qp_bad - 1, MIME_GRAPH_EPARSE);
+    assert_int_equal(
+        translate_buf(qp_bad, sizeof qp_bad - 1, &res, "ada@example.org", NULL),
+        MIME_GRAPH_EPARSE);
+    assert_non_null(strstr(res.error, "invalid quoted-printable"));
+    expect_error(b64_bad, sizeof b64_bad - 1, MIME_GRAPH_EPARSE);
+    assert_int_equal(translate_buf(b64_bad_attachment,
+                                   sizeof b64_bad_attachment - 1, &res,
+                                   "ada@example.org", NULL),
+                     MIME_GRAPH_EPARSE);
+    assert_non_null(strstr(res.error, "invalid base64"));
+  }
+  /* What RFC 2045 allows stays allowed: soft line breaks, a final '='
+   * line end, padding followed by a line break. */
+  {
+    static const char qp_ok[]
+        = "Subject: a\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+          "\r\nprice=3D5 EUR, caf=C3=A9 =\r\nnext=\r\n";
+    static const char b64_ok[]
+        = "Subject: a\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+          "aGVs\r\nbG8=\r\n\r\n";
+
+    assert_int_equal(
+        translate_buf(qp_ok, sizeof qp_ok - 1, &res, "ada@example.org", NULL),
+        MIME_GRAPH_OK);
+    assert_string_equal(
+        str_at(json_object_get(msg_of(&res), "body"), "content"),
+        "price=5 EUR, caf\xC3\xA9 next");
+    mime_graph_result_free(&res);
+    assert_int_equal(
+        translate_buf(b64_ok, sizeof b64_ok - 1, &res, "ada@example.org", NULL),
+        MIME_GRAPH_OK);
+    assert_string_equal(
+        str_at(json_object_get(msg_of(&res), "body"), "content"), "hello");
+    mime_graph_result_free(&res);
+  }
   p = sample_load("unknown_charset.eml", &len);
   expect_error(p, len, MIME_GRAPH_ECHARSET);
   assert_int_equal(translate_buf(p, len, &res, "ada@example.org", NULL),
