@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <ini.h>
@@ -78,6 +79,8 @@ static int config_check_url(struct config_parse *ps, const struct config_key *k,
                             const char *value);
 static int config_check_nonempty(struct config_parse *ps,
                                  const struct config_key *k, const char *value);
+static int config_check_hostname(struct config_parse *ps,
+                                 const struct config_key *k, const char *value);
 static int config_check_hash(struct config_parse *ps,
                              const struct config_key *k, const char *value);
 
@@ -89,7 +92,7 @@ static const struct config_key config_keys[] = {
   CFG("agent", "trace", CONFIG_STRING, trace, 0),
   CFG("agent", "key_file", CONFIG_PATH, key_file, 0),
   CFG_CHECK("smtp", "listen", smtp_listen, config_check_listen),
-  CFG("smtp", "hostname", CONFIG_STRING, smtp_hostname, 0),
+  CFG_CHECK("smtp", "hostname", smtp_hostname, config_check_hostname),
   /* The [smtp] limits are at least 1: with 0 every message, recipient,
    * connection or command would be refused, and a 0 s timer fires at
    * once. auth_timeout 0 means no deadline (docs/configuration.md). */
@@ -117,9 +120,9 @@ static const struct config_key config_keys[] = {
   CFG_CHECK("service", "username", service_user, config_check_nonempty),
   CFG_CHECK("service", "password_hash", service_password_hash,
             config_check_hash),
-  CFG("microsoft", "tenant", CONFIG_STRING, tenant, 0),
-  CFG("microsoft", "client_id", CONFIG_STRING, client_id, 0),
-  CFG("microsoft", "client_secret", CONFIG_STRING, client_secret, 0),
+  CFG_CHECK("microsoft", "tenant", tenant, config_check_nonempty),
+  CFG_CHECK("microsoft", "client_id", client_id, config_check_nonempty),
+  CFG_CHECK("microsoft", "client_secret", client_secret, config_check_nonempty),
   CFG("microsoft", "client_secret_file", CONFIG_PATH, client_secret_file, 0),
   CFG("microsoft", "client_certificate", CONFIG_PATH, client_certificate, 0),
   CFG("microsoft", "client_key", CONFIG_PATH, client_key, 0),
@@ -171,7 +174,9 @@ static int config_check_listen(struct config_parse *ps,
   int port = 0;
   int ok = 0;
 
-  if (config_parse_hostport(value, &host, &port) == 0)
+  /* strtoull, under config_parse_number, would take "+25" and " 25". */
+  if (config_parse_hostport(value, &host, &port) == 0
+      && isdigit((unsigned char) strrchr(value, ':')[1]))
     ok = inet_pton(AF_INET, host, addr) == 1
          || (value[0] == '[' && inet_pton(AF_INET6, host, addr) == 1);
   free(host);
@@ -235,6 +240,24 @@ out:
   curl_free(host);
   curl_url_cleanup(url);
   return rc;
+}
+
+/* The name the agent greets with and says in EHLO (RFC 5321 4.1.3): a
+ * domain name, letters, digits, '-' and '.', of at most 253 bytes. */
+static int config_check_hostname(struct config_parse *ps,
+                                 const struct config_key *k, const char *value)
+{
+  size_t len = strlen(value);
+  size_t ok = strspn(value, "abcdefghijklmnopqrstuvwxyz"
+                            "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-");
+
+  if (len > 0 && len <= 253 && ok == len)
+    return 0;
+  ini_fault_set(&ps->fault, ps->line,
+                "%s must be a domain name such as mail.example.com (letters, "
+                "digits, '-' and '.'), not \"%s\"",
+                k->name, value);
+  return -EINVAL;
 }
 
 static int config_check_nonempty(struct config_parse *ps,
@@ -540,6 +563,15 @@ static int config_validate(struct config *cfg, const char *path, char *err,
              "%s: [service] needs password_hash (make one with "
              "nextal-agent --hash-password)",
              path);
+    return -EINVAL;
+  }
+  /* Port 0 asks the kernel for a free port, different for each. */
+  if (strcmp(cfg->smtp_listen, cfg->http_listen) == 0
+      && strcmp(strrchr(cfg->smtp_listen, ':'), ":0") != 0) {
+    snprintf(err, errlen,
+             "%s: [smtp] listen and [http] listen are both %s; they need "
+             "different ports",
+             path, cfg->smtp_listen);
     return -EINVAL;
   }
   /* The token key lives next to the database unless placed elsewhere. */

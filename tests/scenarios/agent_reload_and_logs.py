@@ -297,6 +297,16 @@ class CheckConfig(OperatorCase):
              url % ("login_base_url", "file:///etc/passwd")),
             ("microsoft", "login_base_url", "",
              url % ("login_base_url", "")),
+            ("smtp", "listen", "127.0.0.1:+2525", listen % "127.0.0.1:+2525"),
+            ("smtp", "hostname", "",
+             "hostname must be a domain name such as mail.example.com "
+             "(letters, digits, '-' and '.'), not \"\""),
+            ("smtp", "hostname", "agent sandbox",
+             "hostname must be a domain name such as mail.example.com "
+             "(letters, digits, '-' and '.'), not \"agent sandbox\""),
+            ("microsoft", "tenant", "", "tenant must not be empty"),
+            ("microsoft", "client_secret", "",
+             "client_secret must not be empty"),
         ]
         for i, (section, key, value, message) in enumerate(cases):
             with self.subTest(key=key, value=value):
@@ -307,6 +317,15 @@ class CheckConfig(OperatorCase):
                 # Start-up loads the same way, so it refuses the same line
                 # with the same words before it opens anything.
                 self.assertEqual(self.start(path), (EX_CONFIG, expected))
+
+    def test_smtp_and_http_on_one_address_is_refused(self):
+        smtp = next(l for l in self.box.agent_config_text().splitlines()
+                    if l.startswith("listen = ")).split(" = ")[1]
+        path, _ = self.replaced("same-listen.ini", "http", "listen", smtp)
+        expected = ("nextal-agent: %s: [smtp] listen and [http] listen are "
+                    "both %s; they need different ports\n" % (path, smtp))
+        self.assertEqual(self.check(path), (EX_CONFIG, expected))
+        self.assertEqual(self.start(path), (EX_CONFIG, expected))
 
     def test_a_key_set_twice_names_both_lines(self):
         text = self.box.agent_config_text().splitlines()
