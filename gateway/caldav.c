@@ -469,8 +469,9 @@ static void caldav_handle(void *arg, struct http_exchange *ex)
   if ((strcmp(m, "PROPFIND") == 0 || strcmp(m, "REPORT") == 0)
       && !caldav_depth_valid(r)) {
     caldav_text(r, 400,
-                "the Depth header must be 0, 1 or infinity (or be left out, "
-                "which means infinity)");
+                "the Depth header must be 0, 1 or infinity (a PROPFIND "
+                "refuses infinity with 403 propfind-finite-depth; no Depth "
+                "is served as 1)");
     return;
   }
   if (strcmp(m, "OPTIONS") == 0)

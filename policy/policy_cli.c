@@ -780,9 +780,12 @@ static int cli_mode(struct cli *cli, int argc, char **argv)
   char detail[32];
   int rc;
 
-  if (argc != 1
-      || (strcmp(argv[0], "all") != 0 && strcmp(argv[0], "specific") != 0)) {
+  if (argc != 1) {
     cli_error("mode takes one argument: all or specific");
+    return EX_USAGE;
+  }
+  if (strcmp(argv[0], "all") != 0 && strcmp(argv[0], "specific") != 0) {
+    cli_error("mode is all or specific (in lower case), not \"%s\"", argv[0]);
     return EX_USAGE;
   }
   set.mode
@@ -1107,8 +1110,9 @@ static int cli_unlink(struct cli *cli, int argc, char **argv)
 
 /* audit */
 
-/* Accepts YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS (UTC) or a duration back from
- * now: 90s, 30m, 12h, 7d. */
+/* Accepts YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS with or without the "Z" that
+ * audit prints (UTC either way) or a duration back from now: 90s, 30m,
+ * 12h, 7d. */
 static int cli_parse_since(const char *text, int64_t *out)
 {
   struct tm tm = { 0 };
@@ -1117,6 +1121,8 @@ static int cli_parse_since(const char *text, int64_t *out)
   long n;
 
   end = strptime(text, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (end != NULL && strcmp(end, "Z") == 0)
+    end++;
   if (end == NULL || *end != '\0') {
     memset(&tm, 0, sizeof(tm));
     end = strptime(text, "%Y-%m-%d", &tm);
@@ -1158,7 +1164,7 @@ static int cli_audit_list(struct cli *cli, int argc, char **argv)
   int rc;
 
   if (since != NULL && cli_parse_since(since, &since_ms) < 0) {
-    cli_error("--since takes YYYY-MM-DD[THH:MM:SS] (UTC) or a duration "
+    cli_error("--since takes YYYY-MM-DD[THH:MM:SS[Z]] (UTC) or a duration "
               "such as 30m, 12h, 7d");
     return EX_USAGE;
   }
@@ -1641,7 +1647,7 @@ static const struct cli_command cli_commands[] = {
     "and held mail fails with reason user_unlinked. Others are untouched.",
     0, 1 },
   { "audit", cli_audit_list, "[--json] [--since TIME]",
-    "Shows the audit trail. TIME is YYYY-MM-DD[THH:MM:SS] (UTC) or a\n"
+    "Shows the audit trail. TIME is YYYY-MM-DD[THH:MM:SS[Z]] (UTC) or a\n"
     "duration back from now such as 30m, 12h or 7d.",
     CLI_OPT_SINCE, 0 },
   { "consent-link", cli_consent_link, "[--json]",

@@ -487,6 +487,12 @@ class PolicyCli(unittest.TestCase):
         p = self.run_cli("enable", "--yes", check=False)
         self.assertEqual(p.returncode, 64)
         self.assertIn("enable does not take --yes", p.stderr)
+        # A mode that is not one says so, not that the count is wrong.
+        p = self.run_cli("mode", "ALL", check=False)
+        self.assertEqual(p.returncode, 64)
+        self.assertIn('mode is all or specific (in lower case), not "ALL"',
+                      p.stderr)
+        self.assertEqual(self.read_policy(), before)
 
     def test_options_may_follow_the_arguments(self):
         self.seed(users=["alice@contoso.example"])
@@ -577,10 +583,16 @@ class PolicyCli(unittest.TestCase):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S",
                               time.gmtime(time.time() - 2 * 3600))
         self.assertEqual(since(stamp), ["policy_allow"])
+        # The form audit prints itself, with its "Z", is taken back.
+        printed = self.run_cli("audit").stdout.splitlines()[-1].split()[0]
+        self.assertTrue(printed.endswith("Z"), printed)
+        self.assertIn("policy_allow", since(printed))
+        self.assertEqual(since(stamp + "Z"), ["policy_allow"])
         p = self.run_cli("audit", "--since", "1h")  # text form too
         self.assertIn("bob@contoso.example", p.stdout)
         self.assertNotIn("mode = all", p.stdout)
-        for bad in ("yesterday", "1w", "-1h", "2026-13-40", ""):
+        for bad in ("yesterday", "1w", "-1h", "2026-13-40", "",
+                    "2026-12-04T07:00:00ZZ"):
             p = self.run_cli("audit", "--since", bad, check=False)
             self.assertEqual(p.returncode, 64, bad)
             self.assertIn("--since takes", p.stderr)

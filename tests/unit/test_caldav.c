@@ -610,6 +610,7 @@ static void test_depth_and_escapes_checked(void **state)
   assert_int_equal(seven->status, 400);
   assert_non_null(strstr(answer(seven), "Depth header must be 0, 1 or "
                                         "infinity"));
+  assert_non_null(strstr(answer(seven), "no Depth is served as 1"));
   assert_int_equal(report->status, 400);
   /* RFC 4918 9.1: refused with the precondition, not served as depth 1. */
   assert_int_equal(infinity->status, 403);
