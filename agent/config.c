@@ -483,7 +483,11 @@ static int config_handler(void *user, const char *section, const char *name,
     config_apply(ps, k, value);
     return 1;
   }
-  if (!config_section_known(section))
+  if (section[0] == '\0')
+    ini_fault_set(&ps->fault, ps->line,
+                  "%s stands before any [section]; every key belongs to one",
+                  name);
+  else if (!config_section_known(section))
     ini_fault_set(&ps->fault, ps->line, "unknown section [%s]", section);
   else
     ini_fault_set(&ps->fault, ps->line, "unknown key \"%s\" in [%s]", name,

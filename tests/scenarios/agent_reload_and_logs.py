@@ -318,6 +318,15 @@ class CheckConfig(OperatorCase):
                 # with the same words before it opens anything.
                 self.assertEqual(self.start(path), (EX_CONFIG, expected))
 
+    def test_a_key_before_any_section_is_named(self):
+        path = self.box.path("no-section.ini")
+        with open(path, "w") as f:
+            f.write("stray = 1\n" + self.box.agent_config_text())
+        self.addCleanup(os.unlink, path)
+        self.assertEqual(self.check(path), (
+            EX_CONFIG, "nextal-agent: %s:1: stray stands before any "
+            "[section]; every key belongs to one\n" % path))
+
     def test_smtp_and_http_on_one_address_is_refused(self):
         smtp = next(l for l in self.box.agent_config_text().splitlines()
                     if l.startswith("listen = ")).split(" = ")[1]
