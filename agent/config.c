@@ -174,9 +174,7 @@ static int config_check_listen(struct config_parse *ps,
   int port = 0;
   int ok = 0;
 
-  /* strtoull, under config_parse_number, would take "+25" and " 25". */
-  if (config_parse_hostport(value, &host, &port) == 0
-      && isdigit((unsigned char) strrchr(value, ':')[1]))
+  if (config_parse_hostport(value, &host, &port) == 0)
     ok = inet_pton(AF_INET, host, addr) == 1
          || (value[0] == '[' && inet_pton(AF_INET6, host, addr) == 1);
   free(host);
@@ -364,7 +362,8 @@ static int config_parse_number(const char *value, uint64_t min, uint64_t max,
   char *end = NULL;
   unsigned long long n;
 
-  if (*value == '\0' || *value == '-')
+  /* Digits only: strtoull alone would also take "+5", " 5" and "-5". */
+  if (!isdigit((unsigned char) *value))
     return -EINVAL;
   errno = 0;
   n = strtoull(value, &end, 10);

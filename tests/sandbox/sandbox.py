@@ -8,6 +8,7 @@ config, the agent's config, policy file, SQLite database and spool.
 """
 
 import argparse
+import configparser
 import json
 import os
 import shutil
@@ -230,14 +231,29 @@ class Sandbox:
             [self.agent_bin, "--config", self.path("agent.ini")]
             + self.agent_args, stdout=self.agent_log,
             stderr=subprocess.STDOUT, cwd=self.dir)
+        # Ready is when its heartbeat names it: the agent writes that file
+        # only once both listeners are open. An open port alone could be
+        # another process's, on a port taken since free_port chose it.
         try:
-            wait_for(lambda: port_open(self.smtp_port)
-                     or self.agent.poll() is not None, what="the agent")
+            wait_for(lambda: self.agent_ready() or self.agent.poll() is not None,
+                     what="the agent")
         except TimeoutError:
             raise RuntimeError("agent did not start:\n" + self.agent_output())
         if self.agent.poll() is not None:
             raise RuntimeError("agent exited with %s:\n%s"
                                % (self.agent.returncode, self.agent_output()))
+
+    def agent_ready(self):
+        """Whether the running agent's heartbeat, beside the database its
+        agent.ini names now (a test may point it elsewhere), names it."""
+        ini = configparser.ConfigParser(interpolation=None, strict=False)
+        ini.read(self.path("agent.ini"))
+        database = ini.get("agent", "database", fallback="agent.db")
+        try:
+            with open(os.path.join(self.dir, database + ".heartbeat")) as f:
+                return "pid=%d\n" % self.agent.pid in f.read()
+        except FileNotFoundError:
+            return False
 
     def stop_agent(self, sig=signal.SIGTERM, timeout=30):
         if self.agent is None:
@@ -258,10 +274,23 @@ class Sandbox:
             return f.read().decode("utf-8", "replace")
 
     def start(self, link=True):
-        self.write_sim_config()
-        self.start_sim()
-        self.write_agent_files()
-        self.start_agent()
+        # free_port's ports are free when chosen, not when the agent binds
+        # them: under ctest -j another sandbox may take one in between. Then
+        # the whole start is tried again on fresh ports.
+        for attempt in range(3):
+            self.write_sim_config()
+            self.start_sim()
+            self.write_agent_files()
+            try:
+                self.start_agent()
+                break
+            except RuntimeError as e:
+                if attempt == 2 or "address already in use" not in str(e):
+                    raise
+                self.stop_agent()
+                self.stop_sim()
+                self.smtp_port = free_port()
+                self.http_port = free_port()
         if link:
             self.grant_consent()
             for address, _ in self.users:
@@ -272,13 +301,17 @@ class Sandbox:
         try:
             self.stop_agent()
         finally:
-            if self.sim is not None:
-                self.sim.terminate()
-                self.sim.wait(timeout=10)
-                self.sim_log.close()
-                self.sim = None
+            self.stop_sim()
             if self.own_dir and not os.environ.get("NEXTAL_KEEP_SANDBOX"):
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop_sim(self):
+        if self.sim is not None:
+            self.sim.terminate()
+            self.sim.wait(timeout=10)
+            self.sim_log.close()
+            self.sim = None
+            os.unlink(self.path("graphsim.port"))
 
     def __enter__(self):
         return self.start()
