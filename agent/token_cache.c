@@ -30,8 +30,6 @@
 /* Callers waiting for one key's refresh; more is a runaway caller. */
 #define TOKEN_CACHE_MAX_WAITERS 10000
 
-#define TOKEN_CACHE_SCOPE "https://graph.microsoft.com/.default"
-
 /* AADSTS codes after which the grant is gone and only a new link helps
  * (graph-api.md 1.7): no consent, user disabled, refresh token expired or
  * revoked, sign-in frequency, user not in the directory. */

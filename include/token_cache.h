@@ -14,6 +14,11 @@
 #include "store.h"
 #include "token_crypt.h"
 
+/* What the application asks for in client-credentials mode and in the
+ * admin consent link: every permission the tenant granted it
+ * (graph-api.md 1.3). */
+#define TOKEN_CACHE_SCOPE "https://graph.microsoft.com/.default"
+
 /* What a delegated link grants: sending mail, drafts and reading Sent
  * Items (large mail, recovery), calendars (graph-api.md 2.4, 3). The
  * sign-in asks for these and every refresh asks for them again. */

@@ -20,16 +20,18 @@
 
 #include "agent_heartbeat.h"
 #include "audit.h"
+#include "client_auth.h"
 #include "config.h"
 #include "link_url.h"
 #include "links.h"
-#include "policy_link.h"
 #include "log.h"
 #include "policy.h"
 #include "policy_edit.h"
+#include "policy_link.h"
 #include "queue.h"
 #include "spool.h"
 #include "store.h"
+#include "token_cache.h"
 #include "xalloc.h"
 
 #define CLI_DEFAULT_CONFIG "/etc/nextal-agent/agent.ini"
@@ -1199,9 +1201,7 @@ static int cli_consent_link(struct cli *cli, int argc, char **argv)
 {
   unsigned char rnd[16];
   char state[33];
-  char *tenant = NULL, *client = NULL, *redirect = NULL, *url = NULL;
-  char *redirect_raw = NULL;
-  CURL *curl = NULL;
+  char *tenant = NULL, *redirect = NULL, *query = NULL, *url = NULL;
   int rc = EX_SOFTWARE;
 
   if ((rc = cli_open(cli)) != EX_OK)
@@ -1218,19 +1218,16 @@ static int cli_consent_link(struct cli *cli, int argc, char **argv)
     cli_error("cannot record the consent link in %s", cli->cfg.database);
     return EX_IOERR;
   }
-  curl = curl_easy_init();
-  if (curl == NULL)
+  tenant = curl_easy_escape(NULL, cli->cfg.tenant, 0);
+  if (tenant == NULL)
     goto out;
-  redirect_raw = xasprintf("%s/oauth/consent", cli->cfg.http_public_url);
-  tenant = curl_easy_escape(curl, cli->cfg.tenant, 0);
-  client = curl_easy_escape(curl, cli->cfg.client_id, 0);
-  redirect = curl_easy_escape(curl, redirect_raw, 0);
-  if (tenant == NULL || client == NULL || redirect == NULL)
-    goto out;
-  url = xasprintf("%s/%s/v2.0/adminconsent?client_id=%s&scope="
-                  "https%%3A%%2F%%2Fgraph.microsoft.com%%2F.default"
-                  "&redirect_uri=%s&state=%s",
-                  cli->cfg.login_base_url, tenant, client, redirect, state);
+  redirect = xasprintf("%s/oauth/consent", cli->cfg.http_public_url);
+  client_auth_form_field(&query, "client_id", cli->cfg.client_id);
+  client_auth_form_field(&query, "scope", TOKEN_CACHE_SCOPE);
+  client_auth_form_field(&query, "redirect_uri", redirect);
+  client_auth_form_field(&query, "state", state);
+  url = xasprintf("%s/%s/v2.0/adminconsent?%s", cli->cfg.login_base_url, tenant,
+                  query);
   if (cli->json) {
     rc = cli_json_print(json_pack("{s:s}", "url", url));
   } else {
@@ -1242,11 +1239,9 @@ out:
   if (rc == EX_SOFTWARE)
     cli_error("cannot build the consent URL");
   free(url);
-  free(redirect_raw);
+  free(query);
+  free(redirect);
   curl_free(tenant);
-  curl_free(client);
-  curl_free(redirect);
-  curl_easy_cleanup(curl);
   return rc;
 }
 

@@ -13,6 +13,7 @@
 #include "audit.h"
 #include "client_auth.h"
 #include "links.h"
+#include "token_cache.h"
 #include "xalloc.h"
 
 #define POLICY_LINK_BODY_MAX (1 << 20)
@@ -92,8 +93,7 @@ static char *policy_link_token(const struct config *cfg, char *msg,
     goto out;
   }
   client_auth_form_field(&form, "grant_type", "client_credentials");
-  client_auth_form_field(&form, "scope",
-                         "https://graph.microsoft.com/.default");
+  client_auth_form_field(&form, "scope", TOKEN_CACHE_SCOPE);
   status = policy_link_fetch(url, form, NULL, &body);
   token = json_string_value(json_object_get(body, "access_token"));
   if (status == 200 && token != NULL)
